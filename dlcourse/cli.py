@@ -1,0 +1,236 @@
+"""The command line: ``dlcourse train`` runs real processes, ``dlcourse simulate`` the simulator.
+
+    dlcourse train --strategy single --model cnn --epochs 5 --batch-size 100
+    dlcourse train --strategy ddp --workers 2 --json run.json
+    dlcourse simulate --policy async --workers 8 --json sim.json
+
+Every run prints a short summary; ``--json PATH`` writes its metrics (at least
+``test_accuracy``, ``test_loss``, ``test_macro_f1``, ``examples_per_s``, ``wall_s``,
+``updates``, ``bytes_sent`` and ``staleness`` with ``max``, ``mean``, ``histogram``).
+Bad arguments exit with status 2 and one line, never a traceback.
+
+Each strategy or policy lives in its own module and is registered below as
+``"module:function"``; the function takes the parsed arguments and returns the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+# name -> "module:function(args) -> metrics dict"
+TRAIN_STRATEGIES = {
+    "single": "dlcourse.cli:train_single",
+}
+SIMULATE_POLICIES: dict[str, str] = {}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _pos_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+# argparse prints the type's __name__ for a ValueError from int()/float()
+_nonneg_int.__name__ = _pos_int.__name__ = "integer"
+_pos_float.__name__ = _nonneg_float.__name__ = "number"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", choices=["cnn", "mlp"], default="cnn", help="network (default: the lecture's CNN)"
+    )
+    p.add_argument("--epochs", type=_nonneg_int, default=1, help="passes over the training data")
+    p.add_argument("--batch-size", type=_pos_int, default=100, help="examples per worker step")
+    p.add_argument("--lr", type=_pos_float, default=None, help="learning rate (default depends on optimizer)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of model init, shuffles and timing")
+    p.add_argument("--workers", type=_pos_int, default=2, help="number of workers N")
+    p.add_argument("--servers", type=_pos_int, default=1, help="parameter-server shards k")
+    p.add_argument("--softsync", type=_pos_int, default=None, help="updates S the server collects (1..N)")
+    p.add_argument("--staleness-bound", type=_nonneg_int, default=None, help="max steps ahead of the slowest")
+    p.add_argument("--lr-policy", choices=["constant", "staleness"], default="constant")
+    p.add_argument(
+        "--tau", type=_pos_float, default=None, help="quantization threshold for compressed updates"
+    )
+    p.add_argument("--no-residual", action="store_true", help="drop what compression loses (to show why not)")
+    p.add_argument("--data-source", choices=["auto", "subset", "full"], default="auto")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the metrics here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="dlcourse", description="Distributed deep learning you can run.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    train = sub.add_parser("train", help="train on real processes (torch.distributed)")
+    train.add_argument("--strategy", choices=sorted(TRAIN_STRATEGIES), default="single")
+    _common(train)
+    train.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default=None)
+    train.add_argument("--momentum", type=_nonneg_float, default=0.9)
+    train.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
+    train.add_argument(
+        "--timeout", type=_pos_float, default=60.0, help="seconds before a stuck peer is an error"
+    )
+    train.add_argument("--average-every", type=_pos_int, default=1, help="steps K between parameter averages")
+    train.add_argument(
+        "--slow-worker", type=_nonneg_int, default=None, help="rank to slow down (last executor)"
+    )
+    train.add_argument(
+        "--slow-delay", type=_nonneg_float, default=0.0, help="seconds added to each of its steps"
+    )
+    train.add_argument("--checkpoint-dir", type=Path, default=None)
+    train.add_argument("--checkpoint-every", type=_pos_int, default=None, help="steps between checkpoints")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir"
+    )
+    train.add_argument(
+        "--topology", choices=["all", "ring"], default="all", help="peers of a decentralized worker"
+    )
+    train.add_argument("--stages", type=_pos_int, default=2, help="pipeline / model-parallel stages K")
+    train.add_argument("--microbatches", type=_pos_int, default=4, help="pipeline micro-batches M")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    simulate = sub.add_parser("simulate", help="run the deterministic simulated cluster")
+    simulate.add_argument("--policy", choices=sorted(SIMULATE_POLICIES) or ["sync"], default="async")
+    _common(simulate)
+    simulate.add_argument("--compute-mean", type=_pos_float, default=1.0, help="mean seconds per gradient")
+    simulate.add_argument("--compute-spread", type=_nonneg_float, default=0.1, help="relative spread of it")
+    simulate.add_argument("--straggler-prob", type=_nonneg_float, default=0.0)
+    simulate.add_argument("--straggler-slowdown", type=_pos_float, default=4.0)
+    simulate.add_argument("--bandwidth", type=_pos_float, default=1e9, help="bytes per second")
+    simulate.add_argument("--latency", type=_nonneg_float, default=1e-4, help="seconds per message")
+    simulate.add_argument("--apply-time", type=_nonneg_float, default=0.01, help="server seconds per update")
+    return parser
+
+
+def _resolve(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def train_single(args: argparse.Namespace) -> dict:
+    """The lecture's Keras example in PyTorch: one process, the whole batch."""
+    from dlcourse.data import load_mnist
+    from dlcourse.models import make_model
+    from dlcourse.train import evaluate, fit
+
+    optimizer = args.optimizer or "adam"
+    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
+    split = load_mnist(args.data_source, seed=0)
+    model = make_model(args.model, seed=args.seed)
+    history = fit(
+        model,
+        split.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        momentum=args.momentum,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    result = evaluate(model, split.test)
+    return {
+        "strategy": "single",
+        "model": args.model,
+        "data_source": split.source,
+        "epochs": args.epochs,
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "test_macro_f1": result["macro_f1"],
+        "examples_per_s": history.examples_per_s,
+        "wall_s": history.wall_s,
+        "updates": len(history.step_loss),
+        "bytes_sent": 0,
+        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": len(history.step_loss)}},
+        "epoch_loss": history.epoch_loss,
+    }
+
+
+def summary(metrics: dict) -> str:
+    """A few readable lines about a run."""
+    lines = []
+    for key in ("strategy", "policy", "model", "workers"):
+        if key in metrics:
+            lines.append(f"{key:>16}: {metrics[key]}")
+    for key in ("test_loss", "test_accuracy", "test_macro_f1"):
+        if key in metrics:
+            lines.append(f"{key:>16}: {metrics[key]:.4f}")
+    if "examples_per_s" in metrics:
+        lines.append(f"{'examples/s':>16}: {metrics['examples_per_s']:.1f}")
+    for key in ("wall_s", "updates", "bytes_sent"):
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"{key:>16}: {value:.2f}" if isinstance(value, float) else f"{key:>16}: {value:,}")
+    staleness = metrics.get("staleness")
+    if staleness:
+        lines.append(f"{'staleness':>16}: mean {staleness['mean']:.2f}, max {staleness['max']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    registry = TRAIN_STRATEGIES if args.command == "train" else SIMULATE_POLICIES
+    name = args.strategy if args.command == "train" else args.policy
+    if name not in registry:
+        print(
+            f"dlcourse {args.command}: error: {name!r} is not available; choose from {sorted(registry)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json is not None and not args.json.parent.exists():
+        print(
+            f"dlcourse {args.command}: error: --json: folder {str(args.json.parent)!r} does not exist",
+            file=sys.stderr,
+        )
+        return 2
+    start = time.perf_counter()
+    try:
+        metrics = _resolve(registry[name])(args)
+    except ValueError as e:
+        # library functions validate their arguments; a student sees one line
+        print(f"dlcourse {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    metrics.setdefault("total_s", time.perf_counter() - start)
+    print(summary(metrics))
+    if args.json is not None:
+        args.json.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        print(f"{'metrics':>16}: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

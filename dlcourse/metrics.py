@@ -1,0 +1,56 @@
+"""Classification metrics: accuracy, confusion matrix, macro F1.
+
+The lecture's Keras ``f1_score`` computes ``sum(y_true * y_pred) / sum(y_true)`` and calls
+it *precision*, and ``... / sum(y_pred)`` and calls it *recall*: the two are swapped
+(precision is TP / predicted positives, recall is TP / actual positives). F1 is symmetric
+in them, so the value survives the swap, but it is computed on softmax scores, batch by
+batch, and averaged over batches, which is not the F1 of the whole test set. Here macro
+F1 is computed from the confusion matrix of the whole set: per class
+``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``, averaged over classes (a class that never
+occurs and is never predicted scores 0, as in scikit-learn's ``zero_division=0``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dlcourse._validate import check_int
+
+
+def _labels(y_hat: torch.Tensor) -> torch.Tensor:
+    """Predicted labels from labels ``(n,)`` or scores/logits ``(n, classes)``."""
+    return y_hat.argmax(dim=1) if y_hat.ndim == 2 else y_hat
+
+
+def _check_pair(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+    pred = _labels(y_hat)
+    if pred.shape != y.shape:
+        raise ValueError(
+            f"y_hat must give one prediction per label: y has {tuple(y.shape)}, y_hat {tuple(y_hat.shape)}"
+        )
+    return pred
+
+
+def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of correct predictions (``y_hat``: labels or logits)."""
+    pred = _check_pair(y, y_hat)
+    return float((pred == y).float().mean()) if len(y) else 0.0
+
+
+def confusion_matrix(y_hat: torch.Tensor, y: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """``C[i, j]`` = number of examples of true class ``i`` predicted as ``j``."""
+    check_int("num_classes", num_classes, low=1)
+    pred = _check_pair(y, y_hat)
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+    flat = y.long() * num_classes + pred.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def macro_f1(y_hat: torch.Tensor, y: torch.Tensor, num_classes: int = 10) -> float:
+    """Macro-averaged F1 over ``num_classes`` classes, from the whole set's confusion matrix."""
+    cm = confusion_matrix(y_hat, y, num_classes).double()
+    tp = cm.diag()
+    denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)  # 2TP + FP + FN
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    return float(f1.mean())

@@ -1,0 +1,202 @@
+"""The update rules of asynchronous SGD and the three ways the lecture tames stale gradients.
+
+A worker pulls the parameters at server version ``v_pull``, computes a gradient dW_n,
+and pushes it; by the time it is applied the server is at version ``v_now``. Its
+**staleness** is ``tau = v_now - v_pull`` (the lecture's "stale gradient problem").
+
+1. **Staleness-scaled learning rate** (lambda_n): scale each update by its staleness,
+   ``lambda_n = lambda / max(1, tau)`` by default (Zhang, Gupta, Lian, Liu, "Staleness-aware
+   Async-SGD for Distributed Deep Learning", IJCAI 2016). Any ``f(lr, tau) -> lambda_n``
+   plugs in.
+2. **Soft synchronization**: the server collects S updates from any of the N workers
+   (1 <= S <= N), then applies ``W <- W - (1/S) * sum_n lambda_n dW_n``. We take the
+   *mean* (Zhang et al.'s n-softsync), so that S = N with a constant lambda is exactly
+   synchronous gradient averaging, and S = 1 is plain async SGD; the server's version
+   advances by one per applied step. ``reduce="sum"`` gives the lecture's formula as written.
+3. **Bounded staleness** (stale synchronous parallel, Ho et al., "More Effective
+   Distributed ML via a Stale Synchronous Parallel Parameter Server", NIPS 2013): a worker
+   may start its step ``c`` only while ``c - min_n c_n <= bound``, where ``c_n`` counts the
+   steps worker n has finished; the fast workers wait. Staleness is then counted in the
+   server's clock (``min_n c_n``, the steps every worker has finished), which is what makes
+   it provably at most ``bound``: bound 0 is synchronous, no bound is asynchronous.
+
+These rules are pure: the simulator (:mod:`dlcourse.sim`) and the real parameter server
+call the same functions, and a student's own rule plugs into both.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dlcourse._validate import check_choice, check_float, check_int
+
+LrPolicy = Callable[[float, int], float]
+REDUCTIONS = ("mean", "sum")
+
+
+def staleness(server_version: int, pulled_version: int) -> int:
+    """``tau = server_version - pulled_version``: how many steps the gradient is behind."""
+    check_int("server_version", server_version, low=0)
+    check_int("pulled_version", pulled_version, low=0, high=server_version)
+    return server_version - pulled_version
+
+
+def constant_lr(lr: float, tau: int) -> float:
+    """``lambda_n = lambda`` whatever the staleness (plain async SGD)."""
+    return lr
+
+
+def staleness_lr(lr: float, tau: int) -> float:
+    """``lambda_n = lambda / max(1, tau)`` (Zhang et al. 2016): staler gradients count less."""
+    return lr / max(1, tau)
+
+
+LR_POLICIES: dict[str, LrPolicy] = {"constant": constant_lr, "staleness": staleness_lr}
+
+
+def resolve_lr_policy(policy: str | LrPolicy) -> LrPolicy:
+    """A policy name (``"constant"``, ``"staleness"``) or a function ``f(lr, tau) -> lambda_n``."""
+    if callable(policy):
+        return policy
+    return LR_POLICIES[check_choice("lr_policy", policy, LR_POLICIES)]
+
+
+def scaled_lr(lr: float, tau: int, policy: str | LrPolicy = "staleness") -> float:
+    """The learning rate lambda_n for one update of staleness ``tau`` under ``policy``."""
+    check_float("lr", lr, low=0.0, low_open=True)
+    check_int("tau", tau, low=0)
+    value = resolve_lr_policy(policy)(lr, tau)
+    if not isinstance(value, (int, float)) or not (value >= 0) or value == float("inf"):
+        raise ValueError(f"lr_policy must return a finite learning rate >= 0, got {value!r} for tau={tau}")
+    return float(value)
+
+
+@torch.no_grad()
+def apply_updates(
+    params: Sequence[torch.Tensor],
+    updates: Sequence[Sequence[torch.Tensor]],
+    lrs: Sequence[float],
+    reduce: str = "mean",
+) -> None:
+    """``W <- W - (1/S) sum_n lambda_n dW_n`` in place (``reduce="sum"`` drops the 1/S).
+
+    ``updates[n]`` holds one tensor per parameter (worker n's gradient); ``lrs[n]`` is
+    its lambda_n. Summation runs in the order given, so results are reproducible.
+    """
+    check_choice("reduce", reduce, REDUCTIONS)
+    if len(updates) == 0 or len(updates) != len(lrs):
+        raise ValueError(
+            f"updates and lrs must be non-empty and of equal length, got {len(updates)} and {len(lrs)}"
+        )
+    scale = 1.0 / len(updates) if reduce == "mean" else 1.0
+    for i, w in enumerate(params):
+        step = torch.zeros_like(w)
+        for grads, lam in zip(updates, lrs):
+            if grads[i].shape != w.shape:
+                raise ValueError(
+                    f"update for parameter {i} has shape {tuple(grads[i].shape)}, expected {tuple(w.shape)}"
+                )
+            step.add_(grads[i].to(w.dtype), alpha=lam)
+        w.sub_(step, alpha=scale) if scale != 1.0 else w.sub_(step)
+
+
+class SoftSync:
+    """The server side of soft synchronization: collect S updates, then apply them.
+
+    ``receive(params, grads, pulled_version)`` records one update; when S have arrived it
+    applies them with :func:`apply_updates`, advances ``version`` and returns the list of
+    their staleness values (else ``None``). With ``clock`` supplied by the caller
+    (bounded staleness), staleness is measured in that clock instead of ``version``.
+    """
+
+    def __init__(
+        self,
+        num_workers: int,
+        softsync: int | None = None,
+        lr: float = 0.1,
+        lr_policy: str | LrPolicy = "constant",
+        reduce: str = "mean",
+    ) -> None:
+        self.num_workers = check_int("num_workers", num_workers, low=1)
+        self.softsync = check_int("softsync", 1 if softsync is None else softsync, low=1, high=num_workers)
+        self.lr = check_float("lr", lr, low=0.0, low_open=True)
+        self.lr_policy = resolve_lr_policy(lr_policy)
+        self.reduce = check_choice("reduce", reduce, REDUCTIONS)
+        self.version = 0
+        self._pending: list[tuple[Sequence[torch.Tensor], int]] = []
+
+    def receive(
+        self,
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        pulled_version: int,
+        clock: int | None = None,
+    ) -> list[int] | None:
+        now = self.version if clock is None else clock
+        tau = staleness(now, pulled_version)
+        self._pending.append((grads, tau))
+        if len(self._pending) < self.softsync:
+            return None
+        taus = [t for _, t in self._pending]
+        lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in taus]
+        apply_updates(params, [g for g, _ in self._pending], lrs, self.reduce)
+        self._pending.clear()
+        self.version += 1
+        return taus
+
+    @property
+    def pending(self) -> int:
+        """Updates received but not yet applied."""
+        return len(self._pending)
+
+    def __repr__(self) -> str:
+        name = getattr(self.lr_policy, "__name__", repr(self.lr_policy))
+        return (
+            f"SoftSync(num_workers={self.num_workers}, softsync={self.softsync}, lr={self.lr}, "
+            f"lr_policy={name}, reduce={self.reduce!r}, version={self.version}, pending={self.pending})"
+        )
+
+
+class BoundedStaleness:
+    """Stale-synchronous-parallel gate: who may start their next step.
+
+    ``clocks[n]`` counts the steps worker n has finished. Worker n may start its next step
+    while ``clocks[n] - min(clocks) <= bound``; ``bound=None`` never blocks (async).
+    ``clock`` (= ``min(clocks)``) is the server clock in which staleness is measured.
+    """
+
+    def __init__(self, num_workers: int, bound: int | None) -> None:
+        self.num_workers = check_int("num_workers", num_workers, low=1)
+        self.bound = None if bound is None else check_int("staleness_bound", bound, low=0)
+        self.clocks = [0] * num_workers
+
+    @property
+    def clock(self) -> int:
+        return min(self.clocks)
+
+    def may_start(self, worker: int) -> bool:
+        check_int("worker", worker, low=0, high=self.num_workers - 1)
+        return self.bound is None or self.clocks[worker] - self.clock <= self.bound
+
+    def finish(self, worker: int) -> None:
+        """Worker ``worker`` finished (pushed) one step."""
+        check_int("worker", worker, low=0, high=self.num_workers - 1)
+        self.clocks[worker] += 1
+
+    def __repr__(self) -> str:
+        return f"BoundedStaleness(num_workers={self.num_workers}, bound={self.bound}, clocks={self.clocks})"
+
+
+def staleness_summary(taus: Sequence[int]) -> dict:
+    """``{"max", "mean", "histogram"}`` of applied updates' staleness (histogram keys are str for JSON)."""
+    if len(taus) == 0:
+        return {"max": 0, "mean": 0.0, "histogram": {}}
+    counts = Counter(int(t) for t in taus)
+    return {
+        "max": max(counts),
+        "mean": sum(taus) / len(taus),
+        "histogram": {str(k): counts[k] for k in sorted(counts)},
+    }
