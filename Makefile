@@ -29,7 +29,7 @@ test: $(STAMP) lint  ## set up, then run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 quick: $(STAMP)  ## the inner loop: everything but slow tests and notebooks
-	$(BIN)/python -m pytest -m "not slow and not notebook" -x -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not slow and not notebook" -x -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
