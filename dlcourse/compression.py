@@ -1,0 +1,504 @@
+"""Compressed, quantized updates with a residual (Strom 2015).
+
+Nikko Strom, "Scalable distributed DNN training using commodity GPU cloud computing",
+Interspeech 2015. Each worker keeps a **residual** vector ``r`` of what it has not sent yet::
+
+    r += update                       # the step this worker just computed
+    sent = sign(r) * tau  where |r| >= tau, else 0
+    r -= sent                         # "delayed but not lost"
+
+Only the few elements at or above the threshold ``tau`` travel, each as one sign bit; the
+receiver knows ``tau`` from the header. Their positions are sent as the **gaps** between
+consecutive indexes, entropy-coded, because sent positions are sparse and cluster (many
+gaps are 1). A message is real bytes::
+
+    header | unary stream | mantissa stream | sign bits | (values) | crc32
+
+- header: magic ``b"SQ"``, version, variant, coder, coder parameter ``k``, dtype, ``tau``
+  (in the update's dtype, so ``+-tau`` decodes bit-exactly), then the count of sent
+  elements and the length of the update as varints.
+- gaps ``g >= 1`` are coded as ``n = g - 1`` by one of two families, each with its
+  parameter ``k`` fitted to the message (the smallest total size wins):
+  **Golomb-Rice(k)**: ``n >> k`` in unary, then the low ``k`` bits;
+  **Exp-Golomb(k)**: ``w = n + 2**k`` has ``k + 1 + L`` bits; ``L`` in unary, then the
+  ``k + L`` bits of ``w`` below its leading 1 (``k = 0`` is Elias-gamma).
+  The unary parts of all gaps come first and then all fixed parts, so both encoder and
+  decoder are a handful of vectorized numpy operations, no per-element Python loop.
+- crc32 of everything before it, so a truncated or corrupted message is caught.
+
+Variants for the lesson: ``"full"`` (the scheme above), ``"onebit"`` (+-tau with no
+residual: what falls below tau is lost), ``"sparse"`` (residual, but the sent elements
+carry their full float value) and ``"dense"`` (no compression: the raw update).
+``benchmarks/compression.py`` compares the coders with the entropy of the gaps.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dlcourse._validate import check_choice, check_float, check_int
+
+VARIANTS = ("full", "onebit", "sparse", "dense")
+CODERS = ("auto", "rice", "expgolomb", "gamma")
+MAGIC = b"SQ"
+VERSION = 1
+# varint-coded lengths stay well inside int64 and inside what a bit shift can address
+MAX_NUMEL = 2**62
+
+_VARIANT_CODE = {name: i for i, name in enumerate(VARIANTS)}
+_CODER_CODE = {"rice": 0, "expgolomb": 1, "gamma": 2}
+_DTYPES = [torch.float32, torch.float64, torch.float16]
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+_HEAD = struct.Struct("<2sBBBBB")  # magic, version, variant, coder, k, dtype
+_CRC = struct.Struct("<I")
+
+
+# --------------------------------------------------------------------------------------
+# The rule, as a pure function on tensors (what students implement in assignment A3)
+
+
+def quantize(r: torch.Tensor, tau: float) -> torch.Tensor:
+    """``sign(r) * tau`` where ``|r| >= tau``, else 0: what one step of the scheme sends."""
+    tau = check_float("tau", tau, low=0.0, low_open=True)
+    _check_finite("r", r)
+    tau_t = torch.tensor(tau, dtype=r.dtype)
+    return torch.where(r.abs() >= tau_t, torch.sign(r) * tau_t, torch.zeros((), dtype=r.dtype))
+
+
+# --------------------------------------------------------------------------------------
+# Bit-level helpers (numpy, vectorized)
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Number of bits of each non-negative int64 (0 for 0), exact up to 2**63."""
+    x = np.asarray(x, dtype=np.int64)
+    _, e = np.frexp(x.astype(np.float64))
+    e = e.astype(np.int64)
+    # float64 rounds values near a power of two up: correct those by one
+    shifted = np.left_shift(np.int64(1), np.maximum(e - 1, 0))
+    e -= ((x > 0) & (shifted > x)).astype(np.int64)
+    return np.where(x > 0, e, 0)
+
+
+def _unary_bits(q: np.ndarray) -> np.ndarray:
+    """``q[i]`` ones followed by a zero, for every i, as one uint8 bit array."""
+    total = int(q.sum()) + len(q)
+    bits = np.ones(total, dtype=np.uint8)
+    bits[np.cumsum(q + 1) - 1] = 0
+    return bits
+
+
+def _fixed_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """The low ``widths[i]`` bits of ``values[i]``, most significant first, concatenated."""
+    total = int(widths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.uint8)
+    owner = np.repeat(np.arange(len(widths)), widths)
+    starts = np.cumsum(widths) - widths
+    shift = widths[owner] - 1 - (np.arange(total) - starts[owner])
+    return ((values[owner] >> shift) & 1).astype(np.uint8)
+
+
+def _read_fixed(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_fixed_bits`: ``bits`` holds exactly ``widths.sum()`` bits."""
+    values = np.zeros(len(widths), dtype=np.int64)
+    total = int(widths.sum())
+    if total == 0:
+        return values
+    owner = np.repeat(np.arange(len(widths)), widths)
+    starts = np.cumsum(widths) - widths
+    shift = widths[owner] - 1 - (np.arange(total) - starts[owner])
+    contrib = bits.astype(np.int64) << shift
+    nonempty = widths > 0
+    # every segment is non-empty, so reduceat sums exactly each element's bits
+    values[nonempty] = np.add.reduceat(contrib, starts[nonempty])
+    return values
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("message is truncated or corrupted: bad length field in the header")
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+
+
+# --------------------------------------------------------------------------------------
+# The gap coders
+
+
+def gaps_of(indices: np.ndarray) -> np.ndarray:
+    """Gaps ``g >= 1`` between sorted distinct indexes (the first gap counts from -1)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return np.diff(indices, prepend=np.int64(-1))
+
+
+def coded_bits(gaps: np.ndarray, coder: str, k: int) -> int:
+    """Bits that ``coder`` with parameter ``k`` spends on ``gaps`` (signs not included)."""
+    check_choice("coder", coder, _CODER_CODE)
+    check_int("k", k, low=0, high=62)
+    n = np.asarray(gaps, dtype=np.int64) - 1
+    if coder == "rice":
+        return int((n >> k).sum()) + len(n) * (1 + k)
+    if coder == "gamma" and k != 0:
+        raise ValueError(f"k must be 0 for the gamma coder, got {k}")
+    return int((2 * _bit_length(n + (1 << k)) - 1 - k).sum())
+
+
+def fit_k(gaps: np.ndarray, coder: str) -> int:
+    """The parameter ``k`` that makes ``coder`` spend the fewest bits on ``gaps``."""
+    check_choice("coder", coder, _CODER_CODE)
+    n = np.asarray(gaps, dtype=np.int64) - 1
+    if coder == "gamma" or len(n) == 0:
+        return 0
+    ks = np.arange(int(_bit_length(n.max())) + 1)
+    if coder == "rice":
+        cost = (n[None, :] >> ks[:, None]).sum(axis=1) + len(n) * (1 + ks)
+    else:
+        cost = (2 * _bit_length(n[None, :] + (1 << ks[:, None])) - 1 - ks[:, None]).sum(axis=1)
+    return int(np.argmin(cost))
+
+
+def best_coder(gaps: np.ndarray) -> tuple[str, int]:
+    """``(coder, k)`` with the fewest bits for ``gaps`` (ties go to Rice: simpler)."""
+    options = [(c, fit_k(gaps, c)) for c in ("rice", "expgolomb")]
+    return min(options, key=lambda ck: coded_bits(gaps, *ck))
+
+
+def gap_entropy_bits(gaps: np.ndarray) -> float:
+    """Empirical entropy of the gap values, in bits per gap: the bound to compare coders with."""
+    gaps = np.asarray(gaps, dtype=np.int64)
+    if len(gaps) == 0:
+        return 0.0
+    _, counts = np.unique(gaps, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def _encode_gaps(gaps: np.ndarray, coder: str, k: int) -> np.ndarray:
+    n = gaps - 1
+    if coder == "rice":
+        widths = np.full(len(n), k, dtype=np.int64)
+        return np.concatenate([_unary_bits(n >> k), _fixed_bits(n, widths)])
+    w = n + (1 << k)
+    lengths = _bit_length(w) - 1 - k  # L: unary part
+    return np.concatenate([_unary_bits(lengths), _fixed_bits(w, lengths + k)])
+
+
+def _decode_gaps(bits: np.ndarray, count: int, coder: str, k: int) -> tuple[np.ndarray, int]:
+    """Gaps and the number of bits they used, from the start of ``bits``."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    # the unary stream of `count` values ends at its count-th zero
+    ends = np.flatnonzero(bits == 0)[:count]
+    if len(ends) < count:
+        raise ValueError("message is truncated or corrupted: fewer index codes than its count")
+    q = np.diff(ends, prepend=-1) - 1
+    pos = int(ends[-1]) + 1
+    widths = np.full(count, k, dtype=np.int64) if coder == "rice" else q + k
+    if widths.max() > 62:
+        raise ValueError("message is corrupted: an index code is longer than any valid index")
+    fixed_len = int(widths.sum())
+    if pos + fixed_len > len(bits):
+        raise ValueError("message is truncated or corrupted: index codes run past its end")
+    low = _read_fixed(bits[pos : pos + fixed_len], widths)
+    if coder == "rice":
+        if q.max() > 62 - k:
+            raise ValueError("message is corrupted: an index code is longer than any valid index")
+        n = (q << k) | low
+    else:
+        n = ((np.int64(1) << widths) | low) - (1 << k)
+    return n + 1, pos + fixed_len
+
+
+# --------------------------------------------------------------------------------------
+# Messages
+
+
+@dataclass(repr=False)
+class SparseUpdate:
+    """A decoded message before it is scattered into a dense tensor."""
+
+    indices: np.ndarray  # int64 positions of the sent elements, increasing
+    values: torch.Tensor  # their values (+-tau, or the full values of "sparse")
+    numel: int  # length of the flattened update the message is for
+    tau: float  # threshold (0 for "dense")
+    variant: str  # one of VARIANTS
+    coder: str  # gap coder used ("rice", "expgolomb", "gamma"; "none" for "dense")
+    k: int  # the coder's parameter
+    nbytes: int  # size of the message in bytes
+
+    def to_dense(self) -> torch.Tensor:
+        out = torch.zeros(self.numel, dtype=self.values.dtype)
+        out[torch.from_numpy(self.indices)] = self.values
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseUpdate(variant={self.variant!r}, sent={len(self.indices):,} of {self.numel:,}, "
+            f"tau={self.tau:g}, coder={self.coder}(k={self.k}), nbytes={self.nbytes:,})"
+        )
+
+
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype}")
+    return dtype
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} must be finite: it holds {bad} NaN or Inf value(s)")
+
+
+def encode(
+    indices: np.ndarray | torch.Tensor,
+    numel: int,
+    *,
+    tau: float,
+    negative: np.ndarray | torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    coder: str = "auto",
+    variant: str | None = None,
+) -> bytes:
+    """The message for a sparse update of length ``numel``.
+
+    ``indices`` are the sent positions (strictly increasing). Give ``negative`` (bools:
+    which of them are ``-tau``) for the 1-bit variants, or ``values`` (their full values)
+    for the ``"sparse"`` variant. ``coder="auto"`` picks the smallest coder. ``variant``
+    only labels the message (default ``"full"``, or ``"sparse"`` with ``values``).
+    """
+    check_int("numel", numel, low=0, high=MAX_NUMEL)
+    tau = check_float("tau", tau, low=0.0, low_open=True)
+    _check_dtype(dtype)
+    check_choice("coder", coder, CODERS)
+    idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+    if idx.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
+    if len(idx) and (idx[0] < 0 or idx[-1] >= numel):
+        raise ValueError(f"indices must lie in [0, numel={numel}), got {idx[0]}..{idx[-1]}")
+    gaps = gaps_of(idx)
+    if (gaps < 1).any():
+        raise ValueError("indices must be strictly increasing")
+    if (negative is None) == (values is None):
+        raise ValueError("give exactly one of negative (1-bit variants) or values ('sparse')")
+    payload = values is not None
+    if payload:
+        _check_finite("values", values)
+        if values.shape != (len(idx),):
+            raise ValueError(f"values must have shape ({len(idx)},), got {tuple(values.shape)}")
+        sign_bits = np.zeros(0, dtype=np.uint8)
+    else:
+        sign_bits = np.asarray(negative, dtype=np.uint8).reshape(-1)
+        if len(sign_bits) != len(idx):
+            raise ValueError(f"negative must have {len(idx)} entries, got {len(sign_bits)}")
+    if coder == "auto":
+        coder, k = best_coder(gaps)
+    else:
+        k = fit_k(gaps, coder)
+    bits = np.concatenate([_encode_gaps(gaps, coder, k), sign_bits])
+    variant = "sparse" if payload else check_choice("variant", variant or "full", ("full", "onebit"))
+    head = _HEAD.pack(MAGIC, VERSION, _VARIANT_CODE[variant], _CODER_CODE[coder], k, _DTYPES.index(dtype))
+    parts = [
+        head,
+        torch.tensor([tau], dtype=dtype).numpy().tobytes(),
+        _varint(len(idx)),
+        _varint(numel),
+        np.packbits(bits).tobytes(),
+    ]
+    if payload:
+        parts.append(values.to(dtype).numpy().astype(_NUMPY_DTYPE[dtype]).tobytes())
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def encode_dense(update: torch.Tensor) -> bytes:
+    """The uncompressed message: header and the raw values (compression off)."""
+    _check_finite("update", update)
+    dtype = _check_dtype(update.dtype)
+    flat = update.detach().reshape(-1).cpu()
+    head = _HEAD.pack(MAGIC, VERSION, _VARIANT_CODE["dense"], 0, 0, _DTYPES.index(dtype))
+    body = head + _varint(flat.numel()) + flat.numpy().tobytes()
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def message_size(gaps_bits: int, count: int, numel: int, dtype: torch.dtype, payload: bool) -> int:
+    """Bytes of a message whose gap codes take ``gaps_bits`` bits: the coder's own accounting."""
+    itemsize = torch.tensor([], dtype=_check_dtype(dtype)).element_size()
+    sign_bits = 0 if payload else count
+    return (
+        _HEAD.size
+        + itemsize
+        + len(_varint(count))
+        + len(_varint(numel))
+        + (gaps_bits + sign_bits + 7) // 8
+        + (count * itemsize if payload else 0)
+        + _CRC.size
+    )
+
+
+def read_message(message: bytes) -> SparseUpdate:
+    """Parse and check a message; raises ``ValueError`` if it is truncated or corrupted."""
+    if not isinstance(message, (bytes, bytearray, memoryview)):
+        raise ValueError(f"message must be bytes, got {type(message).__name__}")
+    message = bytes(message)
+    if len(message) < _HEAD.size + _CRC.size:
+        raise ValueError(f"message is truncated: {len(message)} bytes is shorter than any header")
+    body, (crc,) = message[: -_CRC.size], _CRC.unpack(message[-_CRC.size :])
+    if zlib.crc32(body) != crc:
+        raise ValueError("message is truncated or corrupted: its crc32 checksum does not match")
+    magic, version, variant_code, coder_code, k, dtype_code = _HEAD.unpack_from(body)
+    if magic != MAGIC or version != VERSION:
+        raise ValueError(f"not a compressed update (magic {magic!r}, version {version})")
+    if variant_code >= len(VARIANTS) or dtype_code >= len(_DTYPES):
+        raise ValueError("message is corrupted: unknown variant or dtype in its header")
+    variant, dtype = VARIANTS[variant_code], _DTYPES[dtype_code]
+    np_dtype = np.dtype(_NUMPY_DTYPE[dtype])
+    pos = _HEAD.size
+    if variant == "dense":
+        numel, pos = _read_varint(body, pos)
+        if len(body) - pos != numel * np_dtype.itemsize:
+            raise ValueError("message is truncated or corrupted: dense payload has the wrong length")
+        values = torch.from_numpy(np.frombuffer(body, dtype=np_dtype, offset=pos).copy())
+        return SparseUpdate(np.arange(numel), values, numel, 0.0, "dense", "none", 0, len(message))
+    tau = float(np.frombuffer(body, dtype=np_dtype, count=1, offset=pos)[0])
+    pos += np_dtype.itemsize
+    count, pos = _read_varint(body, pos)
+    numel, pos = _read_varint(body, pos)
+    coder = {v: c for c, v in _CODER_CODE.items()}.get(coder_code)
+    if coder is None or count > numel or numel > MAX_NUMEL:
+        raise ValueError("message is corrupted: bad coder or lengths in its header")
+    payload = variant == "sparse"
+    value_bytes = count * np_dtype.itemsize if payload else 0
+    bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8, offset=pos, count=len(body) - pos - value_bytes))
+    gaps, used = _decode_gaps(bits, count, coder, k)
+    indices = np.cumsum(gaps) - 1
+    if count and indices[-1] >= numel:
+        raise ValueError("message is corrupted: an index lies beyond the update's length")
+    if payload:
+        values = torch.from_numpy(np.frombuffer(body, dtype=np_dtype, offset=len(body) - value_bytes).copy())
+    else:
+        if used + count > len(bits):
+            raise ValueError("message is truncated or corrupted: sign bits run past its end")
+        negative = torch.from_numpy(bits[used : used + count].astype(bool))
+        tau_t = torch.tensor(tau, dtype=dtype)
+        values = torch.where(negative, -tau_t, tau_t)
+    return SparseUpdate(indices, values, numel, tau, variant, coder, k, len(message))
+
+
+def decode(message: bytes, shape: torch.Size | tuple[int, ...] | int) -> torch.Tensor:
+    """The dense update of ``shape`` that ``message`` carries (exactly what was sent)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    numel = int(np.prod(shape, dtype=np.int64))
+    update = read_message(message)
+    if update.numel != numel:
+        raise ValueError(
+            f"message is for an update of {update.numel:,} elements, not shape {shape} ({numel:,})"
+        )
+    return update.to_dense().reshape(shape)
+
+
+# --------------------------------------------------------------------------------------
+# The per-worker state
+
+
+@dataclass(repr=False)
+class Compressor:
+    """One worker's compressor: keeps the residual and turns each update into a message.
+
+    ``compress(update)`` returns the message bytes; ``last_sent`` is the dense update the
+    message carries (what peers will add), so the worker can apply the same to itself.
+    """
+
+    numel: int  # length of the flattened update (all parameters)
+    tau: float | None = None  # threshold; None only for variant "dense"
+    variant: str = "full"  # "full", "onebit" (no residual), "sparse" (full values), "dense" (off)
+    coder: str = "auto"  # gap coder: "auto" picks the smallest of Rice and Exp-Golomb
+    dtype: torch.dtype = torch.float32  # dtype of updates and of the residual
+    residual: torch.Tensor = field(init=False)  # what has not been sent yet
+    bytes_sent: int = field(init=False, default=0)  # total message bytes produced
+    elements_sent: int = field(init=False, default=0)  # total elements sent
+
+    def __post_init__(self) -> None:
+        check_int("numel", self.numel, low=0, high=MAX_NUMEL)
+        check_choice("variant", self.variant, VARIANTS)
+        check_choice("coder", self.coder, CODERS)
+        _check_dtype(self.dtype)
+        if self.variant != "dense" or self.tau is not None:
+            self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
+        self.residual = torch.zeros(self.numel if self.variant in ("full", "sparse") else 0, dtype=self.dtype)
+        self.last_sent = torch.zeros(0, dtype=self.dtype)
+
+    def compress(self, update: torch.Tensor) -> bytes:
+        """Add ``update`` to the residual, send what reaches ``tau``, keep the rest."""
+        _check_finite("update", update)
+        if update.numel() != self.numel or update.dtype != self.dtype:
+            raise ValueError(
+                f"update must have {self.numel:,} elements of {self.dtype}, "
+                f"got {update.numel():,} of {update.dtype}"
+            )
+        flat = update.detach().reshape(-1)
+        if self.variant == "dense":
+            self.last_sent = flat.clone()
+            message = encode_dense(flat)
+        else:
+            if self.variant == "onebit":
+                r = flat  # no memory: whatever is below tau this step is lost
+            else:
+                self.residual += flat
+                r = self.residual
+            tau_t = torch.tensor(self.tau, dtype=self.dtype)
+            idx = (r.abs() >= tau_t).nonzero().squeeze(1)
+            picked = r[idx]
+            if self.variant == "sparse":
+                sent = picked.clone()
+                message = encode(
+                    idx, self.numel, tau=self.tau, values=sent, dtype=self.dtype, coder=self.coder
+                )
+            else:
+                negative = picked < 0
+                sent = torch.where(negative, -tau_t, tau_t)
+                message = encode(
+                    idx,
+                    self.numel,
+                    tau=self.tau,
+                    negative=negative.numpy(),
+                    dtype=self.dtype,
+                    coder=self.coder,
+                    variant=self.variant,
+                )
+            if self.variant != "onebit":
+                self.residual[idx] -= sent
+            self.last_sent = torch.zeros(self.numel, dtype=self.dtype)
+            self.last_sent[idx] = sent
+            self.elements_sent += len(idx)
+        self.bytes_sent += len(message)
+        return message
+
+    def __repr__(self) -> str:
+        return (
+            f"Compressor(variant={self.variant!r}, tau={self.tau}, numel={self.numel:,}, "
+            f"coder={self.coder!r}, bytes_sent={self.bytes_sent:,})"
+        )
