@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LAB_ARGS ?=
+# JupyterLab refuses to start as root (containers, Binder-like images) unless told to.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 # The CPU build of PyTorch: a plain `pip install torch` would take a CUDA build of several GB.
 TORCH_SPEC ?= torch==2.13.0
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 
 lab: $(STAMP)  ## set up, then start JupyterLab on lessons/ (LAB_ARGS="--no-browser --port 8899")
 	@echo "Starting JupyterLab on lessons/ (its URL follows)"
-	$(BIN)/jupyter lab --notebook-dir=lessons $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=lessons $(ROOT_ARGS) $(LAB_ARGS)
 
 test: $(STAMP) lint  ## set up, then run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
