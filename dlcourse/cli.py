@@ -26,7 +26,12 @@ from pathlib import Path
 TRAIN_STRATEGIES = {
     "single": "dlcourse.cli:train_single",
 }
-SIMULATE_POLICIES: dict[str, str] = {}
+SIMULATE_POLICIES: dict[str, str] = {
+    "sync": "dlcourse.sim:simulate_command",
+    "async": "dlcourse.sim:simulate_command",
+    "softsync": "dlcourse.sim:simulate_command",
+    "bounded": "dlcourse.sim:simulate_command",
+}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -132,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--bandwidth", type=_pos_float, default=1e9, help="bytes per second")
     simulate.add_argument("--latency", type=_nonneg_float, default=1e-4, help="seconds per message")
     simulate.add_argument("--apply-time", type=_nonneg_float, default=0.01, help="server seconds per update")
+    simulate.add_argument(
+        "--evals-per-epoch", type=_pos_int, default=4, help="test evaluations per epoch (curve points)"
+    )
+    simulate.set_defaults(model="mlp")  # the simulator's default: fast enough for widgets
     return parser
 
 

@@ -147,6 +147,20 @@ class SoftSync:
         self.version += 1
         return taus
 
+    def flush(self, params: Sequence[torch.Tensor]) -> list[int] | None:
+        """Apply the updates received so far even if fewer than S (the end of a run).
+
+        Returns their staleness values, or ``None`` when nothing was pending.
+        """
+        if not self._pending:
+            return None
+        taus = [t for _, t in self._pending]
+        lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in taus]
+        apply_updates(params, [g for g, _ in self._pending], lrs, self.reduce)
+        self._pending.clear()
+        self.version += 1
+        return taus
+
     @property
     def pending(self) -> int:
         """Updates received but not yet applied."""
