@@ -41,6 +41,8 @@ KIND_COLORS = {
     "idle": "#F2F2F2",
 }
 TIMELINE_KINDS = ("compute", "push", "pull", "wait")
+# dlcourse.pipeline's intervals say "F" / "B"
+_KIND_ALIASES = {"F": "forward", "B": "backward"}
 PIPELINE_KINDS = ("forward", "backward")
 
 
@@ -136,8 +138,9 @@ def _events(trace: Any) -> list[tuple[int, str, float, float]]:
         if isinstance(e, (tuple, list)):
             worker, kind, start, end = e[:4]
         else:
-            worker, kind = _get(e, "worker", "rank"), _get(e, "kind")
+            worker, kind = _get(e, "worker", "stage", "rank"), _get(e, "kind")
             start, end = _get(e, "start"), _get(e, "end")
+        kind = _KIND_ALIASES.get(kind, kind)
         if end < start:
             raise ValueError(f"trace event {e!r} ends before it starts")
         out.append((int(worker), str(kind), float(start), float(end)))
@@ -499,6 +502,10 @@ class BubblePlot(TimelinePlot):
 
     def update(self, busy: Any, microbatches: int | None = None) -> None:  # type: ignore[override]
         """``busy``: (stage, kind, start, end) intervals; ``microbatches`` M adds the formula."""
+        if microbatches is None:  # a PipelineTimeline knows its M
+            microbatches = (
+                _get(busy, "num_microbatches", default=None) if not isinstance(busy, Mapping) else None
+            )
         events = _stage_events(busy)
         self.fraction = bubble_fraction(events)
         stages = 1 + max((e[0] for e in events), default=0)
