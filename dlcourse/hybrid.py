@@ -1,0 +1,223 @@
+"""Combining model and data parallelism: pipeline stages x data-parallel replicas.
+
+The lecture ends its comparison with "combining model and data parallelism": cut the
+network into K stages (model parallelism) and run R copies of that cut side by side on
+different data (data parallelism). Krizhevsky ("One weird trick for parallelizing
+convolutional neural networks", 2014) uses data parallelism for the convolutional layers
+and model parallelism for the dense ones; Megatron-LM and GPipe combine the two the same
+way at scale. Here K * R processes form a grid::
+
+                 stage 0     stage 1          rank = replica * K + stage
+    replica 0    rank 0  ->  rank 1           activations -> , gradients <-
+    replica 1    rank 2  ->  rank 3
+                   |           |
+               DDP group   DDP group          gradients averaged down each column
+
+Each row is a model-parallel pipeline working on its part of the batch; each column is a
+data-parallel group: the stage is wrapped in ``DistributedDataParallel`` over the ranks
+that hold the same stage, so its gradients are averaged during the backward pass. The
+result equals one process training on the whole batch (:func:`run_hybrid` and the tests
+check it).
+
+One micro-batch per replica and step: DDP arms its gradient hooks at each forward, so
+several forwards before their backwards (GPipe) need DDP's internals;
+``torch.distributed.pipelining`` reaches into them for that. Pipelining itself is taught
+in :mod:`dlcourse.pipeline`.
+
+Run ``dlcourse train --strategy hybrid --stages 2 --workers 2`` (4 processes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dlcourse._validate import check_float, check_int
+from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
+from dlcourse.pipeline import gpipe_step, stage_input_shapes
+from dlcourse.train import OPTIMIZERS, batches, make_optimizer
+
+
+@dataclass
+class HybridConfig:
+    """How :func:`hybrid_worker` trains."""
+
+    num_stages: int = 2  # K: model-parallel stages per replica
+    epochs: int = 1  # passes over the training data
+    batch_size: int = 100  # examples per step over all replicas (each gets batch_size / R)
+    lr: float = 0.1  # learning rate
+    optimizer: str = "sgd"  # "sgd", "momentum" or "adam"
+    momentum: float = 0.9  # for "momentum"
+    seed: int = 0  # shuffle order, the same on every rank
+    max_steps: int | None = None  # stop after this many steps (None: all epochs)
+
+    def __post_init__(self) -> None:
+        check_int("num_stages", self.num_stages, low=1)
+        check_int("epochs", self.epochs, low=0)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.max_steps is not None:
+            check_int("max_steps", self.max_steps, low=1)
+
+
+def grid_position(rank: int, num_stages: int) -> tuple[int, int]:
+    """``(replica, stage)`` of ``rank`` in the grid (``rank = replica * K + stage``)."""
+    check_int("rank", rank, low=0)
+    check_int("num_stages", num_stages, low=1)
+    return divmod(rank, num_stages)
+
+
+def hybrid_worker(
+    rank: int, world_size: int, model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, config: HybridConfig
+) -> dict:
+    """Worker function: train one stage of one replica; returns its weights and losses."""
+    K = config.num_stages
+    R = world_size // K
+    replica, s = grid_position(rank, K)
+    # every rank must create every group, in the same order, even those it is not in
+    stage_groups = [dist.new_group([s_ + K * r for r in range(R)]) for s_ in range(K)]
+    stage = split_model(model, K)[s]
+    ddp = DDP(stage, process_group=stage_groups[s])  # gradients averaged down this column
+    opt = make_optimizer(config.optimizer, ddp.parameters(), config.lr, config.momentum)
+    part = config.batch_size // R
+    in_shape = stage_input_shapes(model, K, (part, *X.shape[1:]))[s]
+    prev = rank - 1 if s > 0 else None
+    nxt = rank + 1 if s < K - 1 else None
+    generator = torch.Generator().manual_seed(config.seed)
+    step_loss, steps = [], 0
+    start = time.perf_counter()
+    for _ in range(config.epochs):
+        for idx in batches(len(X), config.batch_size, generator):
+            if len(idx) != config.batch_size or steps == config.max_steps:
+                continue  # a partial batch would not split evenly over the replicas
+            mine = idx[replica * part : (replica + 1) * part]  # this replica's part of the batch
+            opt.zero_grad(set_to_none=True)
+            losses, _ = gpipe_step(ddp, X[mine], y[mine], 1, prev_rank=prev, next_rank=nxt, in_shape=in_shape)
+            opt.step()
+            steps += 1
+            if nxt is None:  # the full batch's loss is the mean of the replicas' losses
+                loss = torch.tensor(losses[0])
+                dist.all_reduce(loss, group=stage_groups[s])
+                step_loss.append(loss.item() / R)
+    return {
+        "replica": replica,
+        "stage": s,
+        "state": {k: v.clone() for k, v in stage.state_dict().items()},
+        "step_loss": step_loss,
+        "steps": steps,
+        "wall_s": time.perf_counter() - start,
+        "out_shape": tuple(stage_shapes([stage], in_shape)[0]),
+        "in_shape": in_shape,
+    }
+
+
+@dataclass(repr=False)
+class HybridResult:
+    """What a hybrid run produced; ``state_dict`` loads into the unsplit model."""
+
+    num_stages: int  # K
+    num_replicas: int  # R
+    state_dict: dict[str, torch.Tensor]  # the trained weights (replica 0's; all replicas agree)
+    replicas_agree: bool  # True when every replica ended with the same weights, as DDP promises
+    step_loss: list[float] = field(default_factory=list)  # full-batch training loss per step
+    wall_s: float = 0.0  # seconds of training on the slowest rank
+    steps: int = 0  # optimizer steps
+    bytes_sent: int = 0  # activations + gradients between stages + DDP's gradient all-reduces
+
+    def __repr__(self) -> str:
+        last = f", last loss={self.step_loss[-1]:.4f}" if self.step_loss else ""
+        return f"HybridResult(K={self.num_stages} x R={self.num_replicas}, steps={self.steps}{last})"
+
+
+def run_hybrid(
+    model: nn.Sequential,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    num_replicas: int = 2,
+    config: HybridConfig | None = None,
+    *,
+    timeout: float = 30.0,
+) -> HybridResult:
+    """Train ``model`` on ``(X, y)`` with K stages x ``num_replicas`` replicas (K * R processes)."""
+    from dlcourse.launcher import launch
+
+    config = config or HybridConfig()
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"model must be an nn.Sequential (cut by layer index), got {type(model).__name__}")
+    stage_bounds(len(model), config.num_stages)
+    check_int("num_replicas", num_replicas, low=1)
+    if config.batch_size % num_replicas:
+        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by num_replicas={num_replicas}")
+    if len(X) != len(y) or len(X) < config.batch_size:
+        raise ValueError(f"X and y must have the same length >= batch_size, got {len(X)} and {len(y)}")
+    check_float("timeout", timeout, low=0.0, low_open=True)
+    K, R = config.num_stages, num_replicas
+    parts = launch(hybrid_worker, K * R, model, X, y, config, backend="gloo", timeout=timeout)
+    state = {k: v for part in parts[:K] for k, v in part["state"].items()}
+    agree = all(torch.equal(part["state"][k], state[k]) for part in parts[K:] for k in part["state"])
+    steps = parts[0]["steps"]
+    # per step, per replica: activations forward and gradients back across K - 1 cuts,
+    # plus each stage's ring all-reduce (2 (R-1)/R of its gradient bytes per rank)
+    item = X.element_size()
+    cut = sum(2 * torch.Size(p["out_shape"]).numel() for p in parts if p["stage"] < K - 1)
+    param_bytes = sum(t.numel() * item for t in model.parameters())
+    ring = 2 * (R - 1) * param_bytes if R > 1 else 0
+    return HybridResult(
+        num_stages=K,
+        num_replicas=R,
+        state_dict=state,
+        replicas_agree=agree,
+        step_loss=parts[K - 1]["step_loss"],
+        wall_s=max(p["wall_s"] for p in parts),
+        steps=steps,
+        bytes_sent=steps * (cut * item + ring),
+    )
+
+
+def train_hybrid(args) -> dict:
+    """``dlcourse train --strategy hybrid --stages K --workers R``: metrics dict."""
+    from dlcourse.data import load_mnist
+    from dlcourse.models import make_model
+    from dlcourse.train import evaluate
+
+    optimizer = args.optimizer or "sgd"
+    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
+    config = HybridConfig(
+        num_stages=args.stages,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        momentum=args.momentum,
+        seed=args.seed,
+    )
+    split = load_mnist(args.data_source, seed=0)
+    model = make_model(args.model, seed=args.seed)
+    result = run_hybrid(model, split.train.X, split.train.y, args.workers, config, timeout=args.timeout)
+    model.load_state_dict(result.state_dict)
+    metrics = evaluate(model, split.test)
+    return {
+        "strategy": "hybrid",
+        "model": args.model,
+        "stages": args.stages,
+        "workers": args.workers,
+        "data_source": split.source,
+        "epochs": args.epochs,
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": metrics["loss"],
+        "test_macro_f1": metrics["macro_f1"],
+        "examples_per_s": result.steps * args.batch_size / result.wall_s if result.wall_s > 0 else 0.0,
+        "wall_s": result.wall_s,
+        "updates": result.steps,
+        "bytes_sent": result.bytes_sent,
+        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": result.steps}},  # synchronous
+        "replicas_agree": result.replicas_agree,
+        "step_loss": result.step_loss,
+    }

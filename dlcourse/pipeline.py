@@ -1,0 +1,554 @@
+"""Pipelining: keep every stage of a model-parallel network busy with micro-batches.
+
+Plain model parallelism (``dlcourse.model_parallel``) leaves K-1 of K stages idle at any
+moment: stage 2 waits for stage 1's activations, stage 1 waits for stage 2's gradients.
+GPipe (Huang et al., "GPipe: Efficient Training of Giant Neural Networks using Pipeline
+Parallelism", NeurIPS 2019) cuts the batch into M micro-batches: all M forwards flow
+through the stages, then all M backwards, then one optimizer step on the accumulated
+gradient. The idle time left, the *bubble*, is a fraction (K-1)/(M+K-1) of each stage's
+time when stages cost the same. 1F1B (PipeDream-Flush: Narayanan et al., "Memory-Efficient
+Pipeline-Parallel DNN Training", ICML 2021) has the same bubble but keeps at most K
+micro-batches' activations per stage instead of M.
+
+- :func:`gpipe_step`: our readable GPipe over K processes (send/recv on torch.distributed),
+  recording every forward and backward as an :class:`Interval`.
+- :func:`torch_pipeline_step`: the same step through ``torch.distributed.pipelining``
+  (``ScheduleGPipe`` or ``Schedule1F1B``), the reference our losses are compared with.
+- :func:`simulate_schedule`: the same schedules on a virtual clock, deterministic, for plots.
+- :class:`PipelineTimeline`: per-stage busy intervals, ``bubble_fraction``, ``peak_inflight``.
+- :func:`run_pipeline` runs one step; :func:`train_pipeline` is ``dlcourse train --strategy
+  pipeline --stages K --microbatches M`` (and ``model-parallel``, which is M = 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
+from dlcourse.train import batches, evaluate, make_optimizer
+
+SCHEDULES = ("ours", "torch-gpipe", "torch-1f1b")
+SIMULATED = ("gpipe", "1f1b")
+
+
+def gpipe_bubble(num_stages: int, num_microbatches: int) -> float:
+    """GPipe's idle fraction with equal stage costs: ``(K - 1) / (M + K - 1)``."""
+    check_int("num_stages", num_stages, low=1)
+    check_int("num_microbatches", num_microbatches, low=1)
+    return (num_stages - 1) / (num_microbatches + num_stages - 1)
+
+
+def check_microbatches(batch_size: int, num_microbatches: int) -> int:
+    """Micro-batch size; the batch must split into ``num_microbatches`` equal parts."""
+    check_int("num_microbatches", num_microbatches, low=1)
+    if batch_size % num_microbatches:
+        raise ValueError(
+            f"the batch size ({batch_size}) must be divisible by num_microbatches={num_microbatches} "
+            "(equal micro-batches make the step equal full-batch training)"
+        )
+    return batch_size // num_microbatches
+
+
+# ----------------------------------------------------------------------------- timelines
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One forward ("F") or backward ("B") of one micro-batch on one stage."""
+
+    stage: int  # which stage (rank) ran it
+    microbatch: int  # which micro-batch, 0..M-1
+    kind: str  # "F" (forward) or "B" (backward)
+    start: float  # seconds since the step began (all stages share the origin)
+    end: float  # seconds since the step began
+
+
+@dataclass(repr=False)
+class PipelineTimeline:
+    """Who was busy when: the data of a pipeline chart, and the bubble measured from it."""
+
+    num_stages: int  # K
+    num_microbatches: int  # M
+    schedule: str  # "ours", "torch-gpipe", "gpipe", "1f1b", ...
+    intervals: list[Interval] = field(default_factory=list)  # every F and B of every stage
+    simulated: bool = False  # True when the times come from the virtual clock, not a real run
+
+    def stage_intervals(self, stage: int) -> list[Interval]:
+        """Stage ``stage``'s intervals in time order."""
+        return sorted((i for i in self.intervals if i.stage == stage), key=lambda i: i.start)
+
+    @property
+    def makespan(self) -> float:
+        """Seconds from the first start to the last end over all stages."""
+        return max(i.end for i in self.intervals) - min(i.start for i in self.intervals)
+
+    @property
+    def busy_s(self) -> list[float]:
+        """Per stage: seconds spent computing (forward or backward)."""
+        return [sum(i.end - i.start for i in self.stage_intervals(k)) for k in range(self.num_stages)]
+
+    @property
+    def idle_s(self) -> list[float]:
+        """Per stage: seconds of the makespan spent waiting."""
+        return [self.makespan - b for b in self.busy_s]
+
+    @property
+    def bubble_fraction(self) -> float:
+        """Idle share of all stages' time: ``1 - sum(busy) / (K * makespan)``."""
+        return 1.0 - sum(self.busy_s) / (self.num_stages * self.makespan)
+
+    @property
+    def expected_bubble(self) -> float:
+        """The formula ``(K - 1) / (M + K - 1)`` for equal stage costs."""
+        return gpipe_bubble(self.num_stages, self.num_microbatches)
+
+    @property
+    def peak_inflight(self) -> list[int]:
+        """Per stage: most micro-batches forwarded but not yet backwarded (activations held)."""
+        peaks = []
+        for k in range(self.num_stages):
+            held = peak = 0
+            for i in self.stage_intervals(k):
+                held += 1 if i.kind == "F" else -1
+                peak = max(peak, held)
+            peaks.append(peak)
+        return peaks
+
+    def __repr__(self) -> str:
+        return (
+            f"PipelineTimeline({self.schedule}, K={self.num_stages}, M={self.num_microbatches}, "
+            f"makespan={self.makespan:.4g}s, bubble={self.bubble_fraction:.3f} "
+            f"(formula {self.expected_bubble:.3f}))"
+        )
+
+
+def schedule_order(
+    schedule: str, stage: int, num_stages: int, num_microbatches: int
+) -> list[tuple[str, int]]:
+    """The order in which ``stage`` runs its forwards and backwards.
+
+    GPipe: all forwards, then all backwards. 1F1B: ``K - 1 - stage`` warm-up forwards, then
+    one forward and one backward in turn, then the remaining backwards.
+    """
+    check_choice("schedule", schedule, SIMULATED)
+    M = num_microbatches
+    if schedule == "gpipe":
+        return [("F", m) for m in range(M)] + [("B", m) for m in range(M)]
+    warmup = min(num_stages - 1 - stage, M)
+    order = [("F", m) for m in range(warmup)]
+    for m in range(M - warmup):
+        order += [("F", warmup + m), ("B", m)]
+    return order + [("B", m) for m in range(M - warmup, M)]
+
+
+def simulate_schedule(
+    num_stages: int,
+    num_microbatches: int,
+    schedule: str = "gpipe",
+    forward_s: float = 1.0,
+    backward_s: float = 2.0,
+) -> PipelineTimeline:
+    """The schedule on a virtual clock: deterministic, instant, for plots and lessons.
+
+    A forward of micro-batch m on stage k starts when stage k is free and stage k-1 has
+    finished its forward of m; a backward when stage k+1 has finished its backward of m.
+    """
+    check_int("num_stages", num_stages, low=1)
+    check_int("num_microbatches", num_microbatches, low=1)
+    check_float("forward_s", forward_s, low=0.0, low_open=True)
+    check_float("backward_s", backward_s, low=0.0, low_open=True)
+    K = num_stages
+    orders = [schedule_order(schedule, k, K, num_microbatches) for k in range(K)]
+    done: dict[tuple[str, int, int], float] = {}  # (kind, stage, microbatch) -> end time
+    free = [0.0] * K
+    nxt = [0] * K
+    intervals = []
+    while any(nxt[k] < len(orders[k]) for k in range(K)):
+        progressed = False
+        for k in range(K):
+            if nxt[k] == len(orders[k]):
+                continue
+            kind, m = orders[k][nxt[k]]
+            needs = ("F", k - 1, m) if kind == "F" else ("B", k + 1, m)
+            first = (kind == "F" and k == 0) or (kind == "B" and k == K - 1)
+            if not first and needs not in done:
+                continue
+            start = max(free[k], 0.0 if first else done[needs])
+            end = start + (forward_s if kind == "F" else backward_s)
+            intervals.append(Interval(k, m, kind, start, end))
+            done[(kind, k, m)] = free[k] = end
+            nxt[k] += 1
+            progressed = True
+        assert progressed, "schedule deadlocked"  # cannot happen for the two orders above
+    return PipelineTimeline(K, num_microbatches, schedule, intervals, simulated=True)
+
+
+# ----------------------------------------------------------------------------- our GPipe
+
+
+def gpipe_step(
+    stage: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    num_microbatches: int,
+    *,
+    prev_rank: int | None,
+    next_rank: int | None,
+    in_shape: tuple[int, ...] | None = None,
+    loss_fn: Callable = F.cross_entropy,
+    stage_cost_s: float = 0.0,
+) -> tuple[list[float], list[Interval]]:
+    """One GPipe step of this rank's ``stage``: M forwards, then M backwards.
+
+    ``prev_rank`` / ``next_rank`` are the ranks of the neighbouring stages (``None`` on the first /
+    last stage). The first stage cuts ``X`` into M micro-batches; the others receive
+    activations of ``in_shape`` (one micro-batch's input to this stage); the last stage
+    computes ``loss_fn(y_hat, y_m)``. Gradients accumulate in ``stage``'s parameters (call
+    ``zero_grad`` before, ``step`` after); each micro-batch's loss is divided by M, so the
+    accumulated gradient is the full-batch gradient of the mean loss. ``stage_cost_s`` pads
+    every forward and backward to at least that many seconds: equal, known stage costs make
+    the bubble measurable on a noisy machine. Returns the last stage's micro-batch losses
+    (empty elsewhere) and this stage's intervals.
+    """
+    M = num_microbatches
+    micro = check_microbatches(len(X), M)
+    first, last = prev_rank is None, next_rank is None
+    if not first and in_shape is None:
+        raise ValueError("in_shape must be given on every stage but the first (the shape it receives)")
+    rank = dist.get_rank()
+    inputs, outputs, losses, intervals, sends = [], [], [], [], []
+    dist.barrier()  # a common origin for every stage's clock
+    origin = time.perf_counter()
+
+    def timed(kind: str, m: int, work: Callable[[], torch.Tensor | None]):
+        start = time.perf_counter()
+        out = work()
+        time.sleep(max(0.0, start + stage_cost_s - time.perf_counter()))  # the injected cost
+        intervals.append(Interval(rank, m, kind, start - origin, time.perf_counter() - origin))
+        return out
+
+    for m in range(M):  # ---- forward: micro-batches flow down the pipeline
+        if first:
+            x_in = X[m * micro : (m + 1) * micro]
+        else:
+            x_in = torch.empty(in_shape)
+            dist.recv(x_in, src=prev_rank)  # idle until the previous stage sends
+            x_in.requires_grad_()
+        y_hat = timed("F", m, lambda x_in=x_in: stage(x_in))
+        if last:
+            losses.append(loss_fn(y_hat, y[m * micro : (m + 1) * micro]))
+        else:
+            # isend: a blocking send could stall this stage until the next one is ready
+            sends.append(dist.isend(y_hat.detach().contiguous(), dst=next_rank))
+        inputs.append(x_in)
+        outputs.append(y_hat)
+
+    for m in range(M):  # ---- backward: gradients flow back up, in the same order
+        if last:
+            timed("B", m, lambda m=m: (losses[m] / M).backward())
+        else:
+            grad = torch.empty_like(outputs[m])
+            dist.recv(grad, src=next_rank)  # idle until the next stage sends
+            timed("B", m, lambda m=m, grad=grad: outputs[m].backward(grad))
+        if not first:
+            sends.append(dist.isend(inputs[m].grad.contiguous(), dst=prev_rank))
+        outputs[m] = inputs[m] = None  # micro-batch m's activations are freed here
+    for work in sends:
+        work.wait()
+    return [loss.item() for loss in losses], intervals
+
+
+def stage_input_shapes(model: nn.Sequential, num_stages: int, micro_shape: tuple[int, ...]) -> list[tuple]:
+    """The shape of one micro-batch's input to every stage (stage 0: ``micro_shape``)."""
+    outputs = stage_shapes(split_model(model, num_stages), micro_shape)
+    return [tuple(micro_shape)] + [tuple(s) for s in outputs[:-1]]
+
+
+def gpipe_worker(
+    rank: int,
+    world_size: int,
+    model: nn.Sequential,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    num_microbatches: int,
+    schedule: str = "ours",
+    stage_cost_s: float = 0.0,
+) -> dict:
+    """Worker function: one pipeline step of ``model`` cut into ``world_size`` stages.
+
+    Returns ``{"losses", "grads", "intervals"}`` for this rank (losses on the last rank;
+    intervals only for ``schedule="ours"``).
+    """
+    stage = split_model(model, world_size)[rank]
+    if schedule == "ours":
+        micro = check_microbatches(len(X), num_microbatches)
+        in_shape = stage_input_shapes(model, world_size, (micro, *X.shape[1:]))[rank]
+        prev = rank - 1 if rank > 0 else None
+        nxt = rank + 1 if rank < world_size - 1 else None
+        losses, intervals = gpipe_step(
+            stage,
+            X,
+            y,
+            num_microbatches,
+            prev_rank=prev,
+            next_rank=nxt,
+            in_shape=in_shape,
+            stage_cost_s=stage_cost_s,
+        )
+    else:
+        losses, intervals = torch_pipeline_step(stage, rank, world_size, X, y, num_microbatches, schedule), []
+    grads = {name: p.grad.clone() for name, p in stage.named_parameters()}
+    return {"losses": losses, "grads": grads, "intervals": intervals}
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def torch_pipeline_step(
+    stage: nn.Module,
+    rank: int,
+    world_size: int,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    num_microbatches: int,
+    schedule: str = "torch-gpipe",
+    loss_fn: Callable = F.cross_entropy,
+) -> list[float]:
+    """The same step through ``torch.distributed.pipelining``; returns the last stage's losses.
+
+    Its schedules divide the accumulated gradient by M (``scale_grads=True``), which is what
+    our ``loss / M`` does, so the gradients are comparable.
+    """
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    check_choice("schedule", schedule, SCHEDULES[1:])
+    check_microbatches(len(X), num_microbatches)
+    cls = ScheduleGPipe if schedule == "torch-gpipe" else Schedule1F1B
+    pipe_stage = PipelineStage(stage, rank, world_size, torch.device("cpu"))
+    runner = cls(pipe_stage, n_microbatches=num_microbatches, loss_fn=loss_fn)
+    losses: list[torch.Tensor] = []
+    if rank == 0:
+        runner.step(X)
+    elif rank == world_size - 1:
+        runner.step(target=y, losses=losses)
+    else:
+        runner.step()
+    return [loss.item() for loss in losses]
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+@dataclass(repr=False)
+class PipelineResult:
+    """One pipeline step across processes: the losses, the gradients and (ours) the timeline."""
+
+    schedule: str  # "ours", "torch-gpipe" or "torch-1f1b"
+    losses: list[float]  # the M micro-batch losses (the last stage's)
+    grads: dict[str, torch.Tensor]  # every parameter's accumulated gradient, full-model names
+    timeline: PipelineTimeline | None  # who was busy when (None for torch's schedules)
+
+    def __repr__(self) -> str:
+        return f"PipelineResult({self.schedule}, M={len(self.losses)}, timeline={self.timeline!r})"
+
+
+def _check_run(model, X, y, num_stages, num_microbatches, timeout) -> None:
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"model must be an nn.Sequential (cut by layer index), got {type(model).__name__}")
+    stage_bounds(len(model), num_stages)
+    if len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X and y must have the same non-zero length, got {len(X)} and {len(y)}")
+    check_microbatches(len(X), num_microbatches)
+    check_float("timeout", timeout, low=0.0, low_open=True)
+
+
+def run_pipeline(
+    model: nn.Sequential,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    num_stages: int,
+    num_microbatches: int,
+    *,
+    schedule: str = "ours",
+    stage_cost_s: float = 0.0,
+    timeout: float = 30.0,
+) -> PipelineResult:
+    """One pipeline step of ``model`` over ``num_stages`` processes with M micro-batches."""
+    from dlcourse.launcher import launch
+
+    _check_run(model, X, y, num_stages, num_microbatches, timeout)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_float("stage_cost_s", stage_cost_s, low=0.0)
+    parts = launch(
+        gpipe_worker, num_stages, model, X, y, num_microbatches, schedule, stage_cost_s,
+        timeout=timeout, run_timeout=4 * timeout + 10 * num_microbatches * stage_cost_s,
+    )  # fmt: skip
+    timeline = None
+    if schedule == "ours":
+        intervals = [i for part in parts for i in part["intervals"]]
+        timeline = PipelineTimeline(num_stages, num_microbatches, schedule, intervals)
+    grads = {name: g for part in parts for name, g in part["grads"].items()}
+    return PipelineResult(schedule, parts[-1]["losses"], grads, timeline)
+
+
+def _bubble_worker(rank, world_size, model, X, y, microbatches, stage_cost_s) -> list[list[Interval]]:
+    return [
+        gpipe_worker(rank, world_size, model, X, y, m, "ours", stage_cost_s)["intervals"]
+        for m in microbatches
+    ]
+
+
+def measure_bubble(
+    model: nn.Sequential,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    num_stages: int = 2,
+    microbatches: tuple[int, ...] = (1, 2, 4, 8),
+    *,
+    stage_cost_s: float = 0.05,
+    timeout: float = 30.0,
+) -> list[PipelineTimeline]:
+    """Measured timelines of our GPipe for each M in ``microbatches``, in one launch.
+
+    Every forward and backward is padded to ``stage_cost_s`` so that stage costs are
+    equal and the bubble, not the machine's noise, decides the timeline.
+    """
+    from dlcourse.launcher import launch
+
+    if len(microbatches) == 0:
+        raise ValueError("microbatches must list at least one M, got an empty list")
+    for m in microbatches:
+        _check_run(model, X, y, num_stages, m, timeout)
+    check_float("stage_cost_s", stage_cost_s, low=0.0)
+    budget = sum(2 * (m + num_stages) * stage_cost_s for m in microbatches)
+    parts = launch(
+        _bubble_worker, num_stages, model, X, y, tuple(microbatches), stage_cost_s,
+        timeout=timeout, run_timeout=4 * timeout + 4 * budget,
+    )  # fmt: skip
+    return [
+        PipelineTimeline(num_stages, m, "ours", [i for part in parts for i in part[j]])
+        for j, m in enumerate(microbatches)
+    ]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class PipelineConfig:
+    """How :func:`train_pipeline_worker` trains (one value per CLI option)."""
+
+    num_microbatches: int = 4  # M; 1 is plain model parallelism
+    epochs: int = 1  # passes over the training data
+    batch_size: int = 100  # examples per step, cut into M micro-batches (must divide by M)
+    lr: float = 0.1  # learning rate
+    optimizer: str = "sgd"  # "sgd", "momentum" or "adam" (each stage steps its own parameters)
+    momentum: float = 0.9  # for "momentum"
+    seed: int = 0  # shuffle order, the same on every stage
+
+
+def train_pipeline_worker(
+    rank: int, world_size: int, model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, config: PipelineConfig
+) -> dict:
+    """Worker function: train stage ``rank`` of ``model`` with GPipe steps; return its weights."""
+    stage = split_model(model, world_size)[rank]
+    opt = make_optimizer(config.optimizer, stage.parameters(), config.lr, config.momentum)
+    micro = check_microbatches(config.batch_size, config.num_microbatches)
+    shapes = stage_input_shapes(model, world_size, (micro, *X.shape[1:])) + [None]
+    out_shape = stage_shapes([stage], shapes[rank])[0]
+    prev = rank - 1 if rank > 0 else None
+    nxt = rank + 1 if rank < world_size - 1 else None
+    generator = torch.Generator().manual_seed(config.seed)
+    step_loss, bytes_sent, steps = [], 0, 0
+    start = time.perf_counter()
+    for _ in range(config.epochs):
+        for idx in batches(len(X), config.batch_size, generator):
+            if len(idx) != config.batch_size:
+                continue  # a last partial batch would not split into M equal micro-batches
+            opt.zero_grad(set_to_none=True)
+            losses, _ = gpipe_step(
+                stage,
+                X[idx],
+                y[idx],
+                config.num_microbatches,
+                prev_rank=prev,
+                next_rank=nxt,
+                in_shape=shapes[rank],
+            )
+            opt.step()
+            steps += 1
+            if losses:
+                step_loss.append(sum(losses) / len(losses))
+            # activations forward (all but the last stage), gradients back (all but the first)
+            sent = (nxt is not None) * out_shape.numel() + (prev is not None) * torch.Size(
+                shapes[rank]
+            ).numel()
+            bytes_sent += config.num_microbatches * sent * X.element_size()
+    return {
+        "state": {k: v.clone() for k, v in stage.state_dict().items()},
+        "step_loss": step_loss,
+        "wall_s": time.perf_counter() - start,
+        "steps": steps,
+        "bytes_sent": bytes_sent,
+    }
+
+
+def train_pipeline(args, num_microbatches: int | None = None) -> dict:
+    """``dlcourse train --strategy pipeline --stages K --microbatches M``: metrics dict."""
+    from dlcourse.data import load_mnist
+    from dlcourse.launcher import launch
+    from dlcourse.models import make_model
+
+    optimizer = args.optimizer or "sgd"
+    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
+    config = PipelineConfig(
+        num_microbatches=args.microbatches if num_microbatches is None else num_microbatches,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        momentum=args.momentum,
+        seed=args.seed,
+    )
+    split = load_mnist(args.data_source, seed=0)
+    model = make_model(args.model, seed=args.seed)
+    stage_bounds(len(model), args.stages)
+    check_microbatches(args.batch_size, config.num_microbatches)
+    parts = launch(
+        train_pipeline_worker, args.stages, model, split.train.X, split.train.y, config,
+        backend="gloo", timeout=args.timeout,
+    )  # fmt: skip
+    model.load_state_dict({k: v for part in parts for k, v in part["state"].items()})
+    result = evaluate(model, split.test)
+    wall_s = max(part["wall_s"] for part in parts)
+    steps = parts[-1]["steps"]
+    return {
+        "strategy": "pipeline" if num_microbatches is None else "model-parallel",
+        "model": args.model,
+        "stages": args.stages,
+        "microbatches": config.num_microbatches,
+        "data_source": split.source,
+        "epochs": args.epochs,
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "test_macro_f1": result["macro_f1"],
+        "examples_per_s": steps * args.batch_size / wall_s if wall_s > 0 else 0.0,
+        "wall_s": wall_s,
+        "updates": steps,
+        "bytes_sent": sum(part["bytes_sent"] for part in parts),
+        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": steps}},  # every step is synchronous
+        "step_loss": parts[-1]["step_loss"],
+    }
+
+
+def train_model_parallel(args) -> dict:
+    """``dlcourse train --strategy model-parallel --stages K``: a pipeline of one micro-batch."""
+    return train_pipeline(args, num_microbatches=1)
