@@ -25,6 +25,9 @@ from pathlib import Path
 # name -> "module:function(args) -> metrics dict"
 TRAIN_STRATEGIES = {
     "single": "dlcourse.cli:train_single",
+    "model-parallel": "dlcourse.pipeline:train_model_parallel",
+    "pipeline": "dlcourse.pipeline:train_pipeline",
+    "hybrid": "dlcourse.hybrid:train_hybrid",
 }
 SIMULATE_POLICIES: dict[str, str] = {
     "sync": "dlcourse.sim:simulate_command",
