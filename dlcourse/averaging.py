@@ -1,0 +1,148 @@
+"""Parameter averaging: the lecture's first way to synchronize data-parallel workers.
+
+The procedure, as the lecture gives it (after the Deeplearning4j documentation on
+distributed training, and McDonald, Hall, Mann, "Distributed Training Strategies for the
+Structured Perceptron", NAACL 2010, who analysed iterative parameter mixing):
+
+1. Randomly initialize the network parameters.
+2. Distribute a copy of the current parameters to each worker.
+3. Train each worker on a subset of the data.
+4. Set the global parameters to the average of the workers' parameters.
+5. While there is more data to process, go to step 2.
+
+:func:`averaging_worker` is that procedure on real processes; steps 2 and 4 are one
+collective each (``broadcast`` and ``all_reduce``). ``average_every`` (K) is how many
+mini-batches a worker trains between averages.
+
+**The equivalence.** Averaging after every mini-batch (K = 1), with no internal optimizer
+state (plain SGD), and the same number of examples on every worker gives exactly the
+parameters of single-machine SGD on the concatenated batch (:func:`train_reference`):
+``mean_n (W - lr dW_n) = W - lr mean_n dW_n``, and the mean of N equal-sized batch means is
+the mean over their union. Break a condition and the two part ways: K > 1 (the workers
+drift apart between averages), unequal shards (each worker's gradient weighs the same
+although it saw more or fewer examples), or Adam (its per-coordinate scaling is not
+linear in the gradients). Heavy-ball momentum, whose state is linear in the gradients,
+survives averaging at K = 1: the lecture's condition is sufficient, not necessary.
+Averaging gradients instead of parameters (:func:`dlcourse.data_parallel.train_sync_sgd`,
+the update-based approach) gives the same parameters as averaging them at K = 1.
+
+Run it: ``dlcourse train --strategy averaging --workers 4 --average-every 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dlcourse.data import Dataset
+from dlcourse.data_parallel import (
+    DataParallelConfig,
+    DataParallelResult,
+    WorkerRun,
+    _train,
+    broadcast_parameters,
+    config_from_args,
+    metrics,
+    parameter_bytes,
+    train_reference,
+)
+
+__all__ = [
+    "average_parameters",
+    "averaging_worker",
+    "train_averaging",
+    "train_reference",
+    "parameter_distance",
+    "cli_averaging",
+]
+
+
+@torch.no_grad()
+def average_parameters(model: nn.Module) -> None:
+    """Step 4: set every worker's parameters to the mean over the N workers (all-reduce)."""
+    world_size = dist.get_world_size()
+    for p in model.parameters():
+        dist.all_reduce(p, op=dist.ReduceOp.SUM)
+        p.div_(world_size)
+
+
+def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) -> dict[str, Any]:
+    """One worker of the parameter-averaging procedure (run it with the launcher)."""
+    # 1. randomly initialize: every worker builds the model from the same seed
+    run = WorkerRun(rank, world_size, train, config, "averaging", shard_sizes, replicas_agree=False)
+    model, optimizer, K = run.model, run.optimizer, config.average_every
+    if run.fresh:
+        broadcast_parameters(model)  # 2. distribute a copy of rank 0's parameters
+        run.count(parameter_bytes(model), "broadcast")
+    for X, y in run.batches():  # 3. train on this worker's shard ...
+        loss = F.cross_entropy(model(X), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()  # ... with the worker's own optimizer (its state stays local)
+        run.record(loss)
+        if (run.step + 1) % K == 0:  # run.step counts the steps before this one
+            with run.sync(parameter_bytes(model)):
+                average_parameters(model)  # 4. global parameters = the average
+    if run.total_steps % K:
+        average_parameters(model)  # the data ran out between two averages: end on one model
+        run.count(parameter_bytes(model))
+    return run.finish(test)
+
+
+def train_averaging(
+    train: Dataset,
+    num_workers: int,
+    config: DataParallelConfig | None = None,
+    *,
+    test: Dataset | None = None,
+    shard_sizes: Sequence[int] | None = None,
+    backend: str = "auto",
+    timeout: float = 60.0,
+    run_timeout: float | None = None,
+) -> DataParallelResult:
+    """Parameter averaging every ``config.average_every`` steps on ``num_workers`` processes.
+
+    ``result.parameters`` holds the final (averaged) parameters. ``shard_sizes`` cuts the
+    training data into contiguous shards of those sizes instead of equal ones.
+    """
+    return _train(
+        averaging_worker,
+        "averaging",
+        train,
+        num_workers,
+        config,
+        test,
+        shard_sizes,
+        backend,
+        timeout,
+        run_timeout,
+    )
+
+
+def parameter_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference between two models' parameters (same names required)."""
+    if set(a) != set(b):
+        raise ValueError(f"a and b must hold the same parameters, got {sorted(a)} and {sorted(b)}")
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def cli_averaging(args: argparse.Namespace) -> dict[str, Any]:
+    """``dlcourse train --strategy averaging``: the lecture's procedure, plain SGD by default."""
+    from dlcourse.data import load_mnist
+
+    config = config_from_args(args, "sgd")
+    split = load_mnist(args.data_source, seed=0)
+    result = train_averaging(
+        split.train, args.workers, config, test=split.test, backend=args.backend, timeout=args.timeout
+    )
+    out = metrics(result, args, split.source)
+    out["average_every"] = config.average_every
+    out["config"] = asdict(config)
+    return out
