@@ -1,0 +1,403 @@
+"""Decentralized asynchronous SGD with compressed updates (Strom 2015), on real processes.
+
+Nikko Strom, "Scalable distributed DNN training using commodity GPU cloud computing",
+Interspeech 2015. There is **no parameter server**: every worker holds a full replica of
+the model. After each step a worker
+
+1. computes its update ``-lr * gradient`` on its own shard,
+2. compresses it (:class:`dlcourse.compression.Compressor`: residual, +-tau, coded gaps),
+3. applies to its own replica exactly what it sends, and
+4. sends the message bytes to its peers: all of them (``topology="all"``) or only the
+   next rank of a ring (``topology="ring"``), where every worker forwards what it
+   receives until the message has gone round,
+
+and then applies whatever messages from peers have arrived, **without waiting** for the
+others. Messages are received by a background thread (gloo's ``dist.recv(src=None)``
+takes the next message from any peer) and queued; the training thread drains the queue
+between steps. Since every replica adds the same set of messages, the replicas agree once
+all messages are in, up to the order of floating-point additions.
+
+``warmup_workers`` lets only the first few workers train for ``warmup_fraction`` of the
+first epoch (Strom: "fewer nodes early", when the model changes fastest and many nodes
+would mostly add staleness); the others apply their updates meanwhile and join after.
+
+Run it with::
+
+    from dlcourse.decentralized import DecentralizedConfig, train_decentralized
+    result = train_decentralized(DecentralizedConfig(tau=0.01), num_workers=2)
+    result.test_accuracy, result.bytes_sent
+
+or ``dlcourse train --strategy decentralized --workers 4 --tau 0.01 --topology ring``.
+Leave ``tau`` out (``None``) to send the updates uncompressed, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.compression import CODERS, Compressor, read_message
+from dlcourse.data import Dataset, load_mnist, shard
+from dlcourse.launcher import launch
+from dlcourse.models import make_model
+from dlcourse.staleness import staleness_summary
+from dlcourse.train import batches, evaluate
+
+TOPOLOGIES = ("all", "ring")
+COMPRESSIONS = ("full", "onebit", "sparse")
+_HEADER_TAG, _PAYLOAD_TAG = 1, 2
+_FRAME_BYTES = 3 * 8  # the int64 header (origin, step, length) sent before each message
+
+
+@dataclass
+class DecentralizedConfig:
+    """Everything that decides a decentralized run."""
+
+    tau: float | None = None  # threshold of the compressed updates; None sends them uncompressed
+    variant: str = "full"  # with tau: "full" (residual), "onebit" (no residual), "sparse" (full values)
+    coder: str = "auto"  # gap coder of the messages (see dlcourse.compression)
+    topology: str = "all"  # "all": send to every peer; "ring": to the next rank, which forwards
+    model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
+    lr: float = 0.1  # learning rate of plain SGD; the update is -lr * gradient
+    epochs: int = 1  # passes of each worker over its shard
+    batch_size: int = 50  # examples per worker step
+    warmup_workers: int | None = None  # workers that train alone at first (None: all from the start)
+    warmup_fraction: float = 0.0  # fraction of the first epoch during which only they train
+    seed: int = 0  # seeds the model (same on every replica) and the shuffles (differ per rank)
+
+    def __post_init__(self) -> None:
+        if self.tau is not None:
+            self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
+        check_choice("variant", self.variant, COMPRESSIONS)
+        check_choice("coder", self.coder, CODERS)
+        check_choice("topology", self.topology, TOPOLOGIES)
+        check_choice("model", self.model, ("mlp", "cnn"))
+        self.lr = check_float("lr", self.lr, low=0.0, low_open=True)
+        check_int("epochs", self.epochs, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        if self.warmup_workers is not None:
+            check_int("warmup_workers", self.warmup_workers, low=1)
+        self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
+        check_int("seed", self.seed, low=0)
+
+    @property
+    def compressor_variant(self) -> str:
+        return "dense" if self.tau is None else self.variant
+
+
+@dataclass(repr=False)
+class DecentralizedResult:
+    """What a run measured: accuracy of the replicas, traffic, staleness."""
+
+    config: DecentralizedConfig  # what was run
+    num_workers: int  # N
+    test_accuracy: float  # of rank 0's replica on the test set
+    test_loss: float
+    test_macro_f1: float
+    replica_divergence: float  # max |W_rank - W_0| over ranks and parameters, once all messages are in
+    updates: int  # local steps taken, all workers together
+    bytes_sent: int  # every message and its frame, forwarded copies included, all workers together
+    elements_sent: int  # sent elements of all messages (numel per step when uncompressed)
+    numel: int  # parameters of the model (elements of one dense update)
+    wall_s: float  # seconds of the slowest worker's training loop
+    examples: int  # training examples processed, all workers together
+    staleness: list[int] = field(default_factory=list)  # local steps since each applied peer update was made
+    bytes_per_step: list[int] = field(default_factory=list)  # rank 0's message bytes per step
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.wall_s if self.wall_s > 0 else 0.0
+
+    messages: int = 0  # messages on the wire (forwarded copies included)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Bytes the messages would take as dense float32 over their real bytes (frames left out)."""
+        payload = self.bytes_sent - self.messages * _FRAME_BYTES
+        return self.messages * self.numel * 4 / payload if payload > 0 else math.inf
+
+    def metrics(self) -> dict:
+        """The CLI's metrics (DESIGN.md): test_*, examples_per_s, wall_s, updates, bytes_sent, staleness."""
+        return {
+            "strategy": "decentralized",
+            "workers": self.num_workers,
+            "model": self.config.model,
+            "compression": self.config.compressor_variant,
+            "tau": self.config.tau,
+            "topology": self.config.topology,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "test_macro_f1": self.test_macro_f1,
+            "examples_per_s": self.examples_per_s,
+            "wall_s": self.wall_s,
+            "updates": self.updates,
+            "bytes_sent": self.bytes_sent,
+            "compression_ratio": self.compression_ratio,
+            "replica_divergence": self.replica_divergence,
+            "staleness": staleness_summary(self.staleness),
+            "bytes_per_step": self.bytes_per_step,
+            "config": asdict(self.config),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"DecentralizedResult(num_workers={self.num_workers}, "
+            f"compression={self.config.compressor_variant!r}, tau={self.config.tau}, "
+            f"test_accuracy={self.test_accuracy:.4f}, bytes_sent={self.bytes_sent:,}, "
+            f"ratio={self.compression_ratio:.1f}x)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# One worker
+
+
+def _flat_parameters(model: torch.nn.Module) -> torch.Tensor:
+    """One flat tensor that the model's parameters are views of, so an update is one add."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.data = flat[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def _peers(rank: int, world_size: int, topology: str) -> list[int]:
+    if topology == "ring":
+        return [(rank + 1) % world_size] if world_size > 1 else []
+    return [r for r in range(world_size) if r != rank]
+
+
+class _Receiver(threading.Thread):
+    """Receives ``expected`` messages from any peer and queues them; errors are kept for the trainer."""
+
+    def __init__(self, expected: int):
+        super().__init__(daemon=True, name="dlcourse-receiver")
+        self.expected = expected
+        self.inbox: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for _ in range(self.expected):
+                header = torch.zeros(3, dtype=torch.int64)
+                src = dist.recv(header, src=None, tag=_HEADER_TAG)  # from whichever peer is first
+                payload = torch.empty(int(header[2]), dtype=torch.uint8)
+                dist.recv(payload, src=src, tag=_PAYLOAD_TAG)
+                self.inbox.put((int(header[0]), int(header[1]), payload))
+        except BaseException as e:  # noqa: BLE001 - the training thread re-raises it
+            self.error = e
+
+
+def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Dataset, timeout: float) -> dict:
+    model = make_model(config.model, seed=config.seed)  # same seed: identical replicas at the start
+    flat = _flat_parameters(model)
+    data = shard(train, world_size)[rank]
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    active = config.warmup_workers if config.warmup_workers is not None else world_size
+    warmup = int(config.warmup_fraction * steps_per_epoch) if active < world_size else 0
+
+    def steps_of(r: int) -> int:  # the late joiners skip the warm-up part of the first epoch
+        return total_steps - (warmup if r >= active else 0)
+
+    compressor = Compressor(
+        flat.numel(), tau=config.tau, variant=config.compressor_variant, coder=config.coder
+    )
+    peers = _peers(rank, world_size, config.topology)
+    receiver = _Receiver(sum(steps_of(r) for r in range(world_size) if r != rank))
+    receiver.start()
+    pending: list = []  # (work, tensor) of sends in flight; tensors must live until they are sent
+    applied_from = [0] * world_size
+    staleness: list[int] = []
+    bytes_sent = messages = 0
+    bytes_per_step: list[int] = []
+    steps_done = 0
+
+    def send(origin: int, step: int, message: torch.Tensor) -> None:
+        nonlocal bytes_sent, messages
+        header = torch.tensor([origin, step, message.numel()], dtype=torch.int64)
+        for peer in peers:
+            if config.topology == "ring" and peer == origin:
+                continue  # it has gone round the ring
+            pending.append((dist.isend(header, dst=peer, tag=_HEADER_TAG), header))
+            pending.append((dist.isend(message, dst=peer, tag=_PAYLOAD_TAG), message))
+            bytes_sent += message.numel() + _FRAME_BYTES
+            messages += 1
+
+    def apply_arrived(block_s: float | None = None) -> int:
+        """Add every peer update that has arrived; with ``block_s``, wait up to that long for one."""
+        count = 0
+        while True:
+            if receiver.error is not None:
+                raise RuntimeError(f"rank {rank}: receiving from peers failed: {receiver.error}")
+            try:
+                origin, step, payload = (
+                    receiver.inbox.get(timeout=block_s) if block_s else receiver.inbox.get_nowait()
+                )
+            except queue.Empty:
+                return count
+            block_s = None
+            update = read_message(payload.numpy().tobytes())
+            with torch.no_grad():
+                if update.variant == "dense":
+                    flat.add_(update.values)
+                else:
+                    flat.index_add_(0, torch.from_numpy(update.indices), update.values)
+            staleness.append(max(0, steps_done - step))
+            applied_from[origin] += 1
+            count += 1
+            if config.topology == "ring":
+                send(origin, step, payload)
+
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    start = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    for epoch in range(config.epochs):
+        for i, idx in enumerate(batches(len(data), config.batch_size, generator)):
+            if epoch == 0 and i < warmup and rank >= active:
+                continue  # not started yet: only apply the others' updates (below)
+            if epoch == 0 and warmup and rank >= active and i == warmup:
+                # join once the warm-up workers have done their warm-up steps
+                while min(applied_from[r] for r in range(active)) < warmup:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"rank {rank}: the warm-up workers did not finish in {timeout} s")
+                    apply_arrived(block_s=0.1)
+            loss = F.cross_entropy(model(data.X[idx]), data.y[idx])
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            message = compressor.compress(-config.lr * grad)
+            with torch.no_grad():
+                flat += compressor.last_sent  # the same update the peers will apply
+            steps_done += 1
+            payload = torch.frombuffer(bytearray(message), dtype=torch.uint8)
+            send(rank, steps_done, payload)
+            bytes_per_step.append(len(message))
+            apply_arrived()
+            deadline = time.monotonic() + timeout  # progress was made
+    wall_s = time.perf_counter() - start
+    # every replica must add every update: wait for the rest (bounded by the timeout)
+    while receiver.is_alive() or not receiver.inbox.empty():
+        if time.monotonic() > deadline:
+            missing = receiver.expected - sum(applied_from)
+            raise TimeoutError(f"rank {rank}: {missing} peer messages still missing after {timeout} s")
+        if apply_arrived(block_s=0.1):
+            deadline = time.monotonic() + timeout
+    apply_arrived()
+    for work, _ in pending:
+        work.wait()
+    dist.barrier()  # nobody leaves while a peer may still read from it
+    return {
+        "rank": rank,
+        "params": flat.clone(),
+        "steps": steps_done,
+        "examples": steps_done * config.batch_size,
+        "bytes_sent": bytes_sent,
+        "messages": messages,
+        "elements_sent": compressor.elements_sent if config.tau is not None else steps_done * flat.numel(),
+        "wall_s": wall_s,
+        "staleness": staleness,
+        "bytes_per_step": bytes_per_step,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+def train_decentralized(
+    config: DecentralizedConfig,
+    num_workers: int,
+    *,
+    train: Dataset | None = None,
+    test: Dataset | None = None,
+    timeout: float = 60.0,
+    run_timeout: float | None = None,
+) -> DecentralizedResult:
+    """Train ``config`` on ``num_workers`` real processes; evaluate rank 0's replica on ``test``.
+
+    ``train`` / ``test`` default to the shipped MNIST subset. ``timeout`` (seconds) bounds
+    any wait on a peer; ``run_timeout`` the whole run.
+    """
+    if not isinstance(config, DecentralizedConfig):
+        raise ValueError(f"config must be a DecentralizedConfig, got {type(config).__name__}")
+    check_int("num_workers", num_workers, low=1)
+    check_float("timeout", timeout, low=0.0, low_open=True)
+    if config.warmup_workers is not None and config.warmup_workers > num_workers:
+        raise ValueError(
+            f"warmup_workers must be <= num_workers ({num_workers}), got {config.warmup_workers}"
+        )
+    if train is None or test is None:
+        split = load_mnist("subset")
+        train = split.train if train is None else train
+        test = split.test if test is None else test
+    if len(train) < num_workers:
+        raise ValueError(f"train must hold at least num_workers ({num_workers}) examples, got {len(train)}")
+    outs = launch(
+        _worker,
+        num_workers,
+        config,
+        train,
+        timeout,
+        timeout=timeout,
+        run_timeout=run_timeout,
+        threads_per_worker=1,
+    )
+    model = make_model(config.model, seed=config.seed)
+    flat = _flat_parameters(model)
+    with torch.no_grad():
+        flat.copy_(outs[0]["params"])
+    scores = evaluate(model, test)
+    divergence = max(float((o["params"] - outs[0]["params"]).abs().max()) for o in outs)
+    return DecentralizedResult(
+        config=config,
+        num_workers=num_workers,
+        test_accuracy=scores["accuracy"],
+        test_loss=scores["loss"],
+        test_macro_f1=scores["macro_f1"],
+        replica_divergence=divergence,
+        updates=sum(o["steps"] for o in outs),
+        bytes_sent=sum(o["bytes_sent"] for o in outs),
+        elements_sent=sum(o["elements_sent"] for o in outs),
+        numel=flat.numel(),
+        wall_s=max(o["wall_s"] for o in outs),
+        examples=sum(o["examples"] for o in outs),
+        staleness=[t for o in outs for t in o["staleness"]],
+        bytes_per_step=outs[0]["bytes_per_step"],
+        messages=sum(o["messages"] for o in outs),
+    )
+
+
+def train_cli(args: argparse.Namespace) -> dict:
+    """``dlcourse train --strategy decentralized``: the CLI's entry point."""
+    variant = "onebit" if args.no_residual else args.compression
+    config = DecentralizedConfig(
+        tau=args.tau,
+        variant=variant,
+        topology=args.topology,
+        model=args.model,
+        lr=args.lr if args.lr is not None else 0.1,
+        epochs=max(1, args.epochs),
+        batch_size=args.batch_size,
+        warmup_workers=args.warmup_workers,
+        warmup_fraction=args.warmup_fraction,
+        seed=args.seed,
+    )
+    split = load_mnist(args.data_source, seed=0)
+    result = train_decentralized(
+        config, args.workers, train=split.train, test=split.test, timeout=args.timeout
+    )
+    metrics = result.metrics()
+    metrics["data_source"] = split.source
+    return metrics
