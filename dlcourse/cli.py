@@ -28,6 +28,7 @@ TRAIN_STRATEGIES = {
     "model-parallel": "dlcourse.pipeline:train_model_parallel",
     "pipeline": "dlcourse.pipeline:train_pipeline",
     "hybrid": "dlcourse.hybrid:train_hybrid",
+    "async-ps": "dlcourse.parameter_server:train_async_ps",
 }
 SIMULATE_POLICIES: dict[str, str] = {
     "sync": "dlcourse.sim:simulate_command",
