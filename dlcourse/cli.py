@@ -28,6 +28,7 @@ TRAIN_STRATEGIES = {
     "model-parallel": "dlcourse.pipeline:train_model_parallel",
     "pipeline": "dlcourse.pipeline:train_pipeline",
     "hybrid": "dlcourse.hybrid:train_hybrid",
+    "decentralized": "dlcourse.decentralized:train_cli",
     "async-ps": "dlcourse.parameter_server:train_async_ps",
 }
 SIMULATE_POLICIES: dict[str, str] = {
@@ -126,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--topology", choices=["all", "ring"], default="all", help="peers of a decentralized worker"
+    )
+    train.add_argument(
+        "--compression",
+        choices=["full", "onebit", "sparse"],
+        default="full",
+        help="with --tau: residual + 1 bit (full), no residual (onebit) or full values (sparse)",
+    )
+    train.add_argument(
+        "--warmup-workers", type=_pos_int, default=None, help="decentralized: workers that start alone"
+    )
+    train.add_argument(
+        "--warmup-fraction", type=_nonneg_float, default=0.0, help="of the first epoch they train alone"
     )
     train.add_argument("--stages", type=_pos_int, default=2, help="pipeline / model-parallel stages K")
     train.add_argument("--microbatches", type=_pos_int, default=4, help="pipeline micro-batches M")
