@@ -388,7 +388,7 @@ def train_cli(args: argparse.Namespace) -> dict:
         topology=args.topology,
         model=args.model,
         lr=args.lr if args.lr is not None else 0.1,
-        epochs=max(1, args.epochs),
+        epochs=args.epochs,
         batch_size=args.batch_size,
         warmup_workers=args.warmup_workers,
         warmup_fraction=args.warmup_fraction,
