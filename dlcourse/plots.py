@@ -192,9 +192,8 @@ class TimelinePlot(Plot):
         self.ax.set_xlim(0, end)
         self.ax.set_ylim(rows - 0.5, -1.5 if busy else -0.5)
         ticks = ([-1] if busy else []) + list(range(rows))
-        self.ax.set_yticks(
-            ticks, (["server"] if busy else []) + [f"{self.row_label} {n}" for n in range(rows)]
-        )
+        self.ax.set_yticks(ticks, (["server"] if busy else []) + [str(n) for n in range(rows)])
+        self.ax.set_ylabel(self.row_label)
         if title is not None:
             self.ax.set_title(title)
         self.fig.canvas.draw_idle()
@@ -297,17 +296,17 @@ def staleness_histogram(taus: Any, real: Any = None, *, ax: Axes | None = None) 
 
 
 def _series(run: Any, key: str, x: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of ``key`` ("loss"/"accuracy") from a dict run or a result object."""
+    """(x, y) of ``key`` ("loss"/"accuracy") from ``{"x", key}`` or a result with ``evals``."""
     if isinstance(run, Mapping) and "x" in run:
-        xs, ys = run["x"], run.get(key)
+        if key not in run:  # this run did not record that metric: draw nothing for it
+            return np.zeros(0), np.zeros(0)
+        xs, ys = run["x"], run[key]
     else:
-        per = "epoch" if x == "epoch" else "time"
-        xs = _get(run, f"{per}s" if per == "epoch" else "times", f"{key}_{per}_x", default=None)
-        ys = _get(run, f"{key}_per_{per}", f"test_{key}", default=None)
-        if xs is None and ys is not None:
-            xs = np.arange(1, len(ys) + 1)
-    if ys is None:
-        return np.zeros(0), np.zeros(0)
+        evals = _get(run, "evals")
+        if evals is None:
+            raise ValueError(f"a run must be {{'x': ..., {key!r}: ...}} or a result with evals, got {run!r}")
+        xs = [_get(p, "epoch" if x == "epoch" else "time") for p in evals]
+        ys = [_get(p, key) for p in evals]
     xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     if xs.shape != ys.shape:
         raise ValueError(f"{key}: x and y must have the same length, got {xs.shape} and {ys.shape}")
@@ -315,20 +314,33 @@ def _series(run: Any, key: str, x: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CurvesPlot(Plot):
-    """Loss (left) and accuracy (right) of several runs overlaid, against epochs or seconds."""
+    """Test loss and/or accuracy of several runs overlaid, against epochs or (virtual) seconds."""
 
-    def __init__(self, axes: Sequence[Axes] | None = None, x: str = "epoch"):
+    def __init__(
+        self,
+        axes: Sequence[Axes] | None = None,
+        x: str = "epoch",
+        metrics: Sequence[str] = ("loss", "accuracy"),
+    ):
         if x not in ("epoch", "second"):
             raise ValueError(f"x must be one of 'epoch', 'second'; got {x!r}")
-        fig, axes = _new_axes_pair(axes, (9, 3.5))
+        metrics = tuple(metrics)
+        if not metrics or any(m not in ("loss", "accuracy") for m in metrics):
+            raise ValueError(f"metrics must be a non-empty selection of 'loss', 'accuracy'; got {metrics!r}")
+        if len(metrics) == 2:
+            fig, axes = _new_axes_pair(axes, (9, 3.5))
+        else:
+            fig, ax = _new_axes(axes[0] if axes else None, (5, 3.5))
+            axes = [ax]
         super().__init__(fig, axes)
         self.x = x
-        self.lines: dict[str, tuple[Line2D, Line2D]] = {}
+        self.metrics = metrics
+        self.lines: dict[str, tuple[Line2D, ...]] = {}
         xlabel = "epoch" if x == "epoch" else "time (s)"
-        for ax, name in zip(axes, ("test loss", "test accuracy")):
+        for ax, name in zip(axes, metrics):
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(name)
-            ax.set_title(f"{name} per {x}")
+            ax.set_ylabel(f"test {name}")
+            ax.set_title(f"test {name} per {x}")
 
     def update(self, runs: Mapping[str, Any]) -> None:
         """``runs`` maps a label to ``{"x": [...], "loss": [...], "accuracy": [...]}`` or a result."""
@@ -344,15 +356,22 @@ class CurvesPlot(Plot):
                 self.lines[label] = tuple(
                     ax.plot([], [], marker="o", ms=3, color=color, label=label)[0] for ax in self.axes
                 )
-            for line, key in zip(self.lines[label], ("loss", "accuracy")):
+            for line, key in zip(self.lines[label], self.metrics):
                 line.set_data(*_series(run, key, self.x))
-        self.axes[1].legend(fontsize="small")
+        if self.lines:
+            self.axes[-1].legend(fontsize="small")
         self._redraw()
 
 
-def curves(runs: Mapping[str, Any], *, x: str = "epoch", axes: Sequence[Axes] | None = None) -> CurvesPlot:
+def curves(
+    runs: Mapping[str, Any],
+    *,
+    x: str = "epoch",
+    metrics: Sequence[str] = ("loss", "accuracy"),
+    axes: Sequence[Axes] | None = None,
+) -> CurvesPlot:
     """Loss and accuracy of several runs overlaid; ``x`` is ``"epoch"`` or ``"second"``."""
-    plot = CurvesPlot(axes, x)
+    plot = CurvesPlot(axes, x, metrics)
     plot.update(runs)
     return plot
 
