@@ -135,17 +135,17 @@ class SoftSync:
         pulled_version: int,
         clock: int | None = None,
     ) -> list[int] | None:
+        """Record worker's update ``grads``, computed from ``pulled_version``; apply at the S-th.
+
+        Returns the staleness of each applied update when this one completes a batch,
+        else ``None``. Staleness is fixed on arrival, in ``version`` or in ``clock``.
+        """
         now = self.version if clock is None else clock
         tau = staleness(now, pulled_version)
         self._pending.append((grads, tau))
         if len(self._pending) < self.softsync:
             return None
-        taus = [t for _, t in self._pending]
-        lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in taus]
-        apply_updates(params, [g for g, _ in self._pending], lrs, self.reduce)
-        self._pending.clear()
-        self.version += 1
-        return taus
+        return self._apply_pending(params)
 
     def flush(self, params: Sequence[torch.Tensor]) -> list[int] | None:
         """Apply the updates received so far even if fewer than S (the end of a run).
@@ -154,6 +154,9 @@ class SoftSync:
         """
         if not self._pending:
             return None
+        return self._apply_pending(params)
+
+    def _apply_pending(self, params: Sequence[torch.Tensor]) -> list[int]:
         taus = [t for _, t in self._pending]
         lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in taus]
         apply_updates(params, [g for g, _ in self._pending], lrs, self.reduce)

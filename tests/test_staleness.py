@@ -1,0 +1,294 @@
+"""The staleness rules: tau, lambda_n, soft sync, bounded staleness (Hypothesis; torch.optim as oracle)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlcourse.staleness import (
+    LR_POLICIES,
+    BoundedStaleness,
+    SoftSync,
+    apply_updates,
+    constant_lr,
+    resolve_lr_policy,
+    scaled_lr,
+    staleness,
+    staleness_lr,
+    staleness_summary,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+lrs = st.floats(1e-4, 10.0)
+taus = st.integers(0, 1000)
+
+
+def random_params(seed: int, shapes=((3, 4), (4,), (2, 2, 3))) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def torch_sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float) -> list[torch.Tensor]:
+    """The oracle: one ``torch.optim.SGD`` step from ``params`` with gradients ``grads``."""
+    ps = [p.clone().requires_grad_(True) for p in params]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    torch.optim.SGD(ps, lr=lr).step()
+    return [p.detach() for p in ps]
+
+
+# -- tau and lambda_n -----------------------------------------------------------------------
+
+
+@FAST
+@given(pulled=st.integers(0, 10**6), behind=st.integers(0, 10**6))
+def test_staleness_is_versions_behind(pulled, behind):
+    assert staleness(pulled + behind, pulled) == behind
+
+
+@given(now=st.integers(0, 100), ahead=st.integers(1, 100))
+def test_staleness_rejects_a_version_from_the_future(now, ahead):
+    with pytest.raises(ValueError, match="pulled_version"):
+        staleness(now, now + ahead)
+
+
+@pytest.mark.parametrize("args, name", [((-1, 0), "server_version"), ((3, -1), "pulled_version")])
+def test_staleness_rejects_negative_versions(args, name):
+    with pytest.raises(ValueError, match=name):
+        staleness(*args)
+
+
+@FAST
+@given(lr=lrs, tau=taus)
+def test_lr_policies(lr, tau):
+    assert constant_lr(lr, tau) == lr == scaled_lr(lr, tau, "constant")
+    assert staleness_lr(lr, tau) == pytest.approx(lr / max(1, tau)) == scaled_lr(lr, tau, "staleness")
+    assert staleness_lr(lr, tau) <= lr
+    assert staleness_lr(lr, tau + 1) <= staleness_lr(lr, tau)  # staler never counts more
+    assert staleness_lr(lr, tau) * max(1, tau) == pytest.approx(lr)
+
+
+def test_fresh_updates_get_the_full_lr():
+    assert staleness_lr(0.1, 0) == staleness_lr(0.1, 1) == 0.1
+
+
+def test_resolve_lr_policy():
+    assert resolve_lr_policy("staleness") is staleness_lr and set(LR_POLICIES) == {"constant", "staleness"}
+
+    def mine(lr, tau):
+        return lr / (1 + tau) ** 0.5
+
+    assert resolve_lr_policy(mine) is mine
+    assert scaled_lr(0.4, 3, mine) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="lr_policy"):
+        resolve_lr_policy("cosine")
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "fast", None])
+def test_a_policy_returning_nonsense_is_caught(bad):
+    with pytest.raises(ValueError, match="lr_policy"):
+        scaled_lr(0.1, 2, lambda lr, tau: bad)
+
+
+@pytest.mark.parametrize(
+    "lr, tau, name", [(0.0, 1, "lr"), (-1.0, 1, "lr"), (0.1, -1, "tau"), (0.1, 1.5, "tau")]
+)
+def test_scaled_lr_rejects_bad_arguments(lr, tau, name):
+    with pytest.raises(ValueError, match=name):
+        scaled_lr(lr, tau)
+
+
+# -- apply_updates --------------------------------------------------------------------------
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), s=st.integers(1, 6), lr=lrs)
+def test_mean_of_updates_with_one_lr_is_an_sgd_step_on_the_averaged_gradient(seed, s, lr):
+    params = random_params(seed)
+    updates = [random_params(seed + 1 + n) for n in range(s)]
+    mean = [torch.stack([u[i] for u in updates]).mean(0) for i in range(len(params))]
+    expected = torch_sgd_step(params, mean, lr)
+    got = [p.clone() for p in params]
+    apply_updates(got, updates, [lr] * s)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    lam=st.lists(lrs, min_size=1, max_size=5),
+    reduce=st.sampled_from(["mean", "sum"]),
+)
+def test_each_update_gets_its_own_lambda(seed, lam, reduce):
+    """W - (1/S) sum lambda_n dW_n equals S torch SGD steps of lr lambda_n / S (sum: lambda_n)."""
+    params = random_params(seed)
+    updates = [random_params(seed + 1 + n) for n in range(len(lam))]
+    expected = params
+    for u, l in zip(updates, lam):
+        expected = torch_sgd_step(expected, u, l / len(lam) if reduce == "mean" else l)
+    got = [p.clone() for p in params]
+    apply_updates(got, updates, lam, reduce=reduce)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_apply_updates_rejects_bad_arguments():
+    params = random_params(0)
+    with pytest.raises(ValueError, match="reduce"):
+        apply_updates(params, [params], [0.1], reduce="median")
+    with pytest.raises(ValueError, match="equal length"):
+        apply_updates(params, [params, params], [0.1])
+    with pytest.raises(ValueError, match="non-empty"):
+        apply_updates(params, [], [])
+    with pytest.raises(ValueError, match="shape"):
+        apply_updates(params, [random_params(1, shapes=((4, 3), (4,), (2, 2, 3)))], [0.1])
+
+
+# -- soft synchronization -------------------------------------------------------------------
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5), rounds=st.integers(1, 4), lr=lrs)
+def test_softsync_with_S_equal_N_is_synchronous_averaging(seed, n, rounds, lr):
+    server = SoftSync(n, softsync=n, lr=lr)
+    W = random_params(seed)
+    expected = [w.clone() for w in W]
+    for r in range(rounds):
+        grads = [random_params(seed + 100 * r + w) for w in range(n)]
+        mean = [torch.stack([g[i] for g in grads]).mean(0) for i in range(len(W))]
+        expected = torch_sgd_step(expected, mean, lr)
+        results = [server.receive(W, g, pulled_version=r) for g in grads]
+        assert results[:-1] == [None] * (n - 1) and results[-1] == [0] * n
+        assert server.version == r + 1 and server.pending == 0
+    for a, b in zip(W, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), steps=st.integers(1, 6), lr=lrs)
+def test_softsync_with_S_equal_1_is_sequential_sgd(seed, steps, lr):
+    server = SoftSync(3, softsync=1, lr=lr)
+    W = random_params(seed)
+    expected = [w.clone() for w in W]
+    for t in range(steps):
+        g = random_params(seed + t + 1)
+        expected = torch_sgd_step(expected, g, lr)
+        assert server.receive(W, g, pulled_version=t) == [0]
+    for a, b in zip(W, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 6),
+    data=st.data(),
+    lr=lrs,
+    policy=st.sampled_from(["constant", "staleness"]),
+)
+def test_softsync_reports_staleness_and_scales_each_update(seed, n, data, lr, policy):
+    s = data.draw(st.integers(1, n))
+    server = SoftSync(n, softsync=s, lr=lr, lr_policy=policy)
+    W = random_params(seed)
+    # S updates pulled at versions at most the current one; the server applies them at once
+    server.version = data.draw(st.integers(0, 5))
+    pulled = data.draw(st.lists(st.integers(0, server.version), min_size=s, max_size=s))
+    grads = [random_params(seed + 1 + i) for i in range(s)]
+    expected = [w.clone() for w in W]
+    apply_updates(expected, grads, [LR_POLICIES[policy](lr, server.version - p) for p in pulled])
+    out = [server.receive(W, g, p) for g, p in zip(grads, pulled)]
+    assert out[-1] == [server.version - 1 - p for p in pulled]
+    for a, b in zip(W, expected):
+        assert torch.equal(a, b)
+
+
+def test_softsync_measures_staleness_in_a_given_clock_and_flushes():
+    server = SoftSync(4, softsync=3, lr=0.5)
+    W = [torch.zeros(2)]
+    assert server.receive(W, [torch.ones(2)], pulled_version=0, clock=4) is None
+    assert server.pending == 1 and server.flush(W) == [4]
+    torch.testing.assert_close(W[0], torch.full((2,), -0.5))
+    assert server.version == 1 and server.pending == 0 and server.flush(W) is None
+    assert "softsync=3" in repr(server) and "version=1" in repr(server)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(num_workers=0), "num_workers"),
+        (dict(num_workers=3, softsync=4), "softsync"),
+        (dict(num_workers=3, softsync=0), "softsync"),
+        (dict(num_workers=3, lr=0.0), "lr"),
+        (dict(num_workers=3, lr_policy="cosine"), "lr_policy"),
+        (dict(num_workers=3, reduce="max"), "reduce"),
+    ],
+)
+def test_softsync_rejects_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SoftSync(**kwargs)
+
+
+# -- bounded staleness ----------------------------------------------------------------------
+
+
+@FAST
+@given(n=st.integers(1, 6), bound=st.integers(0, 4), choices=st.lists(st.integers(0, 10**6), max_size=60))
+def test_the_ssp_gate_keeps_workers_within_the_bound(n, bound, choices):
+    """Any order in which allowed workers run: nobody gets more than bound+1 steps ahead,
+    the slowest is never blocked, and a worker's read is at most ``bound`` clocks stale."""
+    gate = BoundedStaleness(n, bound)
+    for c in choices:
+        allowed = [w for w in range(n) if gate.may_start(w)]
+        assert gate.clocks.index(gate.clock) in allowed  # the slowest may always go
+        w = allowed[c % len(allowed)]
+        pulled = gate.clock  # what the worker reads when it starts this step
+        assert gate.clocks[w] - pulled <= bound
+        gate.finish(w)
+        assert max(gate.clocks) - min(gate.clocks) <= bound + 1
+        for v in range(n):
+            assert gate.may_start(v) == (gate.clocks[v] - gate.clock <= bound)
+
+
+@given(n=st.integers(1, 6), steps=st.lists(st.integers(0, 5), max_size=30))
+def test_no_bound_never_blocks(n, steps):
+    gate = BoundedStaleness(n, None)
+    for s in steps:
+        gate.finish(s % n)
+        assert all(gate.may_start(w) for w in range(n))
+
+
+def test_bounded_staleness_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="staleness_bound"):
+        BoundedStaleness(3, -1)
+    with pytest.raises(ValueError, match="num_workers"):
+        BoundedStaleness(0, 1)
+    gate = BoundedStaleness(3, 1)
+    with pytest.raises(ValueError, match="worker"):
+        gate.may_start(3)
+    with pytest.raises(ValueError, match="worker"):
+        gate.finish(-1)
+    assert "bound=1" in repr(gate) and "clocks=[0, 0, 0]" in repr(gate)
+
+
+# -- the summary ------------------------------------------------------------------------------
+
+
+@FAST
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=200))
+def test_staleness_summary(values):
+    s = staleness_summary(values)
+    assert s["max"] == max(values)
+    assert math.isclose(s["mean"], statistics.fmean(values))
+    assert s["histogram"] == {str(k): v for k, v in sorted(Counter(values).items())}
+    assert list(s["histogram"]) == [str(k) for k in sorted(set(values))]
+
+
+def test_staleness_summary_of_nothing():
+    assert staleness_summary([]) == {"max": 0, "mean": 0.0, "histogram": {}}
