@@ -1,0 +1,225 @@
+"""Pipelining: our GPipe equals torch.distributed.pipelining and gradient accumulation; the bubble."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dlcourse.cli import main
+from dlcourse.data import Dataset
+from dlcourse.launcher import launch
+from dlcourse.models import make_model
+from dlcourse.pipeline import (
+    Interval,
+    PipelineConfig,
+    PipelineTimeline,
+    check_microbatches,
+    gpipe_bubble,
+    gpipe_worker,
+    measure_bubble,
+    run_pipeline,
+    schedule_order,
+    simulate_schedule,
+    train_pipeline_worker,
+)
+from dlcourse.train import fit
+
+
+def _batch(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+# ----------------------------------------------------------------------------- simulated schedules
+
+
+@given(K=st.integers(1, 6), M=st.integers(1, 16), schedule=st.sampled_from(["gpipe", "1f1b"]))
+def test_every_stage_runs_each_forward_and_backward_once_forward_first(K, M, schedule):
+    for k in range(K):
+        order = schedule_order(schedule, k, K, M)
+        assert sorted(order) == sorted([("F", m) for m in range(M)] + [("B", m) for m in range(M)])
+        assert all(order.index(("F", m)) < order.index(("B", m)) for m in range(M))
+
+
+@given(
+    K=st.integers(1, 6),
+    M=st.integers(1, 16),
+    schedule=st.sampled_from(["gpipe", "1f1b"]),
+    forward_s=st.floats(0.01, 5.0),
+    backward_s=st.floats(0.01, 5.0),
+)
+def test_simulated_bubble_is_the_formula_with_equal_stage_costs(K, M, schedule, forward_s, backward_s):
+    timeline = simulate_schedule(K, M, schedule, forward_s, backward_s)
+    assert timeline.makespan == pytest.approx((M + K - 1) * (forward_s + backward_s))
+    assert timeline.bubble_fraction == pytest.approx(gpipe_bubble(K, M), abs=1e-9)
+    assert timeline.expected_bubble == gpipe_bubble(K, M)
+
+
+@given(K=st.integers(1, 6), M=st.integers(1, 16))
+def test_1f1b_holds_fewer_activations_than_gpipe(K, M):
+    assert simulate_schedule(K, M, "gpipe").peak_inflight == [M] * K
+    assert simulate_schedule(K, M, "1f1b").peak_inflight == [min(K - k, M) for k in range(K)]
+
+
+def test_timeline_measures_a_hand_made_chart():
+    # stage 0 busy 0-1 and 3-4, stage 1 busy 1-3: makespan 4, busy 4 of 8 stage-seconds
+    intervals = [Interval(0, 0, "F", 0, 1), Interval(1, 0, "F", 1, 2), Interval(1, 0, "B", 2, 3)]
+    intervals.append(Interval(0, 0, "B", 3, 4))
+    t = PipelineTimeline(2, 1, "hand", intervals)
+    assert t.makespan == 4 and t.busy_s == [2, 2] and t.idle_s == [2, 2]
+    assert t.bubble_fraction == 0.5 == t.expected_bubble
+    assert "bubble=0.500" in repr(t)
+
+
+# ----------------------------------------------------------------------------- real processes
+
+
+def _all_schedules(rank, world_size, model, X, y, M):
+    return {
+        s: gpipe_worker(rank, world_size, model, X, y, M, s) for s in ("ours", "torch-gpipe", "torch-1f1b")
+    }
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("K, M", [(2, 4), (3, 4)])  # torch's 1F1B needs M >= K
+def test_our_gpipe_equals_torch_pipelining_and_gradient_accumulation(K, M, no_orphans):
+    model = make_model("cnn", seed=4)
+    X, y = _batch(8, seed=5)
+    parts = launch(_all_schedules, K, model, X, y, M, timeout=60)
+    # the oracle: one process, the same micro-batches, gradients accumulated over loss / M
+    reference = copy.deepcopy(model)
+    losses = []
+    for Xm, ym in zip(X.chunk(M), y.chunk(M)):
+        loss = F.cross_entropy(reference(Xm), ym)
+        (loss / M).backward()
+        losses.append(loss.item())
+    expected = {k: p.grad for k, p in reference.named_parameters()}
+    for schedule in ("ours", "torch-gpipe", "torch-1f1b"):
+        assert parts[-1][schedule]["losses"] == pytest.approx(losses, abs=1e-6), schedule
+        grads = {k: g for part in parts for k, g in part[schedule]["grads"].items()}
+        assert grads.keys() == expected.keys()
+        for k, g in expected.items():
+            torch.testing.assert_close(grads[k], g, atol=1e-6, rtol=0, msg=f"{schedule} {k}")
+    # ours recorded one forward and one backward per micro-batch on every stage
+    for k, part in enumerate(parts):
+        kinds = sorted((i.kind, i.microbatch) for i in part["ours"]["intervals"])
+        assert kinds == sorted([("F", m) for m in range(M)] + [("B", m) for m in range(M)])
+        assert all(i.stage == k and i.end >= i.start for i in part["ours"]["intervals"])
+
+
+@pytest.mark.multiprocess
+def test_measured_bubble_matches_the_formula_with_equal_stage_costs(no_orphans):
+    """Every forward and backward is padded to 0.1 s, so the schedule, not the noise, decides."""
+    model = make_model("mlp", seed=0)
+    X, y = _batch(16)
+    timelines = measure_bubble(model, X, y, num_stages=2, microbatches=(1, 2, 4, 8), stage_cost_s=0.1)
+    for t, M in zip(timelines, (1, 2, 4, 8)):
+        assert t.num_microbatches == M and not t.simulated
+        assert abs(t.bubble_fraction - (2 - 1) / (M + 2 - 1)) < 0.05, t
+    # the bubble shrinks as M grows, as the formula says
+    fractions = [t.bubble_fraction for t in timelines]
+    assert fractions == sorted(fractions, reverse=True)
+
+
+@pytest.mark.multiprocess
+def test_run_pipeline_returns_a_plottable_timeline(no_orphans):
+    model = make_model("mlp", seed=0)
+    X, y = _batch(8)
+    result = run_pipeline(model, X, y, num_stages=2, num_microbatches=2)
+    assert len(result.losses) == 2 and len(result.grads) == 4
+    assert result.timeline.num_stages == 2 and len(result.timeline.intervals) == 8
+    assert 0.0 <= result.timeline.bubble_fraction < 1.0
+    assert "PipelineResult(ours" in repr(result)
+
+
+@pytest.mark.multiprocess
+def test_pipeline_training_equals_single_process_training(no_orphans):
+    """Several GPipe steps with an optimizer equal fit() on the whole batch (same shuffles)."""
+    model = make_model("mlp", seed=6)
+    X, y = _batch(48, seed=7)
+    config = PipelineConfig(
+        num_microbatches=4, epochs=2, batch_size=16, lr=0.05, optimizer="momentum", seed=8
+    )
+    parts = launch(train_pipeline_worker, 2, model, X, y, config)
+    reference = copy.deepcopy(model)
+    history = fit(
+        reference,
+        Dataset(X, y),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        optimizer="momentum",
+        seed=8,
+        progress=False,
+    )
+    state = {k: v for part in parts for k, v in part["state"].items()}
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(state[k], v, atol=1e-5, rtol=0, msg=k)
+    assert parts[-1]["step_loss"] == pytest.approx(history.step_loss, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("strategy", ["pipeline", "model-parallel"])
+def test_cli_trains_and_writes_the_metrics(strategy, tmp_path, no_orphans):
+    out = tmp_path / "run.json"
+    argv = ["train", "--strategy", strategy, "--model", "mlp", "--stages", "2", "--microbatches", "4"]
+    assert main([*argv, "--epochs", "1", "--no-progress", "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    for key in ("test_accuracy", "test_loss", "test_macro_f1", "examples_per_s", "wall_s", "updates"):
+        assert key in metrics
+    assert metrics["test_accuracy"] > 0.5  # one epoch of SGD on the MLP reaches about 0.8
+    assert metrics["updates"] == 40 and metrics["bytes_sent"] > 0
+    assert metrics["microbatches"] == (4 if strategy == "pipeline" else 1)
+    assert set(metrics["staleness"]) == {"max", "mean", "histogram"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--stages", "9"], "num_stages must be <= the model's 4 layers"),
+        (["--batch-size", "10", "--microbatches", "4"], "divisible by num_microbatches=4"),
+        (["--microbatches", "0"], "--microbatches"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(extra, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        code = main(["train", "--strategy", "pipeline", "--model", "mlp", *extra])
+        raise SystemExit(code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_pipeline_input_names_the_argument():
+    model = make_model("mlp")
+    X, y = _batch(8)
+    with pytest.raises(ValueError, match="num_microbatches must be >= 1, got 0"):
+        run_pipeline(model, X, y, 2, 0)
+    with pytest.raises(ValueError, match=r"batch size \(8\) must be divisible by num_microbatches=3"):
+        run_pipeline(model, X, y, 2, 3)
+    with pytest.raises(ValueError, match="num_stages must be <= the model's 4 layers, got 5"):
+        run_pipeline(model, X, y, 5, 2)
+    with pytest.raises(ValueError, match="schedule"):
+        run_pipeline(model, X, y, 2, 2, schedule="zero-bubble")
+    with pytest.raises(ValueError, match="stage_cost_s"):
+        run_pipeline(model, X, y, 2, 2, stage_cost_s=-1.0)
+    with pytest.raises(ValueError, match="microbatches must list"):
+        measure_bubble(model, X, y, 2, ())
+    with pytest.raises(ValueError, match="num_microbatches"):
+        check_microbatches(8, -1)
+    with pytest.raises(ValueError, match="schedule"):
+        simulate_schedule(2, 2, "interleaved")
+    with pytest.raises(ValueError, match="forward_s"):
+        simulate_schedule(2, 2, forward_s=0.0)
