@@ -36,6 +36,7 @@ SIMULATE_POLICIES: dict[str, str] = {
     "async": "dlcourse.sim:simulate_command",
     "softsync": "dlcourse.sim:simulate_command",
     "bounded": "dlcourse.sim:simulate_command",
+    "decentralized": "dlcourse.sim_decentralized:simulate_command",
 }
 
 
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--bandwidth", type=_pos_float, default=1e9, help="bytes per second")
     simulate.add_argument("--latency", type=_nonneg_float, default=1e-4, help="seconds per message")
     simulate.add_argument("--apply-time", type=_nonneg_float, default=0.01, help="server seconds per update")
+    simulate.add_argument(
+        "--topology", choices=["all", "ring"], default="all", help="peers of a decentralized worker"
+    )
+    simulate.add_argument(
+        "--compression", choices=["full", "onebit", "sparse"], default="full", help="with --tau"
+    )
     simulate.add_argument(
         "--evals-per-epoch", type=_pos_int, default=4, help="test evaluations per epoch (curve points)"
     )
