@@ -190,6 +190,7 @@ class SimResult:
     params: torch.Tensor  # final parameters, flat (torch.nn.utils.vector_to_parameters loads them)
     data_source: str  # "subset" or "full" (or "custom" for data passed in)
     real_s: float  # host seconds the simulation took
+    eval_s: float  # of which host seconds spent evaluating on the test set
 
     @property
     def examples_per_s(self) -> float:
@@ -248,6 +249,7 @@ class SimResult:
             "wall_s": self.virtual_s,
             "virtual_s": self.virtual_s,
             "real_s": self.real_s,
+            "eval_s": self.eval_s,
             "updates": self.updates,
             "server_steps": self.server_steps,
             "bytes_sent": self.bytes_sent,
@@ -348,6 +350,7 @@ class Cluster:
         self.bytes_sent = 0
         self.done_at = [0.0] * n  # when each worker stopped working
         self._next_eval = 0.0
+        self.eval_s = 0.0  # host seconds spent in evaluate_now
         self._eval_every = self.epoch_examples / config.evals_per_epoch
         self.evaluate_now(self.W)
 
@@ -419,8 +422,10 @@ class Cluster:
     @torch.no_grad()
     def evaluate_now(self, params: torch.Tensor) -> None:
         """Test metrics of ``params`` at the current virtual time."""
+        start = time.perf_counter()
         self._flat.copy_(params)
         m = evaluate(self.model, self.test)
+        self.eval_s += time.perf_counter() - start
         epoch = self.examples / self.epoch_examples
         self.evals.append(EvalPoint(epoch, self.now, m["loss"], m["accuracy"], m["macro_f1"]))
         while self._next_eval <= self.examples:
@@ -597,6 +602,7 @@ def simulate(config: SimConfig, data: MnistSplit | None = None) -> SimResult:
         params=final.clone(),
         data_source=getattr(data, "source", "custom"),
         real_s=time.perf_counter() - start,
+        eval_s=cluster.eval_s,
     )
 
 

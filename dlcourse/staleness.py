@@ -93,14 +93,16 @@ def apply_updates(
         )
     scale = 1.0 / len(updates) if reduce == "mean" else 1.0
     for i, w in enumerate(params):
-        step = torch.zeros_like(w)
-        for grads, lam in zip(updates, lrs):
+        for grads in updates:
             if grads[i].shape != w.shape:
                 raise ValueError(
                     f"update for parameter {i} has shape {tuple(grads[i].shape)}, expected {tuple(w.shape)}"
                 )
+        # sum_n lambda_n dW_n first, then one subtraction: W changes once per server step
+        step = updates[0][i].to(w.dtype) * lrs[0]
+        for grads, lam in zip(updates[1:], lrs[1:]):
             step.add_(grads[i].to(w.dtype), alpha=lam)
-        w.sub_(step, alpha=scale) if scale != 1.0 else w.sub_(step)
+        w.sub_(step, alpha=scale)
 
 
 class SoftSync:

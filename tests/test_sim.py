@@ -406,3 +406,12 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_the_lectures_cnn_runs_in_the_simulator(small):
+    data = MnistSplit(small.train[:80], small.test[:50], "subset")
+    r = simulate(SimConfig(num_workers=2, policy="sync", model="cnn", batch_size=20, lr=0.05), data)
+    assert r.params.numel() == 1_111_946 and r.updates == 4 and set(r.staleness) == {0}
+    assert r.bytes_sent == 2 * 4 * 1_111_946 * 4  # messages carry every parameter
+    # 4.4 MB per message at 1 GB/s: about 4.5 ms each (the MLP's take 0.3 ms)
+    assert min(e.end - e.start for e in r.trace if e.kind == "push") > 1e-3

@@ -1,0 +1,103 @@
+"""The simulator's bookkeeping against a bare SGD loop computing the same gradients.
+
+    python benchmarks/sim_overhead.py [--repeats 5] [--model mlp] [--epochs 5] [--batch-size 32]
+
+Row 1 is a bare PyTorch loop (forward, backward, ``torch.optim.SGD`` step) over as many
+mini-batches as the simulation computes gradients; row 2 is ``simulate`` (async, N = 4),
+which does the same gradient work plus the event queue, the timing model, the server's
+rules, the trace and its test-set evaluations (one per epoch; the row below it leaves
+their time out: evaluation is measurement, not bookkeeping). Both run one thread
+(``simulate`` sets it; the loop is given the same), interleaved, median of the repeats.
+Goal: ratio <= 1.25. Row 3 is a widget-sized run (N = 16, one epoch of the default data,
+the MLP, four evaluations per epoch): goal under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dlcourse.data import load_mnist
+from dlcourse.models import make_model
+from dlcourse.sim import SimConfig, simulate
+
+
+def bare_loop(model_name: str, data, steps: int, batch_size: int, seed: int) -> float:
+    """Seconds for ``steps`` plain SGD steps on random mini-batches of ``data``."""
+    model = make_model(model_name, seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as simulate() does
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        for idx in torch.randperm(len(data), generator=g).split(batch_size):
+            loss = F.cross_entropy(model(data.X[idx]), data.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    elapsed = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", choices=["cnn", "mlp"], default="mlp")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    data = load_mnist("subset")
+    overhead = SimConfig(
+        num_workers=4,
+        policy="async",
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        evals_per_epoch=1,
+    )
+    widget = SimConfig(num_workers=16, policy="async", model="mlp")
+    simulate(widget, data)  # warm-up: first calls pay for lazy initialisation
+    times: dict[str, list[float]] = {
+        "bare SGD loop": [],
+        "simulate (async, N=4)": [],
+        "  without evaluation": [],
+        "widget run (N=16)": [],
+    }
+    steps = 0
+    for r in range(args.repeats):
+        result = simulate(overhead, data)
+        steps = result.updates
+        times["simulate (async, N=4)"].append(result.real_s)
+        times["  without evaluation"].append(result.real_s - result.eval_s)
+        times["bare SGD loop"].append(bare_loop(args.model, data.train, steps, args.batch_size, r))
+        times["widget run (N=16)"].append(simulate(widget, data).real_s)
+    bare = statistics.median(times["bare SGD loop"])
+    print(
+        f"model={args.model} batch={args.batch_size} gradients={steps} epochs={args.epochs} "
+        f"repeats={args.repeats} threads=1"
+    )
+    print(f"{'run':<24} {'seconds (median)':>17} {'ratio to bare':>14}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        ratio = f"{med / bare:>14.3f}" if name != "widget run (N=16)" else f"{'':>14}"
+        print(f"{name:<24} {med:>17.4f} {ratio}")
+    ratio = statistics.median(times["simulate (async, N=4)"]) / bare
+    bookkeeping = statistics.median(times["  without evaluation"]) / bare
+    widget_s = statistics.median(times["widget run (N=16)"])
+    print(f"goal: overhead ratio <= 1.25 -> {'met' if ratio <= 1.25 else 'NOT met'} ({ratio:.3f})")
+    print(f"      (bookkeeping alone, test-set evaluations left out: {bookkeeping:.3f})")
+    print(f"goal: widget run < 1 s -> {'met' if widget_s < 1.0 else 'NOT met'} ({widget_s:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
