@@ -156,6 +156,7 @@ class TimelinePlot(Plot):
         kinds: Sequence[str] = TIMELINE_KINDS,
         label: str = "worker",
         server: bool = True,
+        legend: bool = True,
     ):
         fig, ax = _new_axes(ax, (8, 3.5))
         super().__init__(fig, [ax])
@@ -163,11 +164,16 @@ class TimelinePlot(Plot):
         self.row_label = label
         self.collections: dict[str, PolyCollection] = {}
         for kind in (*self.kinds, "server") if server else self.kinds:
-            coll = PolyCollection([], facecolors=KIND_COLORS.get(kind, "grey"), edgecolors="none", label=kind)
+            # thin white edges separate consecutive intervals of the same kind
+            coll = PolyCollection(
+                [], facecolors=KIND_COLORS.get(kind, "grey"), edgecolors="white", linewidths=0.5, label=kind
+            )
             ax.add_collection(coll)
             self.collections[kind] = coll
         ax.set_xlabel("time (s)")
-        ax.legend(loc="upper right", fontsize="small", ncols=len(self.collections))
+        if legend:
+            # above the axes, so that it never hides a bar
+            ax.legend(loc="lower right", bbox_to_anchor=(1, 1), fontsize="small", ncols=len(self.collections))
         ax.invert_yaxis()  # worker 0 on top, under the server row
 
     def update(self, trace: Any, server_busy: Any = None, *, title: str | None = None) -> None:
@@ -191,11 +197,13 @@ class TimelinePlot(Plot):
         end = max([e[3] for e in events] + [b for _, b in busy] + [1e-9])
         self.ax.set_xlim(0, end)
         self.ax.set_ylim(rows - 0.5, -1.5 if busy else -0.5)
-        ticks = ([-1] if busy else []) + list(range(rows))
-        self.ax.set_yticks(ticks, (["server"] if busy else []) + [str(n) for n in range(rows)])
+        # at most ~8 worker labels: tick labels are most of a figure's drawing time
+        workers = list(range(0, rows, max(1, -(-rows // 8))))
+        ticks = ([-1] if busy else []) + workers
+        self.ax.set_yticks(ticks, (["server"] if busy else []) + [str(n) for n in workers])
         self.ax.set_ylabel(self.row_label)
         if title is not None:
-            self.ax.set_title(title)
+            self.ax.set_title(title, loc="left")  # the legend sits on the right
         self.fig.canvas.draw_idle()
 
     def intervals(self, kind: str) -> np.ndarray:
