@@ -25,6 +25,10 @@ from pathlib import Path
 # name -> "module:function(args) -> metrics dict"
 TRAIN_STRATEGIES = {
     "single": "dlcourse.cli:train_single",
+    "ddp": "dlcourse.data_parallel:cli_ddp",
+    "sync-sgd": "dlcourse.data_parallel:cli_sync_sgd",
+    "replicated": "dlcourse.data_parallel:cli_replicated",
+    "averaging": "dlcourse.averaging:cli_averaging",
     "model-parallel": "dlcourse.pipeline:train_model_parallel",
     "pipeline": "dlcourse.pipeline:train_pipeline",
     "hybrid": "dlcourse.hybrid:train_hybrid",

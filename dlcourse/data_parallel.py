@@ -388,8 +388,8 @@ class DataParallelResult:
 def collect(strategy: str, outputs: list[dict[str, Any]]) -> DataParallelResult:
     """Assemble the per-rank outputs of :meth:`WorkerRun.finish`."""
     head = outputs[0]
-    per_worker = [{k: v for k, v in o.items() if k in ("rank", "steps", "batch", "step_s", "compute_s",
-                                                       "sync_s", "delay_s")} for o in outputs]  # fmt: skip
+    keys = ("rank", "steps", "batch", "step_s", "compute_s", "sync_s", "delay_s")
+    per_worker = [{k: o[k] for k in keys} for o in outputs]
     return DataParallelResult(
         strategy=strategy,
         num_workers=len(outputs),
