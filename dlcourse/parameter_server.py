@@ -361,23 +361,27 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
     pulled = [(0, 0)] * k  # (version, clock) of the parameters last pulled from each server
     stats = {"worker": n, "pid": os.getpid(), "steps": 0, "compute_s": 0.0, "wait_s": 0.0, "examples": 0}
 
+    def lost(j: int, e: Exception) -> ServerLost:
+        return ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}")
+
     def pull() -> None:
         headers = [torch.zeros(HEADER_LEN, dtype=torch.int64) for _ in range(k)]
         flats = [torch.empty(s) for s in sizes]
-        works = [
-            (j, dist.irecv(headers[j], src=j, tag=HEADER_TAG), dist.irecv(flats[j], src=j, tag=PAYLOAD_TAG))
-            for j in range(k)
-        ]
-        for j, wh, wp in works:
+        works = []
+        for j in range(k):  # post every receive first: servers answer in any order
             try:
-                wh.wait()
-                wp.wait()
+                works.append((j, dist.irecv(headers[j], src=j, tag=HEADER_TAG)))
+                works.append((j, dist.irecv(flats[j], src=j, tag=PAYLOAD_TAG)))
             except RuntimeError as e:
-                raise ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}") from e
+                raise lost(j, e) from e
+        for j, w in works:
+            try:
+                w.wait()
+            except RuntimeError as e:
+                raise lost(j, e) from e
+        for j in range(k):
             if int(headers[j][0]) != PARAMS:
-                raise RuntimeError(
-                    f"worker {n}: expected PARAMS from server {j}, got header {headers[j].tolist()}"
-                )
+                raise RuntimeError(f"worker {n}: expected PARAMS from server {j}, got {headers[j].tolist()}")
             pulled[j] = (int(headers[j][2]), int(headers[j][3]))
             _unflatten_into(flats[j].to(device), params, layout[j])
 
@@ -385,14 +389,17 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
         works = []
         for j in range(k):
             header = torch.tensor([kind, n, pulled[j][0], pulled[j][1]], dtype=torch.int64)
-            works.append((j, dist.isend(header, dst=j, tag=HEADER_TAG)))
-            if grads is not None:
-                works.append((j, dist.isend(_flatten(grads, layout[j]), dst=j, tag=PAYLOAD_TAG)))
+            try:
+                works.append((j, dist.isend(header, dst=j, tag=HEADER_TAG)))
+                if grads is not None:
+                    works.append((j, dist.isend(_flatten(grads, layout[j]), dst=j, tag=PAYLOAD_TAG)))
+            except RuntimeError as e:
+                raise lost(j, e) from e
         for j, w in works:
             try:
                 w.wait()
             except RuntimeError as e:
-                raise ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}") from e
+                raise lost(j, e) from e
 
     schedule = worker_schedule(data, config, n)
     send(HELLO, None)
@@ -482,7 +489,7 @@ class _Server:
 
     def _apply_group(self) -> None:
         # sum in worker order, not arrival order: runs are reproducible and shards agree bitwise
-        for worker, grad, pulled, now in sorted(self.group, key=lambda g: g[0]):
+        for _worker, grad, pulled, now in sorted(self.group, key=lambda g: g[0]):
             taus = self.rule.receive([self.shard], [grad], pulled, clock=now if self.clocked else None)
         self.group.clear()
         self.taus += taus
@@ -633,6 +640,7 @@ def _spawn(
             processes.append(p)
         exited_at: dict[int, float] = {}
         server_failed_at = worker_failed_at = None
+        silent: set[int] = set()  # ranks that exited without a word (killed)
         while len(values) + len(failed) < world:
             try:
                 message = results.get(timeout=0.05)
@@ -654,6 +662,7 @@ def _spawn(
                 # give its queue message a moment to arrive, then report how it died
                 if now - exited_at.setdefault(rank, now) > 1.0:
                     failed[rank] = f"process {_how(p)}"
+                    silent.add(rank)
             bad_servers = sorted(r for r in failed if r < k)
             if bad_servers:
                 # let the workers notice by themselves (that is the point), within the timeout
@@ -668,15 +677,18 @@ def _spawn(
                     )
             bad_workers = sorted(r for r in failed if r >= k)
             if bad_workers and config.synchronous:
-                # the servers say why the run cannot go on; wait a moment for their words
-                r = bad_workers[0]
+                # wait a moment for the servers' words; then blame a worker that died, not one
+                # that merely lost its server afterwards
                 worker_failed_at = worker_failed_at or now
                 if now - worker_failed_at > 2.0 or any(s in failed for s in range(k)):
-                    why = next((failed[s] for s in range(k) if s in failed), "")
+                    killed = [r for r in range(k, world) if (processes[r].exitcode or 0) < 0]
+                    r = (killed or [r for r in bad_workers if r in silent] or bad_workers)[0]
+                    said = f"process {_how(processes[r])}" if r in killed else failed[r]
+                    why = next((failed[s].splitlines()[0] for s in range(k) if s in failed), "")
                     raise WorkerError(
                         r,
-                        f"worker {r - k} {failed[r]}; a synchronous step needs every worker "
-                        f"(the last executor never arrives). {why.splitlines()[0] if why else ''}".strip(),
+                        f"worker {r - k} {said}; a synchronous step needs every worker "
+                        f"(the last executor never arrives). {why}".strip(),
                     )
             if deadline is not None and now > deadline:
                 missing = sorted(set(range(world)) - set(values) - set(failed))

@@ -1,0 +1,224 @@
+"""The real parameter server: its rules match their definitions, and it fails well.
+
+Multi-process runs use the MLP on slices of the MNIST subset so that each takes seconds;
+one slow test trains the lecture's CNN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlcourse.data import shard
+from dlcourse.launcher import WorkerError
+from dlcourse.models import make_model
+from dlcourse.parameter_server import PSConfig, assign_shards, run_parameter_server, worker_schedule
+
+SMALL = dict(
+    model="mlp", train_examples=600, test_examples=200, batch_size=50, timeout=20.0, run_timeout=120.0
+)
+
+
+# ------------------------------------------------------------------ no processes
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(num_workers=2, softsync=3), "softsync must be <= 2"),
+        (dict(num_servers=0), "num_servers must be >= 1"),
+        (dict(num_servers=5, model="mlp"), "num_servers must be <= 4"),
+        (dict(num_servers=9, model="cnn"), "num_servers must be <= 8"),
+        (dict(staleness_bound=-1), "staleness_bound must be >= 0"),
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(lr_policy="fancy"), "lr_policy must be one of"),
+        (dict(kill_worker=2, num_workers=2), "kill_worker must be <= 1"),
+        (dict(train_examples=1, num_workers=2), "train_examples must be >= num_workers"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_process_starts(fields, message):
+    with pytest.raises(ValueError, match=message):
+        PSConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["--workers", "2", "--softsync", "3"], "softsync"),
+        (["--servers", "0"], "--servers"),
+        (["--servers", "5", "--model", "mlp"], "num_servers"),
+        (["--staleness-bound", "-1"], "--staleness-bound"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(argv, word):
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "dlcourse", "train", "--strategy", "async-ps", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and word in lines[0] and "Traceback" not in done.stderr
+    assert time.monotonic() - start < 60  # refused up front, no workers waited on
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 10_000), min_size=1, max_size=12), st.data())
+def test_shards_partition_the_tensors(sizes, data):
+    k = data.draw(st.integers(1, len(sizes)))
+    shards = assign_shards(sizes, k)
+    assert len(shards) == k and all(shards)
+    assert sorted(i for s in shards for i in s) == list(range(len(sizes)))
+    assert all(s == sorted(s) for s in shards)
+    assert assign_shards(sizes, k) == shards  # deterministic
+    with pytest.raises(ValueError, match="num_servers"):
+        assign_shards(sizes, len(sizes) + 1)
+
+
+def test_config_repr_names_the_mode():
+    assert "mode=sync" in repr(PSConfig(num_workers=3, softsync=3))
+    assert "mode=bounded(b=2, S=1)" in repr(PSConfig(num_workers=3, staleness_bound=2))
+    assert "mode=async" in repr(PSConfig(num_workers=3))
+
+
+# ------------------------------------------------------------------ real processes
+
+
+def _reference_parameter_averaging(config: PSConfig, train) -> list[torch.Tensor]:
+    """One process: each step, average the N workers' gradients and take an SGD step (torch.optim)."""
+    model = make_model(config.model, seed=config.seed)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=config.lr)
+    shards = shard(train, config.num_workers)
+    schedules = [worker_schedule(shards[n], config, n) for n in range(config.num_workers)]
+    for step in range(len(schedules[0])):
+        grads = []
+        for n, data in enumerate(shards):
+            idx = schedules[n][step]
+            grads.append(torch.autograd.grad(F.cross_entropy(model(data.X[idx]), data.y[idx]), params))
+        for i, p in enumerate(params):
+            p.grad = torch.stack([g[i] for g in grads]).mean(0)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.multiprocess
+def test_sync_equals_parameter_averaging_and_shards_equal_one_server(mnist, no_orphans):
+    config = dict(SMALL, num_workers=3, softsync=3, steps=4)
+    reference = _reference_parameter_averaging(PSConfig(**config), mnist.train[: SMALL["train_examples"]])
+    seen = []
+    one = run_parameter_server(
+        PSConfig(**config, num_servers=1), progress=lambda v, total: seen.append((v, total))
+    )
+    two = run_parameter_server(PSConfig(**config, num_servers=2))
+    initial = list(make_model("mlp", seed=0).parameters())
+    for w1, w2, ref, w0 in zip(one.parameters, two.parameters, reference, initial):
+        assert (w1 - w0).abs().max() > 1e-4  # it trained at all
+        assert torch.allclose(w1, ref, atol=1e-6, rtol=0)
+        assert torch.allclose(w2, w1, atol=1e-6, rtol=0)
+    assert one.staleness == [0] * 12 and one.versions == 4 and one.updates_per_worker == [3 * [4]][0]
+    assert seen == [(v, 4) for v in range(1, 5)]
+    assert len(two.shard_sizes) == 2 and sum(two.shard_sizes) == sum(p.numel() for p in initial)
+
+
+@pytest.mark.multiprocess
+def test_every_update_staleness_is_recorded_and_bounded(no_orphans):
+    # worker 0 is slow: without a bound its gradients would be several updates stale
+    config = PSConfig(**SMALL, num_workers=3, staleness_bound=1, steps=20, slow_worker=0, slow_delay=0.03)
+    bounded = run_parameter_server(config)
+    assert bounded.updates_per_worker == [20, 20, 20] and bounded.dropped == 0
+    for taus in bounded.shard_staleness:
+        assert len(taus) == 60 and max(taus) <= 1
+    free = run_parameter_server(PSConfig(**SMALL, num_workers=3, steps=20, slow_worker=0, slow_delay=0.03))
+    assert len(free.staleness) == 60
+    assert max(free.staleness) > 1  # the bound is what kept it at 1 above
+    assert free.staleness_summary()["histogram"] and free.bytes_sent > 0
+
+
+@pytest.mark.multiprocess
+def test_a_notebook_defined_rule_runs_in_the_server(tmp_path, no_orphans):
+    record = tmp_path / "calls.txt"
+
+    def frozen(lr, tau):  # a closure, as a notebook cell would define it: pickled by value
+        with open(record, "a") as f:
+            f.write(f"{os.getpid()} {tau}\n")
+        return 0.0  # observable: the model must not move
+
+    result = run_parameter_server(PSConfig(**SMALL, num_workers=2, steps=5, lr_policy=frozen))
+    initial = list(make_model("mlp", seed=0).parameters())
+    assert all(torch.equal(w, w0) for w, w0 in zip(result.parameters, initial))
+    calls = [line.split() for line in record.read_text().splitlines()]
+    assert len(calls) == 10  # once per applied update
+    assert {int(pid) for pid, _ in calls} == set(result.server_pids) != {os.getpid()}
+    assert sorted(int(t) for _, t in calls) == sorted(result.staleness)
+
+
+@pytest.mark.multiprocess
+def test_async_survives_a_killed_worker(no_orphans):
+    start = time.monotonic()
+    result = run_parameter_server(PSConfig(**SMALL, num_workers=3, steps=30, kill_worker=1, kill_after=5))
+    assert time.monotonic() - start < 90
+    assert result.lost_workers == {1: 5}
+    assert result.updates_per_worker == [30, 5, 30]
+    assert result.test_accuracy > 0.5  # the others finished the training
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("num_servers", [1, 2])
+def test_a_dead_server_stops_the_workers_with_a_clear_error(num_servers, no_orphans):
+    config = PSConfig(**SMALL, num_workers=2, num_servers=num_servers, steps=40, kill_server=num_servers - 1)
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        run_parameter_server(config)
+    assert time.monotonic() - start < config.timeout + 60
+    message = str(info.value)
+    assert info.value.rank == num_servers - 1 and "SIGKILL" in message
+    # both workers noticed by themselves and said which server they lost
+    assert message.count(f"lost parameter server rank {num_servers - 1}") == 2
+
+
+@pytest.mark.multiprocess
+def test_sync_with_a_dead_worker_fails_clearly(no_orphans):
+    config = PSConfig(**SMALL, num_workers=3, softsync=3, steps=30, kill_worker=2, kill_after=5)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="last executor never arrives") as info:
+        run_parameter_server(config)
+    assert time.monotonic() - start < config.timeout + 60
+    assert info.value.rank == 3 and "SIGKILL" in str(info.value)  # worker 2 is rank k + 2
+
+
+@pytest.mark.multiprocess
+def test_cli_writes_the_metrics(tmp_path, no_orphans):
+    from dlcourse.cli import main
+
+    path = tmp_path / "ps.json"
+    argv = ["train", "--strategy", "async-ps", "--model", "mlp", "--workers", "2", "--servers", "2"]
+    argv += ["--softsync", "2", "--lr-policy", "staleness", "--no-progress", "--json", str(path)]
+    assert main(argv) == 0
+    metrics = json.loads(path.read_text())
+    assert metrics["updates"] == 2 * 20 and metrics["servers"] == 2  # 2000 examples each, batch 100
+    assert metrics["staleness"]["max"] >= 0 and sum(metrics["staleness"]["histogram"].values()) == 40
+    assert metrics["test_accuracy"] > 0.6 and metrics["bytes_sent"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_async_trains_the_lecture_cnn(no_orphans):
+    config = PSConfig(
+        model="cnn", num_workers=2, batch_size=50, epochs=2, lr=0.1, test_examples=500, timeout=60.0
+    )
+    result = run_parameter_server(config)
+    assert result.updates == 2 * 2 * 40
+    assert result.test_accuracy >= 0.85, result
+    assert result.accuracy_over_time[0][2] < 0.3  # it started untrained
