@@ -273,6 +273,10 @@ def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Data
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"rank {rank}: the warm-up workers did not finish in {timeout} s")
                     apply_arrived(block_s=0.1)
+            # the previous step's sends have had a whole step to finish: free their buffers
+            for work, _ in pending:
+                work.wait()
+            pending.clear()
             loss = F.cross_entropy(model(data.X[idx]), data.y[idx])
             model.zero_grad(set_to_none=True)
             loss.backward()

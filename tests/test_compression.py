@@ -3,6 +3,8 @@ message sizes and bad input."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -233,6 +235,24 @@ def test_corrupted_message(data):
         decode(bytes(message), 5000)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_garbage_with_a_valid_checksum_is_refused_cleanly(data):
+    """Bytes that pass the crc but are not a valid message raise ValueError, never anything else."""
+    body = bytearray(_message()[:-4])
+    if data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 4))):
+            body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    else:
+        body = bytearray(C.MAGIC + bytes([C.VERSION]) + data.draw(st.binary(max_size=60)))
+    message = bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little")
+    try:
+        update = read_message(message)
+    except ValueError:
+        return
+    assert update.indices.size == len(update.values) <= update.numel  # parsed: self-consistent
+
+
 def test_message_for_a_different_shape():
     """A message for 5,000 elements cannot be decoded into another shape."""
     with pytest.raises(ValueError, match="5,000 elements"):
@@ -256,8 +276,6 @@ def test_bad_arguments_name_what_is_allowed():
     with pytest.raises(ValueError, match="message must be bytes"):
         decode("hello", 10)
     with pytest.raises(ValueError, match="not a compressed update"):
-        import zlib
-
         body = b"XX" + bytes(30)
         decode(body + zlib.crc32(body).to_bytes(4, "little"), 10)
 
