@@ -354,6 +354,7 @@ def train_decentralized(
         config,
         train,
         timeout,
+        backend="gloo",  # any-source receive is gloo's; NCCL has none (messages are small anyway)
         timeout=timeout,
         run_timeout=run_timeout,
         threads_per_worker=1,
