@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 from dlcourse import panels  # noqa: E402
 from dlcourse.pipeline import simulate_schedule  # noqa: E402
 from dlcourse.sim import SimConfig, simulate  # noqa: E402
+from dlcourse.sim_decentralized import DecentralizedSimConfig  # noqa: E402, F401 (registers the policy)
 
 
 def median_time(fn, repeats: int) -> float:
@@ -87,7 +88,24 @@ def main() -> None:
         )
     )
 
-    for p in (stal, strag, pipe):
+    # compression explorer: tau alternates between two values (each a new decentralized run)
+    comp = panels.CompressionExplorer(num_workers=16)
+    taus = [0.003, 0.01]
+
+    def comp_update(i: int) -> None:
+        comp.results = {k: v for k, v in comp.results.items() if k[0] is None}  # no cache hits
+        comp.tau.value = taus[(i + 1) % 2]
+
+    rows.append(
+        (
+            "compression (N=16, tau)",
+            median_time(comp_update, r),
+            median_time(lambda i: simulate(comp.config(taus[i % 2])), r),
+            median_time(lambda i: panels.CompressionExplorer(tau=taus[i % 2], num_workers=16), r),
+        )
+    )
+
+    for p in (stal, strag, pipe, comp):
         if p.last_error:
             raise SystemExit(f"{type(p).__name__} failed: {p.last_error}")
 

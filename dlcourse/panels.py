@@ -486,3 +486,109 @@ class PipelineExplorer(Panel):
             f"(formula (K-1)/(M+K-1) = {t.expected_bubble:.1%}); "
             f"most micro-batches' activations held by a stage: {max(t.peak_inflight)}"
         )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def message_bytes_per_step(result) -> list[float]:
+    """Bytes of each step's message, in time order, from a decentralized run's trace.
+
+    With ``topology="all"`` a worker sends its message to its N - 1 peers back to back
+    on its own link and starts its next step when they are on the wire, so each "push"
+    interval lasts ``(N - 1) * (latency + bytes / bandwidth)``; solved for ``bytes``.
+    """
+    c = result.config
+    if getattr(c, "topology", "all") != "all" or c.num_workers < 2:
+        raise ValueError(f"bytes per step need topology 'all' and num_workers >= 2, got {c!r}")
+    pushes = sorted((e for e in result.trace if e.kind == "push"), key=lambda e: e.start)
+    per_link = [(e.end - e.start) / (c.num_workers - 1) for e in pushes]
+    return [max(0.0, (t - c.latency) * c.bandwidth) for t in per_link]
+
+
+class CompressionExplorer(Panel):
+    """Decentralized SGD with 1-bit updates: the threshold tau and the residual, on or off.
+
+    Each setting runs the simulated cluster (:mod:`dlcourse.sim_decentralized`) with real
+    compressed messages; the uncompressed run is drawn next to it for comparison. Results
+    are kept per (tau, residual), so going back to a setting is instant.
+    """
+
+    title = "Compressed updates: threshold tau and the residual (Strom 2015)"
+
+    def __init__(
+        self,
+        tau: float = 0.003,
+        residual: bool = True,
+        num_workers: int = 4,
+        *,
+        bandwidth: float = 1e7,
+        base=None,
+        data=None,
+    ) -> None:
+        check_int("num_workers", num_workers, low=2, high=32)
+        self.base, self.data = base, data
+        self.num_workers_ = num_workers
+        self.bandwidth_ = bandwidth  # a slow network (10 MB/s), where message size matters
+        self.tau = W.FloatLogSlider(
+            value=tau,
+            base=10,
+            min=-4,
+            max=-1,
+            step=0.25,
+            description="tau",
+            continuous_update=False,
+            readout_format=".1e",
+        )
+        self.residual = W.Checkbox(value=residual, description="keep the residual")
+        fig = Figure(figsize=(10, 3.6), layout="constrained")
+        self.compression_plot = plots.CompressionPlot(list(fig.subplots(1, 2)))
+        self.results: dict = {}  # (tau, variant) -> SimResult; tau None is the dense run
+        self.result = None
+        super().__init__([self.tau, self.residual], fig)
+        self._watch(self.tau, self.residual)
+        self.refresh()
+
+    def config(self, tau: float | None, variant: str = "full"):
+        from dlcourse.sim_decentralized import DecentralizedSimConfig
+
+        fields = {
+            **PANEL_DEFAULTS,
+            "num_workers": self.num_workers_,
+            "bandwidth": self.bandwidth_,
+            "tau": tau,
+            "variant": variant,
+        }
+        if self.base is not None:
+            inherited = {k: getattr(self.base, k) for k in self.base.__dataclass_fields__ if k != "policy"}
+            fields = {**inherited, **fields}
+        return DecentralizedSimConfig(**fields)
+
+    def _run(self, tau: float | None, variant: str):
+        from dlcourse.sim import simulate
+
+        key = (tau, variant)
+        if key not in self.results:
+            self.results[key] = simulate(self.config(tau, variant), self.data)
+        return self.results[key]
+
+    def compute(self) -> str:
+        tau = float(self.tau.value)
+        variant = "full" if self.residual.value else "onebit"
+        dense = self._run(None, "full")
+        self.result = r = self._run(tau, variant)
+        label = f"tau={tau:.1e}, " + ("residual" if variant == "full" else "no residual")
+        curve = {"x": [p.epoch for p in r.evals], "accuracy": [p.accuracy for p in r.evals]}
+        dense_curve = {"x": [p.epoch for p in dense.evals], "accuracy": [p.accuracy for p in dense.evals]}
+        self.compression_plot.update(
+            {"uncompressed": message_bytes_per_step(dense), label: message_bytes_per_step(r)},
+            {
+                "uncompressed": (dense_curve["x"], dense_curve["accuracy"]),
+                label: (curve["x"], curve["accuracy"]),
+            },
+        )
+        ratio = dense.bytes_sent / max(1, r.bytes_sent)
+        return (
+            f"{label}: {ratio:,.0f}x fewer bytes than uncompressed; test accuracy "
+            f"{r.test.accuracy:.3f} (uncompressed {dense.test.accuracy:.3f})"
+        )

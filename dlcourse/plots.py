@@ -565,7 +565,7 @@ class CompressionPlot(Plot):
         self.acc_lines: dict[str, Line2D] = {}
         axes[0].set_yscale("log")
         axes[0].set_xlabel("step")
-        axes[0].set_ylabel("bytes sent per step")
+        axes[0].set_ylabel("message bytes per step")
         axes[0].set_title("network traffic")
         axes[1].set_xlabel("epoch")
         axes[1].set_ylabel("test accuracy")

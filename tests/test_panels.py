@@ -211,3 +211,30 @@ def test_pipeline_explorer_bubble_follows_K_and_M():
     assert panel.bubble_plot.fraction == pytest.approx(0.0)
     with pytest.raises(ValueError, match="num_stages"):
         panels.PipelineExplorer(num_stages=0)
+
+
+def test_compression_explorer_tau_and_residual(small, base):
+    panel = panels.CompressionExplorer(tau=0.003, residual=True, num_workers=4, base=base, data=small)
+    assert panel.last_error is None, panel.last_error
+    r = panel.result
+    assert r.config.tau == pytest.approx(0.003) and r.config.variant == "full"
+    per_step = panels.message_bytes_per_step(r)
+    # the simulator's own byte count is the oracle: every message went to N - 1 peers
+    assert sum(per_step) * 3 == pytest.approx(r.bytes_sent, rel=1e-6)
+    assert len(per_step) == r.updates
+    label = "tau=3.0e-03, residual"
+    np.testing.assert_allclose(panel.compression_plot.byte_lines[label].get_ydata(), per_step)
+    dense_bytes = panel.compression_plot.byte_lines["uncompressed"].get_ydata()
+    assert dense_bytes.min() > 100 * max(per_step)  # 1-bit messages are orders of magnitude smaller
+
+    panel.tau.value = 0.03  # a higher threshold sends fewer elements
+    assert panel.result.bytes_sent < r.bytes_sent
+    runs = len(panel.results)
+    panel.residual.value = False
+    assert panel.result.config.variant == "onebit" and len(panel.results) == runs + 1
+    acc = panel.compression_plot.acc_lines["tau=3.0e-02, no residual"].get_ydata()
+    np.testing.assert_allclose(acc, [p.accuracy for p in panel.result.evals])
+    panel.residual.value = True  # back to a setting already run: taken from the cache
+    assert len(panel.results) == runs + 1 and panel.result.config.variant == "full"
+    with pytest.raises(ValueError, match="num_workers"):
+        panels.CompressionExplorer(num_workers=1)
