@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlcourse._validate import check_choice, check_float
+from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.compression import CODERS, Compressor, read_message
 from dlcourse.sim import Cluster, SimConfig, _default_data, config_from_args, register_policy, simulate
 
@@ -46,6 +46,8 @@ class DecentralizedSimConfig(SimConfig):
     variant: str = "full"  # with tau: "full" (residual), "onebit" (no residual), "sparse" (full values)
     coder: str = "auto"  # gap coder of the messages
     topology: str = "all"  # "all": every peer; "ring": the next rank, which forwards
+    warmup_workers: int | None = None  # workers that train alone at first (None: all from the start)
+    warmup_fraction: float = 0.0  # fraction of the first epoch during which only they train
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +56,9 @@ class DecentralizedSimConfig(SimConfig):
         check_choice("variant", self.variant, COMPRESSIONS)
         check_choice("coder", self.coder, CODERS)
         check_choice("topology", self.topology, TOPOLOGIES)
+        if self.warmup_workers is not None:
+            check_int("warmup_workers", self.warmup_workers, low=1, high=self.num_workers)
+        self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
 
 
 def run_decentralized(cluster: Cluster) -> None:
@@ -67,6 +72,11 @@ def run_decentralized(cluster: Cluster) -> None:
     replicas = [cluster.W.clone() for _ in range(n)]
     coder = getattr(c, "coder", "auto")
     compressors = [Compressor(cluster.W.numel(), tau=tau, variant=variant, coder=coder) for _ in range(n)]
+    active = getattr(c, "warmup_workers", None) or n
+    # Strom's "fewer nodes early": the others join after `warmup` steps of the first epoch
+    warmup = int(getattr(c, "warmup_fraction", 0.0) * cluster.batches_per_shard) if active < n else 0
+    quota = [steps_each - (warmup if w >= active else 0) for w in range(n)]
+    joined = [w < active for w in range(n)]
     link_free = [0.0] * n  # when each worker's outgoing link is next free
     steps = [0] * n  # steps each worker has finished
     contains = [0] * n  # updates (own and peers') already in each replica
@@ -86,7 +96,7 @@ def run_decentralized(cluster: Cluster) -> None:
             transmit(w, nxt, nbytes, update, origin)  # forward: it has not gone round yet
 
     def start(w: int) -> None:
-        if steps[w] >= steps_each:
+        if steps[w] >= quota[w]:
             cluster.done_at[w] = cluster.now
             return
         tau_w = state["finished"] - contains[w]  # updates made elsewhere, not yet here
@@ -110,9 +120,18 @@ def run_decentralized(cluster: Cluster) -> None:
             cluster.record(w, "push", cluster.now, sent_by)
         cluster.applied([tau_w], size, torch.stack(replicas).mean(0))
         cluster.schedule(sent_by, start, w)
+        if not all(joined) and min(steps[:active]) >= warmup:
+            for late in range(active, n):  # warm-up over: the late workers join now
+                joined[late] = True
+                cluster.record(late, "wait", 0.0, cluster.now)
+                cluster.schedule(cluster.now, start, late)
 
-    for w in range(n):
+    for w in range(active):
         cluster.schedule(0.0, start, w)
+    if warmup == 0:
+        for w in range(active, n):
+            joined[w] = True
+            cluster.schedule(0.0, start, w)
     cluster.run_events()
     cluster.final_params = torch.stack(replicas).mean(0)
 

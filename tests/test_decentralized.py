@@ -240,6 +240,20 @@ def test_sim_is_deterministic_and_delivers_every_update(small_split, topology):
     assert a.bytes_sent == steps * 2 * message
 
 
+def test_sim_fewer_workers_early(small_split):
+    """warmup_workers=1 for half of the first epoch: the others wait, skip those steps, then join."""
+    config = DecentralizedSimConfig(
+        num_workers=4, tau=0.003, batch_size=50, warmup_workers=1, warmup_fraction=0.5
+    )
+    result = simulate(config, small_split)
+    assert result.updates == 4 * 4 - 3 * 2  # 4 steps each, the 3 late workers skip 2
+    first_compute = {
+        w: min(e.start for e in result.trace if e.worker == w and e.kind == "compute") for w in range(4)
+    }
+    assert first_compute[0] == 0.0
+    assert all(first_compute[w] > 1.5 for w in (1, 2, 3))  # after worker 0's 2 steps of ~1 s
+
+
 def test_sim_bad_config():
     """Bad tau, topology or variant of the simulated policy are named."""
     with pytest.raises(ValueError, match="tau must be > 0"):
@@ -248,6 +262,8 @@ def test_sim_bad_config():
         DecentralizedSimConfig(topology="mesh")
     with pytest.raises(ValueError, match="variant must be one of"):
         DecentralizedSimConfig(tau=0.1, variant="dense")
+    with pytest.raises(ValueError, match=r"warmup_workers must be <= 4"):
+        DecentralizedSimConfig(num_workers=4, warmup_workers=5)
 
 
 def test_cli_simulate_decentralized(tmp_path, capsys):
