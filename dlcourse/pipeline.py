@@ -220,6 +220,7 @@ def gpipe_step(
     """
     M = num_microbatches
     micro = check_microbatches(len(X), M)
+    check_float("stage_cost_s", stage_cost_s, low=0.0)
     first, last = prev_rank is None, next_rank is None
     if not first and in_shape is None:
         raise ValueError("in_shape must be given on every stage but the first (the shape it receives)")
@@ -244,7 +245,7 @@ def gpipe_step(
             x_in.requires_grad_()
         y_hat = timed("F", m, lambda x_in=x_in: stage(x_in))
         if last:
-            losses.append(loss_fn(y_hat, y[m * micro : (m + 1) * micro]))
+            losses.append(loss_fn(y_hat, y[m * micro : (m + 1) * micro]))  # cheap next to a stage
         else:
             # isend: a blocking send could stall this stage until the next one is ready
             sends.append(dist.isend(y_hat.detach().contiguous(), dst=next_rank))
@@ -462,7 +463,7 @@ def train_pipeline_worker(
     stage = split_model(model, world_size)[rank]
     opt = make_optimizer(config.optimizer, stage.parameters(), config.lr, config.momentum)
     micro = check_microbatches(config.batch_size, config.num_microbatches)
-    shapes = stage_input_shapes(model, world_size, (micro, *X.shape[1:])) + [None]
+    shapes = stage_input_shapes(model, world_size, (micro, *X.shape[1:]))
     out_shape = stage_shapes([stage], shapes[rank])[0]
     prev = rank - 1 if rank > 0 else None
     nxt = rank + 1 if rank < world_size - 1 else None
