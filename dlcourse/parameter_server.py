@@ -10,6 +10,8 @@ simulator calls:
 - **async** (S = 1): every push is applied at once; its staleness ``tau`` is how many
   updates the server applied since the worker pulled;
 - **soft sync** S: the server averages S pushes per step (:class:`~dlcourse.staleness.SoftSync`);
+  a worker whose push waits in an unfinished group waits with it (it reads its own writes,
+  as in :mod:`dlcourse.sim`), and a group that can no longer fill up is applied as it is;
 - **synchronous** (S = N): every worker pushes once per step and waits for the new
   parameters -- parameter averaging every step;
 - **bounded staleness** b: a worker more than b steps ahead of the slowest waits for its
@@ -47,8 +49,9 @@ be mistaken for a payload::
     LAST   worker  gradient  as PUSH, the worker's last one: not answered
     PARAMS server  shard     the parameters at (version, clock)
 
-A server answers a worker's HELLO or PUSH only when the bounded-staleness gate lets that
-worker start its next step: that is how fast workers are held back. Messages are CPU
+A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
+the bounded-staleness gate lets it start its next step: that is how fast workers are held
+back. Messages are CPU
 tensors on a gloo group even when workers compute on GPUs (NCCL has no any-source receive
 and no tags).
 
@@ -216,7 +219,7 @@ class PSResult:
     lost_workers: dict[int, int]  # worker index -> updates it contributed before it was lost
     bytes_sent: int  # bytes of every message (headers + payloads), all servers together
     versions: int  # parameter versions server 0 went through (applied update steps)
-    dropped: int  # pushes server 0 received but never applied (an incomplete last soft-sync group)
+    update_times: list[float]  # seconds after the start at which each of those updates was applied
     wall_s: float  # seconds from the first to the last message of server 0
     parameters: list[torch.Tensor]  # final parameters, in model.parameters() order
     test: dict[str, float]  # loss, accuracy, macro_f1 of the final model
@@ -224,6 +227,7 @@ class PSResult:
     examples: int  # training examples processed by all workers
     shard_sizes: list[int]  # parameters owned by each server
     server_pids: list[int] = field(default_factory=list)  # process ids of the servers
+    worker_stats: list[dict | None] = field(default_factory=list)  # steps, compute_s, wait_s; None if lost
     shard_staleness: list[list[int]] = field(default_factory=list)  # tau per applied update, per server
 
     @property
@@ -469,6 +473,7 @@ class _Server:
         self.lost: dict[int, int] = {}
         self.received = [0] * self.N
         self.taus: list[int] = []
+        self.times: list[float] = []  # seconds since start at which each tau's update was applied
         self.bytes = 0
         self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
         self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
@@ -489,10 +494,14 @@ class _Server:
 
     def _apply_group(self) -> None:
         # sum in worker order, not arrival order: runs are reproducible and shards agree bitwise
+        taus = None
         for _worker, grad, pulled, now in sorted(self.group, key=lambda g: g[0]):
             taus = self.rule.receive([self.shard], [grad], pulled, clock=now if self.clocked else None)
+        if taus is None:  # fewer than S, and nobody else can push: apply them rather than wait forever
+            taus = self.rule.flush([self.shard])
         self.group.clear()
         self.taus += taus
+        self.times += [time.perf_counter() - self.start] * len(taus)
         v = self.rule.version
         every = max(1, self.expected_versions // self.config.snapshots) if self.config.snapshots else 0
         if every and v % every == 0:
@@ -511,6 +520,7 @@ class _Server:
             )
         self.lost[worker] = self.received[worker]
         self.waiting.discard(worker)
+        self.sends.pop(worker, None)  # never to be answered
         self.gate.clocks[worker] = 2**62  # no longer holds the others back
 
     def run(self) -> dict:
@@ -543,11 +553,18 @@ class _Server:
                 now = self.gate.clock if self.clocked else self.rule.version
                 self.group.append((worker, payload, pulled, now))
                 self.gate.finish(worker)
+                (self.waiting.add if kind == PUSH else self.done.add)(worker)
                 if len(self.group) == self.config.softsync:
                     self._apply_group()
-                (self.waiting.add if kind == PUSH else self.done.add)(worker)
+            # workers who could still push are all waiting on this group: it will not grow
+            active = set(range(self.N)) - self.done - set(self.lost)
+            if self.group and active <= {g[0] for g in self.group}:
+                self._apply_group()
+            in_group = {g[0] for g in self.group}
             for w in sorted(self.waiting):
-                if self.gate.may_start(w):
+                # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
+                # in an unfinished soft-sync group, and while the staleness bound says so
+                if w not in in_group and self.gate.may_start(w):
                     self.waiting.discard(w)
                     self._answer(w)
         for works in self.sends.values():  # every live worker has its last answer
@@ -562,7 +579,7 @@ class _Server:
             "lost": self.lost,
             "bytes": self.bytes,
             "versions": self.rule.version,
-            "dropped": len(self.group),
+            "times": self.times,
             "wall_s": last_message - self.start,
             "snapshots": self.snapshots,
         }
@@ -781,7 +798,7 @@ def _result(config: PSConfig, layout, shapes, values: list[dict | None], test: D
         lost_workers=lost,
         bytes_sent=sum(s["bytes"] for s in servers),
         versions=servers[0]["versions"],
-        dropped=servers[0]["dropped"],
+        update_times=servers[0]["times"],
         wall_s=servers[0]["wall_s"],
         parameters=[p.detach().clone() for p in model.parameters()],
         test=evaluate(model, test),
@@ -789,6 +806,7 @@ def _result(config: PSConfig, layout, shapes, values: list[dict | None], test: D
         examples=sum(w["examples"] for w in workers if w is not None),
         shard_sizes=[sum(shapes[i].numel() for i in idx) for idx in layout],
         server_pids=[s["pid"] for s in servers],
+        worker_stats=list(workers),
         shard_staleness=[s["taus"] for s in servers],
     )
 
