@@ -52,6 +52,7 @@ from dlcourse.data_parallel import (
     metrics,
     parameter_bytes,
     train_reference,
+    workers_from_args,
 )
 
 __all__ = [
@@ -140,7 +141,12 @@ def cli_averaging(args: argparse.Namespace) -> dict[str, Any]:
     config = config_from_args(args, "sgd")
     split = load_mnist(args.data_source, seed=0)
     result = train_averaging(
-        split.train, args.workers, config, test=split.test, backend=args.backend, timeout=args.timeout
+        split.train,
+        workers_from_args(args),
+        config,
+        test=split.test,
+        backend=args.backend,
+        timeout=args.timeout,
     )
     out = metrics(result, args, split.source)
     out["average_every"] = config.average_every

@@ -77,11 +77,15 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint) -> Pat
         "states": checkpoint.states,
         "extra": checkpoint.extra,
     }
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-    os.replace(tmp, target)  # atomic: readers see the old file or the new one, never half
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, target)  # atomic: readers see the old file or the new one, never half
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves the previous checkpoint as it was
+        raise
     try:  # make the rename itself durable (a directory fsync; not possible on every OS)
         fd = os.open(directory, os.O_RDONLY)
         try:

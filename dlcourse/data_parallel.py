@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dlcourse.data import Dataset, shard
-from dlcourse.launcher import device_for, launch
+from dlcourse.launcher import device_for, launch, under_torchrun
 from dlcourse.models import MODELS, make_model
 from dlcourse.train import OPTIMIZERS, evaluate, make_optimizer
 
@@ -187,6 +188,24 @@ def ring_allreduce_bytes(nbytes: int, num_workers: int) -> int:
     return 2 * (num_workers - 1) * nbytes
 
 
+def run_fingerprint(
+    config: DataParallelConfig, strategy: str, shard_lengths: Sequence[int]
+) -> dict[str, Any]:
+    """The settings a resumed run must share with the checkpoint (epochs may grow)."""
+    return {
+        "model": config.model,
+        "num_workers": len(shard_lengths),
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "optimizer": config.optimizer,
+        "momentum": config.momentum,
+        "seed": config.seed,
+        "dtype": config.dtype,
+        "shard_lengths": list(shard_lengths),
+        "average_every": config.average_every if strategy == "averaging" else 1,
+    }
+
+
 # ---------------------------------------------------------------------------------------
 # One worker's bookkeeping, so that each strategy's loop shows only what makes it differ.
 
@@ -221,18 +240,7 @@ class WorkerRun:
         self.total_steps = total if config.max_steps is None else min(total, config.max_steps)
         self.model = make_model(config.model, seed=config.seed).to(self.device, self.dtype)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.momentum)
-        self.fingerprint = {
-            "model": config.model,
-            "num_workers": world_size,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "optimizer": config.optimizer,
-            "momentum": config.momentum,
-            "seed": config.seed,
-            "dtype": config.dtype,
-            "shard_lengths": [len(s) for s in shards],
-            "average_every": config.average_every if strategy == "averaging" else 1,
-        }
+        self.fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
         self.step = 0  # steps completed (by this worker; all workers step together)
         self.losses: list[float] = []  # this worker's training loss at every step
         self.times: dict[str, list[float]] = {"step": [], "sync": []}  # seconds, this session's steps
@@ -451,7 +459,12 @@ def _train(worker, strategy, train, num_workers, config, test, shard_sizes, back
     if not isinstance(train, Dataset):
         raise ValueError(f"train must be a dlcourse.data.Dataset, got {type(train).__name__}")
     config.check_workers(num_workers)
-    make_shards(train, num_workers, shard_sizes)  # fail here, in the caller, not in N workers
+    # fail here, in the caller, with one clear line, rather than in N workers
+    shards = make_shards(train, num_workers, shard_sizes)
+    steps_per_epoch([len(s) for s in shards], config.batch_size, num_workers)
+    if config.resume:
+        fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
+        load_checkpoint(config.checkpoint_dir, strategy=strategy, fingerprint=fingerprint)
     outputs = launch(
         worker,
         num_workers,
@@ -616,6 +629,11 @@ def replica_devices(num_replicas: int) -> list[str]:
 # The command line: ``dlcourse train --strategy ddp|sync-sgd|replicated``.
 
 
+def workers_from_args(args: argparse.Namespace) -> int:
+    """N: ``--workers``, or under ``torchrun`` the world size it set up (one rank per process)."""
+    return int(os.environ["WORLD_SIZE"]) if under_torchrun() else args.workers
+
+
 def config_from_args(args: argparse.Namespace, default_optimizer: str) -> DataParallelConfig:
     """A :class:`DataParallelConfig` from ``dlcourse train``'s options."""
     optimizer = args.optimizer or default_optimizer
@@ -666,7 +684,12 @@ def _cli(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str
     config = config_from_args(args, default_optimizer)
     split = load_mnist(args.data_source, seed=0)
     result = train_fn(
-        split.train, args.workers, config, test=split.test, backend=args.backend, timeout=args.timeout
+        split.train,
+        workers_from_args(args),
+        config,
+        test=split.test,
+        backend=args.backend,
+        timeout=args.timeout,
     )
     out = metrics(result, args, split.source)
     out["config"] = asdict(config)
