@@ -100,8 +100,7 @@ class Panel:
             return
         self.last_error = None
         self.message.value = ""
-        self.fig.canvas.draw_idle()
-        self.image.value = self._png()
+        self.image.value = self._png()  # draws the figure once, with every artist's new data
         if self.updates == 0:
             # keep the layout the first render computed: constrained layout costs more than
             # drawing, and the axes need not move when only their data changes

@@ -111,7 +111,16 @@ class Plot:
         for ax in self.axes:
             ax.relim()
             ax.autoscale_view()
-        self.fig.canvas.draw_idle()  # a no-op without a display; ipympl redraws on it
+        self.request_draw()
+
+    def request_draw(self) -> None:
+        """Ask a live figure window or widget (pyplot / ipympl) to redraw when it is idle.
+
+        A figure without a window (``Figure()``, the panels' PNG canvas) is skipped: there
+        ``draw_idle`` would draw at once, and whoever shows the figure draws it anyway.
+        """
+        if getattr(self.fig.canvas, "manager", None) is not None:
+            self.fig.canvas.draw_idle()
 
     def to_png(self, dpi: int = 80) -> bytes:
         """The figure rendered as PNG bytes (works with the Agg backend, no display needed)."""
@@ -204,7 +213,7 @@ class TimelinePlot(Plot):
         self.ax.set_ylabel(self.row_label)
         if title is not None:
             self.ax.set_title(title, loc="left")  # the legend sits on the right
-        self.fig.canvas.draw_idle()
+        self.request_draw()
 
     def intervals(self, kind: str) -> np.ndarray:
         """The drawn rectangles of ``kind`` as ``(n, 4, 2)`` vertices (what the tests compare)."""
@@ -284,7 +293,7 @@ class StalenessPlot(Plot):
         self.ax.set_xlim(-0.6, width - 0.4)
         self.ax.set_ylim(0, max(1e-9, frac.max(initial=0), real_frac.max(initial=0)) * 1.1)
         self.ax.set_title(title if title is not None else f"staleness: mean {mean:.2f}, max {len(frac) - 1}")
-        self.fig.canvas.draw_idle()
+        self.request_draw()
 
     @property
     def heights(self) -> np.ndarray:
@@ -428,7 +437,7 @@ class IdlePlot(Plot):
         self.ax.set_xticks(range(n))
         if any(runs):
             self.ax.legend(fontsize="small")
-        self.fig.canvas.draw_idle()
+        self.request_draw()
 
     def heights(self, label: str = "") -> np.ndarray:
         return np.array([p.vertices[2, 1] for p in self.collections[label].get_paths()])

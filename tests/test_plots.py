@@ -330,3 +330,22 @@ def test_landscape_helpers_reject_bad_input(small):
         plane_basis(w, w, w + 1)
     with pytest.raises(ValueError, match="models must hold"):
         loss_landscape(small, models=[MLP(8)])
+
+
+def test_update_asks_a_live_figure_to_redraw_and_leaves_a_bare_one_alone(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()  # has a manager, like a figure shown by pyplot or ipympl
+    try:
+        plot = plots.timeline(EVENTS, ax=fig.add_subplot())
+        calls = []
+        monkeypatch.setattr(fig.canvas, "draw_idle", lambda: calls.append(1))
+        plot.update(EVENTS[:2])
+        assert calls == [1]
+    finally:
+        plt.close(fig)
+    bare = plots.timeline(EVENTS)  # a bare Figure: drawn only when rendered
+    drawn = []
+    monkeypatch.setattr(bare.fig.canvas, "draw_idle", lambda: drawn.append(1))
+    bare.update(EVENTS[:2])
+    assert drawn == []
