@@ -79,7 +79,10 @@ def _bit_length(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     _, e = np.frexp(x.astype(np.float64))
     e = e.astype(np.int64)
+    if x.size == 0 or x.max() < 2**53:
+        return e  # float64 holds these exactly, and frexp(0) gives 0
     # float64 rounds values near a power of two up: correct those by one
+    e = np.minimum(e, 63)
     shifted = np.left_shift(np.int64(1), np.maximum(e - 1, 0))
     e -= ((x > 0) & (shifted > x)).astype(np.int64)
     return np.where(x > 0, e, 0)
@@ -323,7 +326,7 @@ def encode(
     head = _HEAD.pack(MAGIC, VERSION, _VARIANT_CODE[variant], _CODER_CODE[coder], k, _DTYPES.index(dtype))
     parts = [
         head,
-        torch.tensor([tau], dtype=dtype).numpy().tobytes(),
+        np.array([tau], dtype=_NUMPY_DTYPE[dtype]).tobytes(),  # rounds as torch does: to nearest
         _varint(len(idx)),
         _varint(numel),
         np.packbits(bits).tobytes(),

@@ -84,6 +84,15 @@ def test_fitted_k_is_the_cheapest(numel_idx, coder):
     assert all(best <= C.coded_bits(gaps, coder, k) for k in range(0, 20))
 
 
+@FAST
+@given(st.lists(st.integers(0, 2**63 - 1), max_size=50), st.booleans())
+def test_bit_length_is_exact(values, small):
+    """The vectorized bit length equals Python's int.bit_length, also where float64 rounds."""
+    values = [v % 2**53 for v in values] if small else values + [2**53 + 1, 2**62 - 1, 2**63 - 1]
+    got = C._bit_length(np.array(values, dtype=np.int64))
+    assert got.tolist() == [v.bit_length() for v in values]
+
+
 def test_coders_agree_with_textbook_codewords():
     """Elias-gamma of 1..5 and Rice(k=2) of 1..6 have the textbook lengths."""
     gaps = np.array([1, 2, 3, 4, 5])
