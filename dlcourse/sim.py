@@ -465,6 +465,9 @@ def run_parameter_server(cluster: Cluster) -> None:
             blocked_since[w] = cluster.now
             return
         state["started"] += 1
+        # read your writes: the pull waits until w's own last update is in W. With S = 1
+        # this is what makes N = 1 plain SGD; with S = N, every worker of a step then
+        # starts from the same parameters (synchronous SGD)
         if outstanding[w]:
             if blocked_since[w] is None:
                 blocked_since[w] = cluster.now
