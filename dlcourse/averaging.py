@@ -107,11 +107,13 @@ def train_averaging(
     backend: str = "auto",
     timeout: float = 60.0,
     run_timeout: float | None = None,
+    threads_per_worker: int | None = None,
 ) -> DataParallelResult:
     """Parameter averaging every ``config.average_every`` steps on ``num_workers`` processes.
 
     ``result.parameters`` holds the final (averaged) parameters. ``shard_sizes`` cuts the
-    training data into contiguous shards of those sizes instead of equal ones.
+    training data into contiguous shards of those sizes instead of equal ones. The other
+    arguments go to :func:`dlcourse.launcher.launch`.
     """
     return _train(
         averaging_worker,
@@ -124,6 +126,7 @@ def train_averaging(
         backend,
         timeout,
         run_timeout,
+        threads_per_worker,
     )
 
 

@@ -452,7 +452,19 @@ def ddp_worker(rank, world_size, train, test, config, shard_sizes=None) -> dict[
     return run.finish(test)
 
 
-def _train(worker, strategy, train, num_workers, config, test, shard_sizes, backend, timeout, run_timeout):
+def _train(
+    worker,
+    strategy,
+    train,
+    num_workers,
+    config,
+    test,
+    shard_sizes,
+    backend,
+    timeout,
+    run_timeout,
+    threads=None,
+):
     config = config if config is not None else DataParallelConfig()
     if not isinstance(config, DataParallelConfig):
         raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
@@ -475,6 +487,7 @@ def _train(worker, strategy, train, num_workers, config, test, shard_sizes, back
         backend=backend,
         timeout=timeout,
         run_timeout=run_timeout,
+        threads_per_worker=threads,
     )
     return collect(strategy, outputs)
 
@@ -489,8 +502,14 @@ def train_sync_sgd(
     backend: str = "auto",
     timeout: float = 60.0,
     run_timeout: float | None = None,
+    threads_per_worker: int | None = None,
 ) -> DataParallelResult:
-    """Synchronous SGD with written-out gradient averaging on ``num_workers`` processes."""
+    """Synchronous SGD with written-out gradient averaging on ``num_workers`` processes.
+
+    Each rank trains on its shard with ``config.batch_size / num_workers`` examples per
+    step; rank 0 evaluates on ``test``. ``backend``, ``timeout``, ``run_timeout`` and
+    ``threads_per_worker`` go to :func:`dlcourse.launcher.launch`.
+    """
     return _train(
         sync_sgd_worker,
         "sync-sgd",
@@ -502,6 +521,7 @@ def train_sync_sgd(
         backend,
         timeout,
         run_timeout,
+        threads_per_worker,
     )
 
 
@@ -515,10 +535,24 @@ def train_ddp(
     backend: str = "auto",
     timeout: float = 60.0,
     run_timeout: float | None = None,
+    threads_per_worker: int | None = None,
 ) -> DataParallelResult:
-    """Data parallelism with ``DistributedDataParallel`` on ``num_workers`` processes."""
+    """Data parallelism with ``DistributedDataParallel`` on ``num_workers`` processes.
+
+    The arguments are those of :func:`train_sync_sgd`; the result is the same up to rounding.
+    """
     return _train(
-        ddp_worker, "ddp", train, num_workers, config, test, shard_sizes, backend, timeout, run_timeout
+        ddp_worker,
+        "ddp",
+        train,
+        num_workers,
+        config,
+        test,
+        shard_sizes,
+        backend,
+        timeout,
+        run_timeout,
+        threads_per_worker,
     )
 
 
