@@ -37,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dlcourse import plots
-from dlcourse._validate import check_int
+from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.staleness import LR_POLICIES, LrPolicy
 
 # The staleness explorer's real run: f(config, updates, progress) -> result; see run_for_real
@@ -173,6 +173,9 @@ class StragglerExplorer(Panel):
         base=None,
         data=None,
     ) -> None:
+        check_int("num_workers", num_workers, low=1, high=32)
+        check_float("straggler_prob", straggler_prob, low=0.0, high=0.5)
+        check_float("straggler_slowdown", straggler_slowdown, low=1.0, high=10.0)
         self.base, self.data = base, data
         self.num_workers = _slider(W.IntSlider, "workers N", num_workers, 1, 32)
         self.straggler_prob = _slider(W.FloatSlider, "straggler probability", straggler_prob, 0.0, 0.5, 0.05)
@@ -462,6 +465,7 @@ class PipelineExplorer(Panel):
     def __init__(self, num_stages: int = 4, num_microbatches: int = 4, schedule: str = "gpipe") -> None:
         check_int("num_stages", num_stages, low=1, high=8)
         check_int("num_microbatches", num_microbatches, low=1, high=32)
+        check_choice("schedule", schedule, ("gpipe", "1f1b"))
         self.num_stages = _slider(W.IntSlider, "stages K", num_stages, 1, 8)
         self.num_microbatches = _slider(W.IntSlider, "micro-batches M", num_microbatches, 1, 32)
         # the schedule is cheap to compute, so these sliders may follow the mouse
@@ -526,6 +530,8 @@ class CompressionExplorer(Panel):
         data=None,
     ) -> None:
         check_int("num_workers", num_workers, low=2, high=32)
+        check_float("tau", tau, low=1e-4, high=0.1)
+        check_float("bandwidth", bandwidth, low=0.0, low_open=True)
         self.base, self.data = base, data
         self.num_workers_ = num_workers
         self.bandwidth_ = bandwidth  # a slow network (10 MB/s), where message size matters

@@ -211,6 +211,8 @@ def test_pipeline_explorer_bubble_follows_K_and_M():
     assert panel.bubble_plot.fraction == pytest.approx(0.0)
     with pytest.raises(ValueError, match="num_stages"):
         panels.PipelineExplorer(num_stages=0)
+    with pytest.raises(ValueError, match="schedule"):
+        panels.PipelineExplorer(schedule="zero-bubble")
 
 
 def test_compression_explorer_tau_and_residual(small, base):
@@ -238,3 +240,18 @@ def test_compression_explorer_tau_and_residual(small, base):
     assert len(panel.results) == runs + 1 and panel.result.config.variant == "full"
     with pytest.raises(ValueError, match="num_workers"):
         panels.CompressionExplorer(num_workers=1)
+    with pytest.raises(ValueError, match="tau"):
+        panels.CompressionExplorer(tau=0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_workers": 33}, "num_workers"),
+        ({"straggler_prob": 0.9}, "straggler_prob"),
+        ({"straggler_slowdown": 0.5}, "slowdown"),
+    ],
+)
+def test_straggler_explorer_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        panels.StragglerExplorer(**kwargs)

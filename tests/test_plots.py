@@ -261,7 +261,9 @@ def test_line_ends_are_the_two_networks_losses(small):
 
 def test_two_copies_of_one_network_have_a_flat_line_and_no_barrier(small):
     a = MLP(8)
+    threads = torch.get_num_threads()
     result = loss_landscape(small, LandscapeConfig(grid_points=0, seeds=(0, 1)), models=[a, a])
+    assert torch.get_num_threads() == threads  # the one-thread section restores the setting
     np.testing.assert_allclose(result.line_loss, result.line_loss[0], rtol=1e-6)
     assert result.barrier == pytest.approx(0.0, abs=1e-6)
 
