@@ -160,7 +160,10 @@ def launch(
     if threads_per_worker is None:
         threads_per_worker = max(1, (os.cpu_count() or 1) // num_workers)
     check_int("threads_per_worker", threads_per_worker, low=1)
-    backend = resolve_backend(backend, num_workers)
+    # "auto" asks whether each process can have its own GPU: under torchrun that is the
+    # processes on this machine (LOCAL_WORLD_SIZE), not the whole world across machines
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", num_workers)) if under_torchrun() else num_workers
+    backend = resolve_backend(backend, local)
 
     if under_torchrun():
         return _run_under_torchrun(fn, args, kwargs, backend, timeout)

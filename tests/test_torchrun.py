@@ -70,3 +70,19 @@ def test_two_torchrun_nodes_on_loopback_train_like_the_launcher(mnist, tmp_path,
     local = train_ddp(mnist.train, 2, config, test=mnist.test)
     assert node0["step_loss"] == pytest.approx(local.step_loss, abs=1e-5)
     assert node0["test_loss"] == pytest.approx(local.test["loss"], abs=1e-5)
+
+
+def test_auto_backend_under_torchrun_counts_the_gpus_of_this_machine(monkeypatch):
+    """8 ranks on 2 machines of 4 GPUs: each machine has a GPU per local rank, so NCCL."""
+    import dlcourse.launcher as launcher
+
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "node01"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(launcher.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launcher.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(launcher.dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(launcher, "_run_under_torchrun", lambda fn, args, kwargs, backend, timeout: backend)
+    assert launcher.launch(lambda rank, world_size: None, 8) == "nccl"
+    monkeypatch.setattr(launcher.torch.cuda, "device_count", lambda: 2)  # fewer GPUs than local ranks
+    assert launcher.launch(lambda rank, world_size: None, 8) == "gloo"
