@@ -99,6 +99,7 @@ HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
 KIND_NAMES = {HELLO: "HELLO", PUSH: "PUSH", LAST: "LAST", PARAMS: "PARAMS"}
 HEADER_TAG, PAYLOAD_TAG = 0, 1
 HEADER_LEN = 4
+DEVICES = ("cpu", "cuda")
 _LOST = -1  # receiving thread -> server loop: the worker's connection failed
 
 
@@ -124,6 +125,7 @@ class PSConfig:
     test_examples: int | None = None  # evaluate on the first this many test examples (None: all)
     data_source: str = "subset"  # "subset" (5,000 shipped digits), "full" or "auto"
     seed: int = 0  # model init and every worker's shuffle
+    device: str = "cpu"  # where workers compute: "cpu" or "cuda" (server traffic stays CPU tensors on gloo)
     snapshots: int = 10  # points of the accuracy-over-time curve (0: none)
     slow_worker: int | None = None  # worker index slowed down (a straggler), None: none
     slow_delay: float = 0.0  # seconds the slow worker sleeps in each step
@@ -165,6 +167,7 @@ class PSConfig:
             )
         check_choice("data_source", self.data_source, SOURCES)
         check_int("seed", self.seed, low=0)
+        check_choice("device", self.device, DEVICES)
         check_int("snapshots", self.snapshots, low=0)
         for name, high in (
             ("slow_worker", self.num_workers - 1),
@@ -356,7 +359,10 @@ def worker_schedule(data: Dataset, config: PSConfig, worker: int) -> list[torch.
 def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
     k = config.num_servers
     n = rank - k
-    device = device_for(rank)
+    # the group is gloo (CPU tensors) whatever the workers compute on
+    device = (
+        torch.device("cuda", n % torch.cuda.device_count()) if config.device == "cuda" else device_for(rank)
+    )
     train, _ = _load_data(config)
     data = shard(train, config.num_workers)[n]
     model = make_model(config.model, seed=config.seed).to(device)
@@ -736,6 +742,8 @@ def run_parameter_server(
     if not isinstance(config, PSConfig):
         raise ValueError(f"config must be a PSConfig, got {config!r}")
     config.validate()
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' needs a CUDA GPU (torch.cuda.is_available() is False); use 'cpu'")
     if progress is not None and not isinstance(progress, bool) and not callable(progress):
         raise ValueError(f"progress must be a function, True/False or None, got {progress!r}")
     shapes = parameter_shapes(config.model)

@@ -223,3 +223,13 @@ def test_async_trains_the_lecture_cnn(no_orphans):
     assert result.updates == 2 * 2 * 40
     assert result.test_accuracy >= 0.85, result
     assert result.accuracy_over_time[0][2] < 0.3  # it started untrained
+
+
+@pytest.mark.gpu
+@pytest.mark.multiprocess
+def test_workers_on_gpu_talk_to_the_server_in_cpu_tensors(mnist, no_orphans):
+    config = dict(SMALL, num_workers=2, softsync=2, steps=3)
+    reference = _reference_parameter_averaging(PSConfig(**config), mnist.train[: SMALL["train_examples"]])
+    result = run_parameter_server(PSConfig(**config, device="cuda"))
+    for w, ref in zip(result.parameters, reference):
+        assert w.device.type == "cpu" and torch.allclose(w, ref, atol=1e-5, rtol=0)
