@@ -96,7 +96,6 @@ from dlcourse.train import batches, evaluate
 
 # message kinds (header[0]) and tags
 HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
-KIND_NAMES = {HELLO: "HELLO", PUSH: "PUSH", LAST: "LAST", PARAMS: "PARAMS"}
 HEADER_TAG, PAYLOAD_TAG = 0, 1
 HEADER_LEN = 4
 DEVICES = ("cpu", "cuda")
@@ -294,20 +293,16 @@ def parameter_shapes(model: str) -> list[torch.Size]:
 def assign_shards(sizes: Sequence[int], num_servers: int) -> list[list[int]]:
     """Deal tensors (by index) to servers: largest first, each to the least-loaded server.
 
-    Deterministic, every server gets at least one tensor, indices within a shard ascend.
+    Deterministic; with ``num_servers <= len(sizes)`` every server gets at least one tensor
+    (an empty server is the least loaded); indices within a shard ascend.
     """
     check_int("num_servers", num_servers, low=1, high=max(1, len(sizes)))
+    for size in sizes:
+        check_int("sizes", size, low=1)
     shards: list[list[int]] = [[] for _ in range(num_servers)]
     load = [0] * num_servers
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
-    for rank_in_order, i in enumerate(order):
-        # the last tensors go to servers still empty, so that no server owns nothing
-        empty = [j for j in range(num_servers) if not shards[j]]
-        j = (
-            empty[0]
-            if len(empty) >= len(order) - rank_in_order
-            else min(range(num_servers), key=load.__getitem__)
-        )
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        j = min(range(num_servers), key=lambda j: (load[j], j))
         shards[j].append(i)
         load[j] += sizes[i]
     return [sorted(s) for s in shards]
