@@ -637,7 +637,12 @@ class LandscapePlot(Plot):
         line_ax.set_ylabel("loss")
         line_ax.legend(fontsize="small")
         self.image = plane_ax.imshow(
-            np.zeros((2, 2)), origin="lower", aspect="auto", cmap="viridis", extent=(0, 1, 0, 1)
+            np.zeros((2, 2)),
+            origin="lower",
+            aspect="auto",
+            cmap="viridis",
+            extent=(0, 1, 0, 1),
+            interpolation="bilinear",  # a smooth surface, not the grid's squares
         )
         fig.colorbar(self.image, ax=plane_ax, label="log10 loss")
         (self.segment,) = plane_ax.plot([], [], "--", color="white")
