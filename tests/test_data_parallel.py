@@ -229,10 +229,10 @@ def test_ddp_over_nccl(no_orphans):
 
 
 @pytest.mark.gpu
-def test_replication_on_cuda_with_weights_hosted_on_the_cpu():
+def test_replication_on_cuda_with_weights_hosted_on_the_cpu(monkeypatch):
     """multi_gpu_model(..., cpu_relocation=True): replica on cuda:0, weights and merge on the CPU."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32, as on the CPU
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     data = _data(64, 1)
     single = make_model("cnn", seed=0)
     pmodel = ReplicatedModel(make_model("cnn", seed=0), ["cuda:0"] * 2, output_device="cpu")
