@@ -6,9 +6,9 @@ the results. This module holds the synchronous, update-based ways to do that:
 
 - :func:`train_sync_sgd` — update-based synchronous SGD written out: every worker
   computes the gradient of its part of the global batch, the gradients are averaged with
-  one ``all_reduce``, and every worker takes the same step (Dean et al., "Large Scale
-  Distributed Deep Networks", NIPS 2012, call the centralized form "Downpour"; the
-  all-reduce form is Goyal et al., "Accurate, Large Minibatch SGD", 2017).
+  one ``all_reduce``, and every worker takes the same step (model replicas on data
+  shards: Dean et al., "Large Scale Distributed Deep Networks", NIPS 2012; synchronous
+  all-reduce SGD at scale: Goyal et al., "Accurate, Large Minibatch SGD", 2017).
 - :func:`train_ddp` — the same thing with PyTorch's ``DistributedDataParallel`` (Li et al.,
   "PyTorch Distributed", VLDB 2020), which overlaps the all-reduce with the backward
   pass: the modern form of Keras' ``multi_gpu_model``.
