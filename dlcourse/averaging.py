@@ -46,6 +46,7 @@ from dlcourse.data_parallel import (
     DataParallelConfig,
     DataParallelResult,
     WorkerRun,
+    _check_collective,
     _train,
     broadcast_parameters,
     config_from_args,
@@ -68,6 +69,7 @@ __all__ = [
 @torch.no_grad()
 def average_parameters(model: nn.Module) -> None:
     """Step 4: set every worker's parameters to the mean over the N workers (all-reduce)."""
+    _check_collective(model)
     world_size = dist.get_world_size()
     for p in model.parameters():
         dist.all_reduce(p, op=dist.ReduceOp.SUM)

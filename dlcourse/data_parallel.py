@@ -120,6 +120,8 @@ class DataParallelConfig:
 
 def make_shards(train: Dataset, num_workers: int, shard_sizes: Sequence[int] | None = None) -> list[Dataset]:
     """Equal shards (:func:`dlcourse.data.shard`), or contiguous ones of ``shard_sizes``."""
+    _check_dataset("train", train)
+    check_int("num_workers", num_workers, low=1)
     if shard_sizes is None:
         return list(shard(train, num_workers))
     sizes = [check_int("shard_sizes[i]", s, low=1) for s in shard_sizes]
@@ -134,6 +136,10 @@ def make_shards(train: Dataset, num_workers: int, shard_sizes: Sequence[int] | N
 
 def steps_per_epoch(shard_lengths: Sequence[int], batch_size: int, num_workers: int) -> int:
     """Mini-batches per epoch: the smallest shard cut into batches of ``batch_size / N``."""
+    check_int("num_workers", num_workers, low=1)
+    check_int("batch_size", batch_size, low=num_workers)
+    if len(shard_lengths) == 0:
+        raise ValueError("shard_lengths must list at least one shard, got []")
     per_worker = batch_size // num_workers
     steps = min(shard_lengths) // per_worker
     if steps < 1:
@@ -151,6 +157,11 @@ def worker_batches(shard_length: int, steps: int, epoch: int, seed: int, rank: i
     out). With unequal shards the bigger shard gets bigger batches, so every worker
     finishes its shard in the same number of steps.
     """
+    check_int("shard_length", shard_length, low=1)
+    check_int("steps", steps, low=1, high=shard_length)
+    check_int("epoch", epoch, low=0)
+    check_int("seed", seed, low=0)
+    check_int("rank", rank, low=0)
     seed_32 = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
     order = torch.randperm(shard_length, generator=torch.Generator().manual_seed(seed_32))
     size = shard_length // steps
@@ -161,9 +172,27 @@ def worker_batches(shard_length: int, steps: int, epoch: int, seed: int, rank: i
 # The collectives, written out.
 
 
+def _check_dataset(name: str, data: Any) -> None:
+    if not isinstance(data, Dataset):
+        raise ValueError(f"{name} must be a dlcourse.data.Dataset, got {type(data).__name__}")
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_collective(model: Any) -> None:
+    _check_model(model)
+    if not dist.is_initialized():
+        raise RuntimeError("no process group: run this inside dlcourse.launcher.launch (or torchrun)")
+
+
 @torch.no_grad()
 def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
     """Give every worker the parameters of rank ``src`` ("distribute a copy")."""
+    _check_collective(model)
+    check_int("src", src, low=0, high=dist.get_world_size() - 1)
     for p in model.parameters():
         dist.broadcast(p, src=src)
 
@@ -171,6 +200,7 @@ def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
 @torch.no_grad()
 def average_gradients(model: nn.Module) -> None:
     """Replace every worker's gradient by the mean over the N workers (one all-reduce each)."""
+    _check_collective(model)
     world_size = dist.get_world_size()
     for p in model.parameters():
         if p.grad is not None:
@@ -180,11 +210,14 @@ def average_gradients(model: nn.Module) -> None:
 
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of all parameters (what one copy of the model sends)."""
+    _check_model(model)
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def ring_allreduce_bytes(nbytes: int, num_workers: int) -> int:
     """Bytes all N workers send together in a ring all-reduce of ``nbytes``: ``2 (N-1) nbytes``."""
+    check_int("nbytes", nbytes, low=0)
+    check_int("num_workers", num_workers, low=1)
     return 2 * (num_workers - 1) * nbytes
 
 
@@ -395,6 +428,8 @@ class DataParallelResult:
 
 def collect(strategy: str, outputs: list[dict[str, Any]]) -> DataParallelResult:
     """Assemble the per-rank outputs of :meth:`WorkerRun.finish`."""
+    if not outputs or "parameters" not in outputs[0]:
+        raise ValueError("outputs must be the list of every rank's WorkerRun.finish(), rank 0 first")
     head = outputs[0]
     keys = ("rank", "steps", "batch", "step_s", "compute_s", "sync_s", "delay_s")
     per_worker = [{k: o[k] for k in keys} for o in outputs]
@@ -468,8 +503,9 @@ def _train(
     config = config if config is not None else DataParallelConfig()
     if not isinstance(config, DataParallelConfig):
         raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
-    if not isinstance(train, Dataset):
-        raise ValueError(f"train must be a dlcourse.data.Dataset, got {type(train).__name__}")
+    _check_dataset("train", train)
+    if test is not None:
+        _check_dataset("test", test)
     config.check_workers(num_workers)
     # fail here, in the caller, with one clear line, rather than in N workers
     shards = make_shards(train, num_workers, shard_sizes)
@@ -569,6 +605,8 @@ def train_reference(
     oracle of the lecture's equivalence. No processes are started.
     """
     config = config if config is not None else DataParallelConfig()
+    if not isinstance(config, DataParallelConfig):
+        raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
     config.check_workers(num_workers)
     shards = make_shards(train, num_workers, shard_sizes)
     steps = steps_per_epoch([len(s) for s in shards], config.batch_size, num_workers)
@@ -622,8 +660,7 @@ class ReplicatedModel(nn.Module):
 
     def __init__(self, model: nn.Module, devices: Sequence[str | torch.device], output_device="cpu") -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_model(model)
         if len(devices) == 0:
             raise ValueError("devices must list at least one device, got []")
         self.module = model

@@ -245,3 +245,27 @@ def test_reference_sees_the_concatenated_batches(train):
         idx = worker_batches(len(s), steps, 0, 0, n)[0]
         losses.append(torch.nn.functional.cross_entropy(model(s.X[idx]), s.y[idx]).item())
     assert reference.step_loss[0] == pytest.approx(sum(losses) / 2, abs=1e-6)
+
+
+def test_helpers_reject_bad_arguments(train):
+    from dlcourse.data_parallel import broadcast_parameters, parameter_bytes, ring_allreduce_bytes
+
+    with pytest.raises(ValueError, match="steps must be <= 10"):
+        worker_batches(10, 11, 0, 0, 0)
+    with pytest.raises(ValueError, match="rank must be >= 0"):
+        worker_batches(10, 2, 0, 0, -1)
+    with pytest.raises(ValueError, match="batch_size must be >= 3"):
+        steps_per_epoch([10, 10, 10], 2, 3)
+    with pytest.raises(ValueError, match="train must be a dlcourse.data.Dataset"):
+        make_shards(train.X, 2)
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        parameter_bytes("mlp")
+    with pytest.raises(RuntimeError, match="no process group"):
+        average_parameters(torch.nn.Linear(1, 1))  # outside launch(): say so, do not hang
+    with pytest.raises(RuntimeError, match="no process group"):
+        broadcast_parameters(torch.nn.Linear(1, 1))
+    assert ring_allreduce_bytes(100, 4) == 600 and ring_allreduce_bytes(100, 1) == 0
+    with pytest.raises(ValueError, match="nbytes"):
+        ring_allreduce_bytes(-1, 2)
+    with pytest.raises(ValueError, match="outputs"):
+        collect("averaging", [])
