@@ -466,10 +466,9 @@ class _Server:
         self.rule = SoftSync(self.N, config.softsync, config.lr, config.lr_policy, reduce="mean")
         self.gate = BoundedStaleness(self.N, config.gate_bound)
         self.clocked = config.gate_bound is not None  # staleness in the gate's clock, as staleness.py says
-        self.group: list[
-            tuple[int, torch.Tensor, int, int]
-        ] = []  # (worker, grad, pulled, now) not yet applied
-        self.waiting: set[int] = set()  # workers whose PARAMS are held back by the gate
+        # (worker, gradient, pulled, now) of the pushes in the soft-sync group not yet applied
+        self.group: list[tuple[int, torch.Tensor, int, int]] = []
+        self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
         self.done: set[int] = set()
         self.lost: dict[int, int] = {}
         self.received = [0] * self.N
@@ -514,10 +513,14 @@ class _Server:
 
     def _lose(self, worker: int, reason: str) -> None:
         if self.config.synchronous:
+            # a worker we hold back is silent because of us: blame those still computing
+            late = [worker]
+            if worker in self.waiting:
+                late = sorted(set(range(self.N)) - self.done - self.waiting - set(self.lost)) or late
             raise RuntimeError(
-                f"synchronous parameter server {self.j}: worker {worker} (rank {self.k + worker}) was lost "
-                f"after {self.received[worker]} updates, so step {self.rule.version + 1} can never complete "
-                f"(the last executor never arrives): {reason}"
+                f"synchronous parameter server {self.j}: lost worker {', '.join(map(str, late))} "
+                f"(rank {', '.join(str(self.k + w) for w in late)}), so step {self.rule.version + 1} can "
+                f"never complete (the last executor never arrives): {reason}"
             )
         self.lost[worker] = self.received[worker]
         self.waiting.discard(worker)
@@ -529,18 +532,19 @@ class _Server:
         size = self.shard.numel()
         for n in range(self.N):
             threading.Thread(target=_receiver, args=(n, self.k + n, size, inbox), daemon=True).start()
-        self.start = time.perf_counter()
-        last_message = self.start
+        self.start = last_message = None  # the clock starts at the first message
         while len(self.done) + len(self.lost) < self.N:
             try:
-                worker, kind, header, payload = inbox.get(timeout=self.config.timeout)
+                # the receiving threads time out first (naming the worker); this is a backstop
+                worker, kind, header, payload = inbox.get(timeout=self.config.timeout + 5.0)
             except queue.Empty:
                 silent = sorted(set(range(self.N)) - self.done - set(self.lost))
                 raise TimeoutError(
-                    f"parameter server {self.j} heard nothing for {self.config.timeout} s; "
+                    f"parameter server {self.j} heard nothing for {self.config.timeout + 5.0} s; "
                     f"workers {silent} neither finished nor failed"
                 ) from None
             last_message = time.perf_counter()
+            self.start = self.start or last_message
             if kind == _LOST:
                 if worker not in self.done:
                     self._lose(worker, payload)
@@ -581,7 +585,7 @@ class _Server:
             "bytes": self.bytes,
             "versions": self.rule.version,
             "times": self.times,
-            "wall_s": last_message - self.start,
+            "wall_s": (last_message - self.start) if self.start else 0.0,
             "snapshots": self.snapshots,
         }
 
@@ -659,6 +663,7 @@ def _spawn(
         exited_at: dict[int, float] = {}
         server_failed_at = worker_failed_at = None
         silent: set[int] = set()  # ranks that exited without a word (killed)
+        servers_done_at = None
         while len(values) + len(failed) < world:
             try:
                 message = results.get(timeout=0.05)
@@ -700,6 +705,10 @@ def _spawn(
                 worker_failed_at = worker_failed_at or now
                 if now - worker_failed_at > 2.0 or any(s in failed for s in range(k)):
                     killed = [r for r in range(k, world) if (processes[r].exitcode or 0) < 0]
+                    said_server = [s for s in range(k) if s in failed and s not in silent]
+                    if not killed and said_server:  # nobody died: the server names who stalled
+                        s = said_server[0]
+                        raise WorkerError(s, failed[s].splitlines()[0], failed[s])
                     r = (killed or [r for r in bad_workers if r in silent] or bad_workers)[0]
                     said = f"process {_how(processes[r])}" if r in killed else failed[r]
                     why = next((failed[s].splitlines()[0] for s in range(k) if s in failed), "")
@@ -708,6 +717,12 @@ def _spawn(
                         f"worker {r - k} {said}; a synchronous step needs every worker "
                         f"(the last executor never arrives). {why}".strip(),
                     )
+            if all(r in values for r in range(k)):
+                # the servers are done: a worker still running lost them (e.g. it stalled past
+                # the timeout); give the others a moment to return their statistics
+                servers_done_at = servers_done_at or now
+                if now - servers_done_at > 5.0:
+                    break
             if deadline is not None and now > deadline:
                 missing = sorted(set(range(world)) - set(values) - set(failed))
                 raise TimeoutError(

@@ -199,6 +199,19 @@ def test_sync_with_a_dead_worker_fails_clearly(no_orphans):
 
 
 @pytest.mark.multiprocess
+def test_sync_with_a_stalled_worker_fails_within_the_timeout(no_orphans):
+    # worker 1 sleeps far longer than the timeout in its first step: stalled, not dead
+    config = PSConfig(
+        **dict(SMALL, timeout=4.0), num_workers=2, softsync=2, steps=5, slow_worker=1, slow_delay=120.0
+    )
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="last executor never arrives") as info:
+        run_parameter_server(config)
+    assert time.monotonic() - start < 60  # not the 120 s of the stall
+    assert "lost worker 1 (rank 2)" in str(info.value) and "timeout" in str(info.value).lower()
+
+
+@pytest.mark.multiprocess
 def test_cli_writes_the_metrics(tmp_path, no_orphans):
     from dlcourse.cli import main
 
@@ -207,8 +220,9 @@ def test_cli_writes_the_metrics(tmp_path, no_orphans):
     argv += ["--softsync", "2", "--lr-policy", "staleness", "--no-progress", "--json", str(path)]
     assert main(argv) == 0
     metrics = json.loads(path.read_text())
-    # 1,333 examples per worker in batches of 100: 14 steps each, 42 pushes, 21 groups of S = 2
-    assert metrics["updates"] == 42 and metrics["versions"] == 21 and metrics["servers"] == 2
+    # 1,333 examples per worker in batches of 100: 14 steps each, 42 pushes, in groups of S = 2
+    # (at the end a group that can no longer fill is applied as it is: a version or two more)
+    assert metrics["updates"] == 42 and 21 <= metrics["versions"] <= 24 and metrics["servers"] == 2
     assert sum(metrics["staleness"]["histogram"].values()) == 42 and metrics["staleness"]["max"] >= 0
     assert metrics["test_accuracy"] > 0.6 and metrics["bytes_sent"] > 0
 
