@@ -770,8 +770,14 @@ def run_parameter_server(
             bar.total = total
             bar.update(version - bar.n)
 
+    if under_torchrun() and int(os.environ["WORLD_SIZE"]) != config.num_servers + config.num_workers:
+        raise ValueError(
+            f"torchrun's WORLD_SIZE must be num_servers + num_workers = "
+            f"{config.num_servers + config.num_workers}, got {os.environ['WORLD_SIZE']}"
+        )
     try:
         if under_torchrun():
+            # every rank runs this; no fault tolerance here: launch() gathers all ranks' results
             values = launch(_rank_main, config.num_servers + config.num_workers, config, layout, steps)
         else:
             values = _spawn(config, layout, steps, progress or None)

@@ -167,7 +167,8 @@ def test_a_notebook_defined_rule_runs_in_the_server(tmp_path, no_orphans):
 @pytest.mark.multiprocess
 def test_async_survives_a_killed_worker(no_orphans):
     start = time.monotonic()
-    result = run_parameter_server(PSConfig(**SMALL, num_workers=3, steps=30, kill_worker=1, kill_after=5))
+    config = PSConfig(**SMALL, num_workers=3, steps=30, kill_worker=1, kill_after=5)
+    result = run_parameter_server(config, progress=True)  # the notebook's progress bar (tqdm)
     assert time.monotonic() - start < 90
     assert result.lost_workers == {1: 5}
     assert result.updates_per_worker == [30, 5, 30]
