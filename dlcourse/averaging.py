@@ -32,6 +32,7 @@ Run it: ``dlcourse train --strategy averaging --workers 4 --average-every 1``.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -43,6 +44,7 @@ from torch import nn
 
 from dlcourse.data import Dataset
 from dlcourse.data_parallel import (
+    DTYPES,
     DataParallelConfig,
     DataParallelResult,
     WorkerRun,
@@ -50,11 +52,15 @@ from dlcourse.data_parallel import (
     _train,
     broadcast_parameters,
     config_from_args,
+    make_shards,
     metrics,
     parameter_bytes,
-    train_reference,
+    steps_per_epoch,
+    worker_batches,
     workers_from_args,
 )
+from dlcourse.models import make_model
+from dlcourse.train import make_optimizer
 
 __all__ = [
     "average_parameters",
@@ -129,6 +135,57 @@ def train_averaging(
         timeout,
         run_timeout,
         threads_per_worker,
+    )
+
+
+def train_reference(
+    train: Dataset,
+    num_workers: int,
+    config: DataParallelConfig | None = None,
+    *,
+    shard_sizes: Sequence[int] | None = None,
+) -> DataParallelResult:
+    """One process, one model: at step t, one step on the concatenation of the N workers' t-th batches.
+
+    This is "training on a single machine" with the very examples the workers see, the
+    oracle of the lecture's equivalence. No processes are started.
+    """
+    config = config if config is not None else DataParallelConfig()
+    if not isinstance(config, DataParallelConfig):
+        raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
+    config.check_workers(num_workers)
+    shards = make_shards(train, num_workers, shard_sizes)
+    steps = steps_per_epoch([len(s) for s in shards], config.batch_size, num_workers)
+    total = (
+        config.epochs * steps if config.max_steps is None else min(config.epochs * steps, config.max_steps)
+    )
+    dtype = DTYPES[config.dtype]
+    model = make_model(config.model, seed=config.seed).to(dtype=dtype)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum)
+    losses, order = [], []
+    start = time.perf_counter()
+    for step in range(total):
+        epoch, t = divmod(step, steps)
+        if t == 0:
+            order = [worker_batches(len(s), steps, epoch, config.seed, n) for n, s in enumerate(shards)]
+        X = torch.cat([s.X[order[n][t]] for n, s in enumerate(shards)]).to(dtype)
+        y = torch.cat([s.y[order[n][t]] for n, s in enumerate(shards)])
+        loss = F.cross_entropy(model(X), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    wall = time.perf_counter() - start
+    batch = sum(len(s) // steps for s in shards)
+    return DataParallelResult(
+        strategy="reference",
+        num_workers=1,
+        parameters={k: v.detach().clone() for k, v in model.state_dict().items()},
+        step_loss=losses,
+        per_worker=[{"rank": 0, "steps": total, "batch": batch}],
+        examples=total * batch,
+        wall_s=wall,
+        bytes_sent=0,
     )
 
 

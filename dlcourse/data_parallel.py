@@ -592,57 +592,6 @@ def train_ddp(
     )
 
 
-def train_reference(
-    train: Dataset,
-    num_workers: int,
-    config: DataParallelConfig | None = None,
-    *,
-    shard_sizes: Sequence[int] | None = None,
-) -> DataParallelResult:
-    """One process, one model: at step t, one step on the concatenation of the N workers' t-th batches.
-
-    This is "training on a single machine" with the very examples the workers see, the
-    oracle of the lecture's equivalence. No processes are started.
-    """
-    config = config if config is not None else DataParallelConfig()
-    if not isinstance(config, DataParallelConfig):
-        raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
-    config.check_workers(num_workers)
-    shards = make_shards(train, num_workers, shard_sizes)
-    steps = steps_per_epoch([len(s) for s in shards], config.batch_size, num_workers)
-    total = (
-        config.epochs * steps if config.max_steps is None else min(config.epochs * steps, config.max_steps)
-    )
-    dtype = DTYPES[config.dtype]
-    model = make_model(config.model, seed=config.seed).to(dtype=dtype)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum)
-    losses, order = [], []
-    start = time.perf_counter()
-    for step in range(total):
-        epoch, t = divmod(step, steps)
-        if t == 0:
-            order = [worker_batches(len(s), steps, epoch, config.seed, n) for n, s in enumerate(shards)]
-        X = torch.cat([s.X[order[n][t]] for n, s in enumerate(shards)]).to(dtype)
-        y = torch.cat([s.y[order[n][t]] for n, s in enumerate(shards)])
-        loss = F.cross_entropy(model(X), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    wall = time.perf_counter() - start
-    batch = sum(len(s) // steps for s in shards)
-    return DataParallelResult(
-        strategy="reference",
-        num_workers=1,
-        parameters={k: v.detach().clone() for k, v in model.state_dict().items()},
-        step_loss=losses,
-        per_worker=[{"rank": 0, "steps": total, "batch": batch}],
-        examples=total * batch,
-        wall_s=wall,
-        bytes_sent=0,
-    )
-
-
 # ---------------------------------------------------------------------------------------
 # multi_gpu_model in one process: replicate, scatter, gather, merge.
 

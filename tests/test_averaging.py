@@ -15,7 +15,13 @@ import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlcourse.averaging import average_parameters, averaging_worker, parameter_distance, train_averaging
+from dlcourse.averaging import (
+    average_parameters,
+    averaging_worker,
+    parameter_distance,
+    train_averaging,
+    train_reference,
+)
 from dlcourse.data_parallel import (
     DataParallelConfig,
     average_gradients,
@@ -23,7 +29,6 @@ from dlcourse.data_parallel import (
     make_shards,
     steps_per_epoch,
     sync_sgd_worker,
-    train_reference,
     worker_batches,
 )
 from dlcourse.launcher import WorkerError, launch

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlcourse.averaging import parameter_distance
+from dlcourse.averaging import parameter_distance, train_reference
 from dlcourse.cli import main
 from dlcourse.data import Dataset
 from dlcourse.data_parallel import (
@@ -21,7 +21,6 @@ from dlcourse.data_parallel import (
     replica_devices,
     sync_sgd_worker,
     train_ddp,
-    train_reference,
 )
 from dlcourse.launcher import launch
 from dlcourse.models import make_model
