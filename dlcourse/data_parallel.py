@@ -701,6 +701,10 @@ def metrics(result: DataParallelResult, args: argparse.Namespace, data_source: s
 def _cli(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
     from dlcourse.data import load_mnist
 
+    if args.average_every != 1:
+        raise ValueError(
+            f"--average-every applies to --strategy averaging; {args.strategy} averages every step"
+        )
     config = config_from_args(args, default_optimizer)
     split = load_mnist(args.data_source, seed=0)
     result = train_fn(
@@ -732,6 +736,14 @@ def cli_replicated(args: argparse.Namespace) -> dict[str, Any]:
     from dlcourse.train import fit
 
     config = config_from_args(args, "adam")
+    given = {  # options of the multi-process strategies that one process cannot honour
+        "--slow-worker": config.slow_worker is not None,
+        "--checkpoint-dir": config.checkpoint_dir is not None,
+        "--average-every": config.average_every != 1,
+    }
+    unsupported = [option for option, used in given.items() if used]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not available with --strategy replicated (one process)")
     devices = replica_devices(args.workers)
     split = load_mnist(args.data_source, seed=0)
     pmodel = ReplicatedModel(make_model(config.model, seed=config.seed), devices)  # weights on the CPU

@@ -201,6 +201,10 @@ def test_cli_replicated_runs_in_one_process(tmp_path):
         (["--slow-delay", "0.1"], "--slow-worker"),
         (["--resume"], "checkpoint_dir"),
         (["--checkpoint-every", "0"], "--checkpoint-every"),
+        (["--average-every", "4"], "--average-every applies to --strategy averaging"),
+        (["--strategy", "replicated", "--slow-worker", "1"], "--slow-worker: not available"),
+        (["--strategy", "replicated", "--checkpoint-dir", "/tmp"], "--checkpoint-dir: not available"),
+        (["--strategy", "averaging", "--resume", "--checkpoint-dir", "/nonexistent"], "no checkpoint"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(capsys, extra, match):
