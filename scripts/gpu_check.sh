@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of data parallelism, in one short, bounded run on a machine with CUDA:
-#   DDP over NCCL, and in-process replication on cuda:0 with the weights hosted on the CPU.
+# Every GPU test of the suite, in one short, bounded run on a machine with CUDA:
+#   DDP over NCCL, replication on cuda:0 with CPU-hosted weights, model split over cuda:0 + CPU,
+#   the branch-parallel LSTM, parameter-server workers computing on CUDA.
 #
 #   scripts/gpu_check.sh                 # from the repository root
 #   PYTHON=python3 scripts/gpu_check.sh  # choose the interpreter (default: .venv's if it sees CUDA)
-#   GPU_TESTS="tests" scripts/gpu_check.sh   # every `gpu` test in the suite instead of ours
+#   GPU_TESTS=tests/test_data_parallel.py scripts/gpu_check.sh   # only some files
 #
 # Packages missing on that machine can come along as wheels in .whl/ (see
 # /work/.library/device/README.md): they are installed into /tmp/site, never over the
@@ -40,4 +41,4 @@ EOF
 
 # -p no:cacheprovider: the checkout may be read-only; --timeout: no single test may hang
 timeout 300 "$python" -m pytest -m gpu -rs -q -p no:cacheprovider --timeout 120 \
-    ${GPU_TESTS:-tests/test_data_parallel.py}
+    ${GPU_TESTS:-tests}
