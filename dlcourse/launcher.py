@@ -24,9 +24,19 @@ What it takes care of, so that students can run it from a notebook:
   ``PR_SET_PDEATHSIG`` on Linux).
 - ``timeout`` is the process group's timeout: a collective waiting on a stalled peer
   fails after it. ``run_timeout`` bounds the whole run.
+- **Ranks that may fail** (``may_fail``): the lecture credits data parallelism with good
+  fault tolerance -- an asynchronous parameter server finishes without a lost worker. The
+  death of such a rank does not end the run: its place in the result list holds a
+  :class:`WorkerLost` saying how it died, and the others go on.
+- **Progress** (``on_message``): inside ``fn``, :func:`report` sends any object to the
+  caller, where ``on_message(rank, obj)`` is called while the run goes on (a notebook's
+  progress bar moves live).
 - Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) nothing is spawned: this process
   runs ``fn`` as its own rank with the environment's rendezvous, on one machine or many,
-  and every rank gets the list of all ranks' results.
+  and every rank gets the list of all ranks' results. There ``may_fail`` cannot be
+  honoured: the results are gathered with a collective (``all_gather_object``), which
+  fails on every rank when one has died, and torchrun ends or restarts the whole job.
+  ``report`` calls ``on_message`` in the reporting rank's own process.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,16 +63,44 @@ import torch.multiprocessing as mp
 from dlcourse._validate import check_choice, check_float, check_int
 
 BACKENDS = ("auto", "gloo", "nccl")
+# seconds a may_fail rank still running may take to return once every other rank has
+# returned: the run's outcome no longer depends on it, so it is not waited for long
+MAY_FAIL_GRACE_S = 5.0
+# seconds a rank that exited without a word is given for its last queue message to arrive
+# (the feeder thread flushes at exit) before it counts as dead
+_EXIT_GRACE_S = 1.0
 
 
 class WorkerError(RuntimeError):
-    """A worker process failed; ``rank`` says which, ``worker_traceback`` how."""
+    """A worker process failed; ``rank`` says which, ``worker_traceback`` how.
 
-    def __init__(self, rank: int, message: str, worker_traceback: str = ""):
+    ``message`` is the failure in one line; ``lost`` lists the ``may_fail`` ranks that were
+    lost before the run ended (see :func:`launch`).
+    """
+
+    def __init__(
+        self, rank: int, message: str, worker_traceback: str = "", lost: list[WorkerLost] | None = None
+    ):
         self.rank = rank
+        self.message = message
         self.worker_traceback = worker_traceback
+        self.lost = list(lost or [])
+        meanwhile = "".join(f"\n  meanwhile lost rank {x.rank}: {x.reason}" for x in self.lost)
         detail = f"\n\n--- traceback of rank {rank} ---\n{worker_traceback}" if worker_traceback else ""
-        super().__init__(f"worker rank {rank} failed: {message}{detail}")
+        super().__init__(f"worker rank {rank} failed: {message}{meanwhile}{detail}")
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The result of a ``may_fail`` rank that died: which rank, and how."""
+
+    rank: int  # the rank that was lost
+    reason: str  # one line: "process killed by SIGKILL", "KeyError: 'x'", "stopped: ..."
+    signal: str | None = None  # the signal that ended the process ("SIGKILL"), None if it did not die by one
+    worker_traceback: str = ""  # the worker's traceback when it raised, else ""
+
+    def __repr__(self) -> str:
+        return f"WorkerLost(rank={self.rank}, reason={self.reason!r})"
 
 
 def resolve_backend(backend: str, num_workers: int) -> str:
@@ -88,6 +127,20 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
+# where report() sends: set in a worker while fn runs, when the caller gave on_message
+_channel: Callable[[Any], None] | None = None
+
+
+def report(obj: Any) -> None:
+    """Send ``obj`` from inside ``fn`` to the caller's ``on_message(rank, obj)``.
+
+    Messages of one rank arrive in the order they were sent. A no-op when the run has no
+    ``on_message`` and outside a run. ``obj`` must pickle (with cloudpickle).
+    """
+    if _channel is not None:
+        _channel(obj)
+
+
 def _die_with_parent() -> None:
     # If the parent is killed (e.g. a notebook kernel restart), the kernel sends us SIGKILL.
     if sys.platform.startswith("linux"):
@@ -97,12 +150,16 @@ def _die_with_parent() -> None:
             pass
 
 
-def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, threads, results):
+def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, threads, results, reports):
     """Entry point of every spawned worker (importable, so ``spawn`` can find it)."""
+    global _channel
     _die_with_parent()
     torch.set_num_threads(threads)
     try:
         fn, args, kwargs = cloudpickle.loads(payload)
+        if reports:
+            # the same queue as the result: one rank's messages arrive before its result, in order
+            _channel = lambda obj: results.put((rank, "message", cloudpickle.dumps(obj)))  # noqa: E731
         dist.init_process_group(
             backend,
             init_method=init_method,
@@ -117,6 +174,8 @@ def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, thre
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
         results.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc()))
         return  # no destroy_process_group here: it can block on a dead peer
+    finally:
+        _channel = None
     dist.destroy_process_group()
 
 
@@ -141,6 +200,8 @@ def launch(
     timeout: float = 30.0,
     run_timeout: float | None = None,
     threads_per_worker: int | None = None,
+    may_fail: Iterable[int] = (),
+    on_message: Callable[[int, Any], None] | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(rank, num_workers, *args, **kwargs)`` on ``num_workers`` processes.
@@ -150,6 +211,17 @@ def launch(
     the whole run with ``TimeoutError``. ``threads_per_worker`` defaults to the CPU cores
     divided among the workers, at least 1. Raises :class:`WorkerError` for the first
     worker that fails.
+
+    ``may_fail``: ranks whose death (an exception or a signal) does not end the run; the
+    result of such a rank is then a :class:`WorkerLost`. Every other rank's failure still
+    ends the run, but first the ``may_fail`` ranks still running get up to ``timeout`` + 5 s
+    to end (they usually notice the failure of their peer themselves), and
+    ``WorkerError.lost`` says what became of them. Once every other rank has returned, a
+    ``may_fail`` rank still running gets ``MAY_FAIL_GRACE_S`` seconds, then is stopped and
+    reported as lost. Ignored under torchrun (see the module docstring).
+
+    ``on_message(rank, obj)`` is called in this process for every :func:`report` of a
+    worker, as it arrives; an exception it raises stops the run and propagates.
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {fn!r}")
@@ -160,13 +232,16 @@ def launch(
     if threads_per_worker is None:
         threads_per_worker = max(1, (os.cpu_count() or 1) // num_workers)
     check_int("threads_per_worker", threads_per_worker, low=1)
+    optional = _check_may_fail(may_fail, num_workers)
+    if on_message is not None and not callable(on_message):
+        raise ValueError(f"on_message must be a function f(rank, obj) or None, got {on_message!r}")
     # "auto" asks whether each process can have its own GPU: under torchrun that is the
     # processes on this machine (LOCAL_WORLD_SIZE), not the whole world across machines
     local = int(os.environ.get("LOCAL_WORLD_SIZE", num_workers)) if under_torchrun() else num_workers
     backend = resolve_backend(backend, local)
 
     if under_torchrun():
-        return _run_under_torchrun(fn, args, kwargs, backend, timeout)
+        return _run_under_torchrun(fn, args, kwargs, backend, timeout, on_message)
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -178,13 +253,23 @@ def launch(
         for rank in range(num_workers):
             p = ctx.Process(
                 target=_trampoline,
-                args=(rank, num_workers, payload, init_method, backend, timeout, threads_per_worker, results),
+                args=(
+                    rank,
+                    num_workers,
+                    payload,
+                    init_method,
+                    backend,
+                    timeout,
+                    threads_per_worker,
+                    results,
+                    on_message is not None,
+                ),
                 name=f"dlcourse-rank{rank}",
                 daemon=True,
             )
             p.start()
             processes.append(p)
-        return _collect(processes, results, num_workers, run_timeout)
+        return _Collector(processes, results, optional, on_message, timeout, run_timeout).run()
     finally:
         _stop(processes)
         results.close()
@@ -192,63 +277,141 @@ def launch(
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
-def _collect(processes, results, num_workers: int, run_timeout: float | None) -> list[Any]:
-    values: dict[int, Any] = {}
-    deadline = time.monotonic() + run_timeout if run_timeout is not None else None
-    exited_at: dict[int, float] = {}
-    while len(values) < num_workers:
+def _check_may_fail(may_fail: Iterable[int], num_workers: int) -> frozenset[int]:
+    if isinstance(may_fail, (str, bytes)) or not isinstance(may_fail, Iterable):
+        raise ValueError(f"may_fail must be a collection of ranks (ints), got {may_fail!r}")
+    ranks = frozenset(may_fail)
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_workers:
+            raise ValueError(
+                f"may_fail must hold ranks from 0 to num_workers - 1 = {num_workers - 1}, got {rank!r}"
+            )
+    return ranks
+
+
+def _how(exitcode: int) -> tuple[str, str | None]:
+    """How a process that sent no result ended: a line, and the signal's name if one."""
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        return f"process killed by {name}", name
+    return f"process exited with code {exitcode}", None
+
+
+class _Collector:
+    """The parent's loop: results, errors, messages and deaths of the workers, as they come."""
+
+    def __init__(self, processes, results, optional: frozenset[int], on_message, timeout: float, run_timeout):
+        self.processes, self.results, self.optional = processes, results, optional
+        self.on_message, self.timeout = on_message, timeout
+        self.deadline = time.monotonic() + run_timeout if run_timeout is not None else None
+        self.values: dict[int, Any] = {}  # rank -> its result, or a WorkerLost for a may_fail rank
+        self.exited_at: dict[int, float] = {}  # rank -> when it was first seen exited without a result
+
+    def run(self) -> list[Any]:
+        n = len(self.processes)
+        required = set(range(n)) - self.optional
+        required_done_at = None
+        while len(self.values) < n:
+            now = time.monotonic()
+            failure = self._step(now)
+            if failure is not None:
+                self._wait_for_optional(now)
+                lost = [v for v in self.values.values() if isinstance(v, WorkerLost)]
+                raise WorkerError(
+                    failure.rank, failure.message, failure.worker_traceback, sorted(lost, key=_rank)
+                )
+            if required and required <= self.values.keys():
+                # the run's outcome is decided: a may_fail rank still running is not waited on for long
+                required_done_at = required_done_at or now
+                if now - required_done_at > MAY_FAIL_GRACE_S:
+                    for rank in sorted(set(range(n)) - self.values.keys()):
+                        self.values[rank] = WorkerLost(
+                            rank,
+                            f"stopped: still running {MAY_FAIL_GRACE_S:g} s after the other ranks returned",
+                        )
+            if self.deadline is not None and now > self.deadline:
+                missing = sorted(set(range(n)) - set(self.values))
+                raise TimeoutError(
+                    f"run_timeout exceeded: ranks {missing} had not finished; all workers were stopped"
+                )
+        return [self.values[r] for r in range(n)]
+
+    def _step(self, now: float) -> WorkerError | None:
+        """Take one queue message (or notice a silent death); return a fatal failure, if any."""
         try:
-            message = results.get(timeout=0.05)
+            message = self.results.get(timeout=0.05)
         except queue.Empty:
             message = None
         if message is not None:
             rank, status = message[0], message[1]
-            if status == "error":
-                raise _root_cause(processes, rank, message[2], message[3])
-            values[rank] = cloudpickle.loads(message[2])
-            continue
-        now = time.monotonic()
-        for rank, p in enumerate(processes):
-            if rank in values or p.exitcode is None:
+            if status == "message":
+                if self.on_message is not None:
+                    self.on_message(rank, cloudpickle.loads(message[2]))
+            elif status == "ok":
+                self.values[rank] = cloudpickle.loads(message[2])
+            elif rank in self.optional:
+                self.values[rank] = WorkerLost(rank, message[2], None, message[3])
+            else:
+                return self._root_cause(rank, message[2], message[3])
+            return None
+        for rank, p in enumerate(self.processes):
+            if rank in self.values or p.exitcode is None:
                 continue
             # A worker that exited without a result: give its queue message a moment to
-            # arrive (the feeder thread flushes at exit), then report how it died.
-            first_seen = exited_at.setdefault(rank, now)
-            if now - first_seen > 1.0:
-                code = p.exitcode
-                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                raise WorkerError(rank, f"process {how} without returning a result")
-        if deadline is not None and now > deadline:
-            missing = sorted(set(range(num_workers)) - set(values))
-            raise TimeoutError(
-                f"run_timeout exceeded: ranks {missing} had not finished; all workers were stopped"
-            )
-    return [values[r] for r in range(num_workers)]
+            # arrive, then report how it died.
+            if now - self.exited_at.setdefault(rank, now) > _EXIT_GRACE_S:
+                how, sig = _how(p.exitcode)
+                if rank in self.optional:
+                    self.values[rank] = WorkerLost(rank, how, sig)
+                else:
+                    return WorkerError(rank, f"{how} without returning a result")
+        return None
+
+    def _wait_for_optional(self, now: float) -> None:
+        """A required rank failed: let the may_fail ranks still running end, within the timeout."""
+        until = now + self.timeout + 5.0
+        if self.deadline is not None:
+            until = min(until, self.deadline)
+        running = lambda: [r for r in self.optional if r not in self.values]  # noqa: E731
+        while running() and time.monotonic() < until:
+            self._step(time.monotonic())  # a second required failure changes nothing: the first is reported
+        for rank in running():
+            self.values[rank] = WorkerLost(rank, "stopped: still running when the run failed")
+
+    def _root_cause(self, rank: int, message: str, worker_traceback: str) -> WorkerError:
+        """The error to report when ``rank`` raised: a peer killed by a signal is the cause.
+
+        When a peer dies, the survivors' collectives fail within about a second, often before
+        the parent has noticed the death; naming the survivor would mislead. A ``may_fail``
+        peer is not a cause: its death was allowed for.
+        """
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            for other, p in enumerate(self.processes):
+                if other != rank and other not in self.optional and p.exitcode is not None and p.exitcode < 0:
+                    how, _ = _how(p.exitcode)
+                    return WorkerError(other, f"{how}; rank {rank} then failed with {message}")
+            time.sleep(0.05)
+        return WorkerError(rank, message, worker_traceback)
 
 
-def _root_cause(processes, rank: int, message: str, worker_traceback: str) -> WorkerError:
-    """The error to report when ``rank`` raised: a peer killed by a signal is the cause.
-
-    When a peer dies, the survivors' collectives fail within about a second, often before
-    the parent has noticed the death; naming the survivor would mislead.
-    """
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        for other, p in enumerate(processes):
-            if other != rank and p.exitcode is not None and p.exitcode < 0:
-                how = f"killed by {signal.Signals(-p.exitcode).name}"
-                return WorkerError(other, f"process {how}; rank {rank} then failed with {message}")
-        time.sleep(0.05)
-    return WorkerError(rank, message, worker_traceback)
+def _rank(x: WorkerLost) -> int:
+    return x.rank
 
 
-def _run_under_torchrun(fn, args, kwargs, backend: str, timeout: float) -> list[Any]:
+def _run_under_torchrun(fn, args, kwargs, backend: str, timeout: float, on_message) -> list[Any]:
+    global _channel
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout))
     if dist.get_backend() == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    value = fn(rank, world_size, *args, **kwargs)
+    if on_message is not None:
+        _channel = lambda obj: on_message(rank, obj)  # noqa: E731 - no parent to send to: this process
+    try:
+        value = fn(rank, world_size, *args, **kwargs)
+    finally:
+        _channel = None
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, value)
     return gathered

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dlcourse.launcher import WorkerError, launch
+from dlcourse.launcher import WorkerError, WorkerLost, launch, report
 
 pytestmark = pytest.mark.multiprocess
 
@@ -92,3 +92,124 @@ def test_run_timeout_ends_everything(no_orphans):
 def test_bad_arguments_before_any_process(kwargs, match, no_orphans):
     with pytest.raises(ValueError, match=match):
         launch(_sum_of_ranks, **kwargs)
+
+
+# ------------------------------------------------------------------ may_fail and report()
+
+
+def _rank_1_dies(rank, world_size, how):
+    if rank == 1:
+        if how == "signal":
+            os.kill(os.getpid(), 9)
+        raise KeyError("lost shard")
+    time.sleep(2.5)  # outlive rank 1's death by more than the parent needs to notice it
+    return rank * 10
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_a_may_fail_rank_that_dies_is_reported_and_the_others_return(how, no_orphans):
+    start = time.monotonic()
+    results = launch(_rank_1_dies, 3, how, may_fail={1})
+    assert time.monotonic() - start < 30
+    assert results[0] == 0 and results[2] == 20
+    lost = results[1]
+    assert isinstance(lost, WorkerLost) and lost.rank == 1
+    if how == "signal":
+        assert lost.signal == "SIGKILL" and "SIGKILL" in lost.reason and lost.worker_traceback == ""
+    else:
+        assert lost.signal is None and "KeyError" in lost.reason and "_rank_1_dies" in lost.worker_traceback
+    assert "rank=1" in repr(lost)
+
+
+def _optional_dies_then_required_raises(rank, world_size):
+    if rank == 2:
+        os.kill(os.getpid(), 9)
+    if rank == 1:
+        time.sleep(2.0)  # after the parent has seen rank 2 die: rank 2 is not the cause
+        raise ValueError("bad batch")
+    time.sleep(60)
+
+
+def test_a_rank_not_in_may_fail_still_ends_the_run(no_orphans):
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        launch(_optional_dies_then_required_raises, 3, may_fail=[2])
+    assert time.monotonic() - start < 30  # rank 0's 60 s sleep was cut short
+    assert info.value.rank == 1 and "ValueError: bad batch" in info.value.message
+    assert [(x.rank, x.signal) for x in info.value.lost] == [(2, "SIGKILL")]
+    assert "meanwhile lost rank 2" in str(info.value)
+
+
+def _stall_on_rank_1(rank, world_size):
+    if rank == 1:
+        time.sleep(600)
+    return "done"
+
+
+def test_a_may_fail_rank_still_running_after_the_others_is_stopped(no_orphans):
+    start = time.monotonic()
+    results = launch(_stall_on_rank_1, 2, may_fail=(1,))
+    assert time.monotonic() - start < 40
+    assert results[0] == "done" and isinstance(results[1], WorkerLost) and "stopped" in results[1].reason
+
+
+def _report_then_wait_for_the_parent(rank, world_size, flag_dir):
+    for i in range(20):
+        report((rank, i))
+    # the parent writes this file when it hears "waiting": only a live channel lets us return
+    report("waiting")
+    flag = os.path.join(flag_dir, f"heard-{rank}")
+    give_up = time.monotonic() + 20
+    while not os.path.exists(flag) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    return os.path.exists(flag)
+
+
+def test_reports_arrive_live_and_in_order_per_rank(tmp_path, no_orphans):
+    seen: list[tuple[int, object]] = []
+
+    def on_message(rank, obj):
+        seen.append((rank, obj))
+        if obj == "waiting":
+            (tmp_path / f"heard-{rank}").touch()
+
+    results = launch(_report_then_wait_for_the_parent, 2, str(tmp_path), on_message=on_message)
+    assert results == [True, True]  # each worker heard back while it was still running
+    for rank in (0, 1):
+        mine = [obj for r, obj in seen if r == rank]
+        assert mine == [(rank, i) for i in range(20)] + ["waiting"]
+
+
+def _report_only(rank, world_size):
+    report({"rank": rank})  # nobody listens: a no-op
+    return rank
+
+
+def test_report_without_on_message_is_a_no_op(no_orphans):
+    report("outside any run")  # and outside a worker
+    assert launch(_report_only, 2) == [0, 1]
+
+
+def test_an_error_in_on_message_stops_the_run(no_orphans):
+    def on_message(rank, obj):
+        raise RuntimeError(f"progress bar broke on {obj!r}")
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        launch(_report_then_wait_for_the_parent, 2, "/nonexistent", on_message=on_message)
+    assert time.monotonic() - start < 20  # not the workers' 20 s wait
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"may_fail": {2}}, "may_fail must hold ranks from 0 to num_workers - 1 = 1, got 2"),
+        ({"may_fail": [-1]}, "may_fail"),
+        ({"may_fail": "01"}, "may_fail must be a collection"),
+        ({"may_fail": 1}, "may_fail must be a collection"),
+        ({"on_message": "print"}, "on_message"),
+    ],
+)
+def test_bad_may_fail_or_on_message_before_any_process(kwargs, match, no_orphans):
+    with pytest.raises(ValueError, match=match):
+        launch(_sum_of_ranks, 2, **kwargs)
