@@ -31,7 +31,7 @@ import torch
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.compression import CODERS, Compressor, read_message
-from dlcourse.sim import Cluster, SimConfig, _default_data, config_from_args, register_policy, simulate
+from dlcourse.sim import Cluster, SimConfig, config_from_args, default_data, register_policy, simulate
 
 TOPOLOGIES = ("all", "ring")
 COMPRESSIONS = ("full", "onebit", "sparse")
@@ -158,6 +158,6 @@ def simulate_command(args) -> dict:
         variant="onebit" if args.no_residual else getattr(args, "compression", "full"),
         topology=getattr(args, "topology", "all"),
     )
-    metrics = simulate(config, _default_data(args.data_source)).to_json()
+    metrics = simulate(config, default_data(args.data_source)).to_json()
     metrics["compression"] = "dense" if config.tau is None else config.variant
     return metrics

@@ -255,3 +255,20 @@ def test_compression_explorer_tau_and_residual(small, base):
 def test_straggler_explorer_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         panels.StragglerExplorer(**kwargs)
+
+
+def test_simulation_panels_reject_a_base_or_data_of_the_wrong_kind(small, base):
+    with pytest.raises(ValueError, match="base must be a SimConfig"):
+        panels.StragglerExplorer(num_workers=2, base={"epochs": 1}, data=small)
+    with pytest.raises(ValueError, match="data must be an MnistSplit"):
+        panels.CompressionExplorer(num_workers=2, base=base, data=(small.train, small.test))
+    with pytest.raises(ValueError, match="base must be a SimConfig"):
+        panels.sim_config("fast", num_workers=2)
+
+
+def test_panel_pieces_defaults_and_slider_range():
+    config = panels.sim_config(None, num_workers=3)
+    assert config.num_workers == 3 and config.batch_size == panels.PANEL_DEFAULTS["batch_size"]
+    assert panels.slider(W.IntSlider, "workers N", 4, 1, 8).continuous_update is False
+    with pytest.raises(ValueError, match="workers N"):
+        panels.slider(W.IntSlider, "workers N", 9, 1, 8)

@@ -351,3 +351,25 @@ def test_update_asks_a_live_figure_to_redraw_and_leaves_a_bare_one_alone(monkeyp
     monkeypatch.setattr(bare.fig.canvas, "draw_idle", lambda: drawn.append(1))
     bare.update(EVENTS[:2])
     assert drawn == []
+
+
+def test_plots_re_exports_every_figure_from_its_module():
+    from dlcourse import plot_base, plot_runs, plot_techniques
+
+    assert all(hasattr(plots, name) for name in plots.__all__)
+    assert plots.Plot is plot_base.Plot and plots.TimelinePlot is plot_runs.TimelinePlot
+    assert plots.LandscapePlot is plot_techniques.LandscapePlot
+
+
+def test_runs_that_leave_a_comparison_lose_their_artists():
+    idle = plots.idle_fraction({"sync": [0.5, 0.2], "async": [0.1, 0.0]})
+    idle.update({"async": [0.1, 0.3]})
+    assert list(idle.collections) == ["async"] and len(idle.ax.collections) == 1
+    np.testing.assert_allclose(idle.heights("async"), [0.1, 0.3])
+    rate = plots.throughput({"sync": ([1, 2], [10, 15]), "async": ([1, 2], [10, 19])})
+    rate.update({"sync": ([1, 2], [10, 15])})
+    assert list(rate.lines) == ["sync"] and len(rate.ax.lines) == 2  # sync and the linear reference
+    comp = plots.compression({"dense": [8, 8], "1-bit": [1, 1]}, {"dense": [0.5], "1-bit": [0.4]})
+    comp.update({"1-bit": [1, 2]}, {"1-bit": [0.4]})
+    assert [len(ax.lines) for ax in comp.axes] == [1, 1]
+    assert comp.axes[0].lines[0].get_label() == "1-bit"

@@ -415,3 +415,23 @@ def test_the_lectures_cnn_runs_in_the_simulator(small):
     assert r.bytes_sent == 2 * 4 * 1_111_946 * 4  # messages carry every parameter
     # 4.4 MB per message at 1 GB/s: about 4.5 ms each (the MLP's take 0.3 ms)
     assert min(e.end - e.start for e in r.trace if e.kind == "push") > 1e-3
+
+
+def test_the_simulator_reads_from_sim_and_lives_in_three_modules():
+    """The split into cluster / sim_parameter_server / sim keeps ``from dlcourse.sim import ...``."""
+    from dlcourse import cluster, sim, sim_parameter_server
+
+    assert sim.Cluster is cluster.Cluster and sim.worker_batches is cluster.worker_batches
+    assert sim.register_policy is cluster.register_policy and sim.POLICIES is cluster.POLICIES
+    for name in ("sync", "async", "softsync", "bounded"):
+        assert POLICIES[name] is sim_parameter_server.run_parameter_server
+    assert all(hasattr(sim, name) for name in sim.__all__)
+
+
+def test_default_data_is_loaded_once_per_source():
+    from dlcourse.sim import default_data
+
+    first = default_data("subset")
+    assert default_data("subset") is first and first.source == "subset"
+    with pytest.raises(ValueError, match="source"):
+        default_data("imagenet")

@@ -1,0 +1,228 @@
+"""The simulated cluster's machinery: a virtual clock, a timing model and real gradients.
+
+The discrete-event engine under :func:`dlcourse.sim.simulate` (Dean et al., "Large Scale
+Distributed Deep Networks", NIPS 2012, is the cluster it models). A :class:`Cluster` holds
+N workers, each with its own shard of the training data and its own seeded stream of
+mini-batches (:func:`worker_batches`); it computes **real** gradients of a real model,
+while **time** is simulated: compute times drawn from a seeded lognormal with stragglers,
+message time ``latency + bytes / bandwidth``, and the server's time to apply an update
+split over k server shards. Events run in virtual-time order, so the same config and seed
+give the same run on every machine.
+
+A policy is a function ``run(cluster) -> None`` that drives the events with
+:meth:`Cluster.schedule`, :meth:`Cluster.gradient`, :meth:`Cluster.compute_time`,
+:meth:`Cluster.message_time` and records what happened (``record*``, :meth:`Cluster.applied`);
+``register_policy("name", run)`` makes ``SimConfig(policy="name")`` run it.
+:mod:`dlcourse.sim_parameter_server` (sync, async, softsync, bounded) is the worked
+example, :mod:`dlcourse.sim_decentralized` a policy without a server.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlcourse._validate import check_int
+from dlcourse.data import Dataset, shard
+from dlcourse.models import make_model
+from dlcourse.train import evaluate
+
+if TYPE_CHECKING:  # sim.py imports this module; the config is only a type here
+    from dlcourse.sim import SimConfig
+
+KINDS = ("pull", "compute", "push", "wait")  # what a worker does in a TraceEvent interval
+
+
+class TraceEvent(NamedTuple):
+    """One interval of a worker's timeline (a bar in the timeline plot)."""
+
+    worker: int  # which worker
+    kind: str  # "pull", "compute", "push" or "wait"
+    start: float  # virtual seconds
+    end: float
+
+
+class EvalPoint(NamedTuple):
+    """The server's model on the test set at one moment of the run."""
+
+    epoch: float  # examples applied so far / examples per epoch
+    time: float  # virtual seconds
+    loss: float
+    accuracy: float
+    macro_f1: float
+
+
+def worker_batches(shard_size: int, batch_size: int, seed: int, worker: int):
+    """Worker ``worker``'s endless stream of mini-batch index tensors into its shard.
+
+    Each pass over the shard is a fresh permutation from a generator seeded by
+    ``(seed, worker)``; the last batch of a pass may be smaller. Tests use this to
+    rebuild the exact batches with plain PyTorch.
+    """
+    check_int("shard_size", shard_size, low=1)
+    check_int("batch_size", batch_size, low=1)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + worker)
+    while True:
+        yield from torch.randperm(shard_size, generator=generator).split(batch_size)
+
+
+class Cluster:
+    """The machinery every policy shares: virtual clock, timing, workers' gradients, records.
+
+    A policy's ``run(cluster)`` schedules callbacks with :meth:`schedule`, asks
+    :meth:`gradient` for worker n's next real gradient at given parameters, draws
+    :meth:`compute_time` / :meth:`message_time`, and records what happened with
+    :meth:`record`, :meth:`record_server`, :meth:`applied`. ``cluster.W`` holds the
+    server's flat parameters (a decentralized policy may keep its own replicas and report
+    their mean to :meth:`applied` and :attr:`final_params`).
+    """
+
+    def __init__(self, config: SimConfig, train: Dataset, test: Dataset) -> None:
+        self.config = config
+        n = config.num_workers
+        self.shards = shard(train, n)
+        self.test = test
+        self.model = make_model(config.model, seed=config.seed)
+        # the model's parameters become views of one flat vector, so loading any flat
+        # parameter vector into the model is a single copy
+        self._flat = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
+        offset = 0
+        for p in self.model.parameters():
+            p.data = self._flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self._params = list(self.model.parameters())
+        self.W = self._flat.clone()  # the server's parameters
+        self.final_params: torch.Tensor | None = None  # set by a policy without a single W
+        self.param_bytes = self.W.numel() * self.W.element_size()
+        self.batches_per_shard = math.ceil(len(self.shards[0]) / config.batch_size)
+        self.epoch_examples = len(self.shards[0]) * n
+        self.total_steps = config.epochs * n * self.batches_per_shard  # gradients in the whole run
+        self._batches = [
+            worker_batches(len(s), config.batch_size, config.seed, w) for w, s in enumerate(self.shards)
+        ]
+        # one timing RNG per worker: a worker's times do not depend on event order
+        self._rngs = [np.random.default_rng([config.seed, w]) for w in range(n)]
+        self._speeds = config.worker_speeds or (1.0,) * n
+        self._sigma = config.compute_spread
+        # the virtual clock
+        self.now = 0.0
+        self._queue: list = []
+        self._seq = 0
+        # records
+        self.trace: list[TraceEvent] = []
+        self.server_busy: list[tuple[float, float]] = []
+        self.staleness: list[int] = []
+        self.step_loss: list[float] = []
+        self.evals: list[EvalPoint] = []
+        self.examples = 0
+        self.updates = 0
+        self.server_steps = 0
+        self.bytes_sent = 0
+        self.done_at = [0.0] * n  # when each worker stopped working
+        self._next_eval = 0.0
+        self.eval_s = 0.0  # host seconds spent in evaluate_now
+        self._eval_every = self.epoch_examples / config.evals_per_epoch
+        self.evaluate_now(self.W)
+
+    # -- the virtual clock -------------------------------------------------------------
+    def schedule(self, at: float, callback: Callable, *args) -> None:
+        """Run ``callback(*args)`` at virtual time ``at`` (ties run in scheduling order)."""
+        self._seq += 1
+        heapq.heappush(self._queue, (at, self._seq, callback, args))
+
+    def run_events(self) -> None:
+        """Process events in time order until none is left."""
+        queue = self._queue
+        while queue:
+            at, _, callback, args = heapq.heappop(queue)
+            self.now = at
+            callback(*args)
+
+    # -- time ----------------------------------------------------------------------------
+    def compute_time(self, worker: int) -> float:
+        """Virtual seconds of worker's next gradient: mean / speed, lognormal spread, stragglers."""
+        rng = self._rngs[worker]
+        t = self.config.compute_mean / self._speeds[worker]
+        if self._sigma > 0:  # a mean-one lognormal: always positive, spread ~ sigma
+            t *= math.exp(self._sigma * rng.standard_normal() - 0.5 * self._sigma**2)
+        if self.config.straggler_prob > 0 and rng.random() < self.config.straggler_prob:
+            t *= self.config.straggler_slowdown
+        return t
+
+    def message_time(self, nbytes: int | None = None) -> float:
+        """``latency + bytes / bandwidth`` for one message (default: all parameters)."""
+        nbytes = self.param_bytes if nbytes is None else nbytes
+        self.bytes_sent += nbytes
+        return self.config.latency + nbytes / self.config.bandwidth
+
+    @property
+    def apply_time(self) -> float:
+        """Server seconds per update: the k shards apply their 1/k of it in parallel."""
+        return self.config.apply_time / self.config.servers
+
+    # -- real gradients ------------------------------------------------------------------
+    def gradient(self, worker: int, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Worker's next mini-batch gradient at flat ``params``: ``(flat gradient, batch size)``."""
+        idx = next(self._batches[worker])
+        data = self.shards[worker]
+        with torch.no_grad():
+            self._flat.copy_(params)
+        loss = F.cross_entropy(self.model(data.X[idx]), data.y[idx])
+        grads = torch.autograd.grad(loss, self._params)
+        self.step_loss.append(loss.item())
+        return torch.cat([g.reshape(-1) for g in grads]), len(idx)
+
+    # -- records -------------------------------------------------------------------------
+    def record(self, worker: int, kind: str, start: float, end: float) -> None:
+        if end > start:
+            self.trace.append(TraceEvent(worker, kind, start, end))
+
+    def record_server(self, start: float, end: float) -> None:
+        self.server_busy.append((start, end))
+
+    def applied(self, taus: list[int], examples: int, params: torch.Tensor) -> None:
+        """``len(taus)`` updates of ``examples`` examples are now part of ``params``."""
+        self.staleness.extend(taus)
+        self.updates += len(taus)
+        self.server_steps += 1
+        self.examples += examples
+        if self.examples >= self._next_eval:
+            self.evaluate_now(params)
+
+    @torch.no_grad()
+    def evaluate_now(self, params: torch.Tensor) -> None:
+        """Test metrics of ``params`` at the current virtual time."""
+        start = time.perf_counter()
+        self._flat.copy_(params)
+        m = evaluate(self.model, self.test)
+        self.eval_s += time.perf_counter() - start
+        epoch = self.examples / self.epoch_examples
+        self.evals.append(EvalPoint(epoch, self.now, m["loss"], m["accuracy"], m["macro_f1"]))
+        while self._next_eval <= self.examples:
+            self._next_eval += self._eval_every
+
+    def __repr__(self) -> str:
+        return (
+            f"Cluster(policy={self.config.policy!r}, num_workers={self.config.num_workers}, "
+            f"now={self.now:.3f}, updates={self.updates}/{self.total_steps})"
+        )
+
+
+# policy name -> run(cluster); sim_parameter_server registers sync, async, softsync, bounded
+POLICIES: dict[str, Callable[[Cluster], None]] = {}
+
+
+def register_policy(name: str, run: Callable[[Cluster], None]) -> None:
+    """Make ``SimConfig(policy=name)`` run ``run(cluster)`` (see the module docstring)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(run):
+        raise ValueError(f"run must be a function run(cluster) -> None, got {run!r}")
+    POLICIES[name] = run
