@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -42,25 +41,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from dlcourse.collectives import _check_collective, broadcast_parameters, parameter_bytes
 from dlcourse.data import Dataset
-from dlcourse.data_parallel import (
+from dlcourse.data_parallel import cli_run
+from dlcourse.models import make_model
+from dlcourse.train import make_optimizer
+from dlcourse.worker_run import (
     DTYPES,
     DataParallelConfig,
     DataParallelResult,
     WorkerRun,
-    _check_collective,
-    _train,
-    broadcast_parameters,
-    config_from_args,
     make_shards,
-    metrics,
-    parameter_bytes,
+    run_workers,
     steps_per_epoch,
     worker_batches,
-    workers_from_args,
 )
-from dlcourse.models import make_model
-from dlcourse.train import make_optimizer
 
 __all__ = [
     "average_parameters",
@@ -106,36 +101,16 @@ def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) ->
 
 
 def train_averaging(
-    train: Dataset,
-    num_workers: int,
-    config: DataParallelConfig | None = None,
-    *,
-    test: Dataset | None = None,
-    shard_sizes: Sequence[int] | None = None,
-    backend: str = "auto",
-    timeout: float = 60.0,
-    run_timeout: float | None = None,
-    threads_per_worker: int | None = None,
+    train: Dataset, num_workers: int, config: DataParallelConfig | None = None, **options: Any
 ) -> DataParallelResult:
     """Parameter averaging every ``config.average_every`` steps on ``num_workers`` processes.
 
-    ``result.parameters`` holds the final (averaged) parameters. ``shard_sizes`` cuts the
-    training data into contiguous shards of those sizes instead of equal ones. The other
-    arguments go to :func:`dlcourse.launcher.launch`.
+    ``result.parameters`` holds the final (averaged) parameters. ``options`` (test,
+    shard_sizes, backend, timeout, run_timeout, threads_per_worker) are those of
+    :func:`dlcourse.worker_run.run_workers`; ``shard_sizes`` cuts the training data into
+    contiguous shards of those sizes instead of equal ones.
     """
-    return _train(
-        averaging_worker,
-        "averaging",
-        train,
-        num_workers,
-        config,
-        test,
-        shard_sizes,
-        backend,
-        timeout,
-        run_timeout,
-        threads_per_worker,
-    )
+    return run_workers(averaging_worker, "averaging", train, num_workers, config, **options)
 
 
 def train_reference(
@@ -198,19 +173,4 @@ def parameter_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 def cli_averaging(args: argparse.Namespace) -> dict[str, Any]:
     """``dlcourse train --strategy averaging``: the lecture's procedure, plain SGD by default."""
-    from dlcourse.data import load_mnist
-
-    config = config_from_args(args, "sgd")
-    split = load_mnist(args.data_source, seed=0)
-    result = train_averaging(
-        split.train,
-        workers_from_args(args),
-        config,
-        test=split.test,
-        backend=args.backend,
-        timeout=args.timeout,
-    )
-    out = metrics(result, args, split.source)
-    out["average_every"] = config.average_every
-    out["config"] = asdict(config)
-    return out
+    return {**cli_run(train_averaging, args, "sgd"), "average_every": args.average_every}

@@ -21,13 +21,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.staleness import staleness_summary
 
 # name -> "module:function(args) -> metrics dict"
 TRAIN_STRATEGIES = {
     "single": "dlcourse.cli:train_single",
     "ddp": "dlcourse.data_parallel:cli_ddp",
     "sync-sgd": "dlcourse.data_parallel:cli_sync_sgd",
-    "replicated": "dlcourse.data_parallel:cli_replicated",
+    "replicated": "dlcourse.replication:cli_replicated",
     "averaging": "dlcourse.averaging:cli_averaging",
     "model-parallel": "dlcourse.pipeline:train_model_parallel",
     "pipeline": "dlcourse.pipeline:train_pipeline",
@@ -89,7 +93,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--model", choices=["cnn", "mlp"], default="cnn", help="network (default: the lecture's CNN)"
     )
     p.add_argument("--epochs", type=_nonneg_int, default=1, help="passes over the training data")
-    p.add_argument("--batch-size", type=_pos_int, default=100, help="examples per worker step")
+    p.add_argument(
+        "--batch-size",
+        type=_pos_int,
+        default=100,
+        help="examples per step. The global batch for single, ddp, sync-sgd, averaging, replicated "
+        "(split over the N workers), hybrid (over the R replicas), pipeline and model-parallel (into "
+        "M micro-batches); each worker's own batch for async-ps, decentralized and simulate",
+    )
     p.add_argument("--lr", type=_pos_float, default=None, help="learning rate (default depends on optimizer)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of model init, shuffles and timing")
     p.add_argument("--workers", type=_pos_int, default=2, help="number of workers N")
@@ -177,43 +188,82 @@ def _resolve(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
+def training_settings(args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
+    """The settings every strategy trains with, named as :func:`dlcourse.train.fit` names them.
+
+    ``--optimizer`` falls back to the strategy's ``default_optimizer``; ``--lr`` to 1e-3 for
+    Adam and 0.1 otherwise (Adam's steps are already scaled per coordinate).
+    """
+    check_choice("default_optimizer", default_optimizer, ("sgd", "momentum", "adam"))
+    optimizer = args.optimizer or default_optimizer
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1),
+        "optimizer": optimizer,
+        "momentum": args.momentum,
+        "seed": args.seed,
+    }
+
+
+def run_metrics(
+    strategy: str,
+    test: dict[str, float],
+    *,
+    examples_per_s: float,
+    wall_s: float,
+    updates: int,
+    bytes_sent: int,
+    staleness: dict[str, Any] | None = None,
+    **details: Any,
+) -> dict[str, Any]:
+    """The metrics dict of DESIGN.md that every ``dlcourse train`` strategy returns.
+
+    ``test`` is :func:`dlcourse.train.evaluate`'s dict; ``staleness`` defaults to that of a
+    synchronous run (every update is computed from the parameters it is applied to:
+    staleness 0). ``details`` (model, workers, data_source, ...) are added as they are.
+    """
+    if not isinstance(test, dict) or not {"loss", "accuracy", "macro_f1"} <= set(test):
+        raise ValueError(f"test must be evaluate()'s dict with loss, accuracy, macro_f1; got {test!r}")
+    check_float("examples_per_s", examples_per_s, low=0.0)
+    check_float("wall_s", wall_s, low=0.0)
+    check_int("updates", updates, low=0)
+    check_int("bytes_sent", bytes_sent, low=0)
+    return {
+        "strategy": strategy,
+        **details,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_macro_f1": test["macro_f1"],
+        "examples_per_s": examples_per_s,
+        "wall_s": wall_s,
+        "updates": updates,
+        "bytes_sent": bytes_sent,
+        "staleness": staleness_summary([0] * updates) if staleness is None else staleness,
+    }
+
+
 def train_single(args: argparse.Namespace) -> dict:
     """The lecture's Keras example in PyTorch: one process, the whole batch."""
     from dlcourse.data import load_mnist
     from dlcourse.models import make_model
     from dlcourse.train import evaluate, fit
 
-    optimizer = args.optimizer or "adam"
-    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
     split = load_mnist(args.data_source, seed=0)
     model = make_model(args.model, seed=args.seed)
-    history = fit(
-        model,
-        split.train,
+    history = fit(model, split.train, **training_settings(args, "adam"), progress=args.progress)
+    return run_metrics(
+        "single",
+        evaluate(model, split.test),
+        examples_per_s=history.examples_per_s,
+        wall_s=history.wall_s,
+        updates=len(history.step_loss),
+        bytes_sent=0,
+        model=args.model,
+        data_source=split.source,
         epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        momentum=args.momentum,
-        seed=args.seed,
-        progress=args.progress,
+        epoch_loss=history.epoch_loss,
     )
-    result = evaluate(model, split.test)
-    return {
-        "strategy": "single",
-        "model": args.model,
-        "data_source": split.source,
-        "epochs": args.epochs,
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "test_macro_f1": result["macro_f1"],
-        "examples_per_s": history.examples_per_s,
-        "wall_s": history.wall_s,
-        "updates": len(history.step_loss),
-        "bytes_sent": 0,
-        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": len(history.step_loss)}},
-        "epoch_loss": history.epoch_loss,
-    }
 
 
 def summary(metrics: dict) -> str:
@@ -234,7 +284,33 @@ def summary(metrics: dict) -> str:
     staleness = metrics.get("staleness")
     if staleness:
         lines.append(f"{'staleness':>16}: mean {staleness['mean']:.2f}, max {staleness['max']}")
+    lines += _per_worker_lines(metrics.get("per_worker") or [])
     return "\n".join(lines)
+
+
+# per-worker clocks, in the order a step spends them; wait_s is where a fast worker idles
+_CLOCKS = {"step_s": "step", "compute_s": "compute", "sync_s": "wait", "delay_s": "delay"}
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{1000 * seconds:.1f}" if isinstance(seconds, (int, float)) else "-"
+
+
+def _per_worker_lines(per_worker: list[dict]) -> list[str]:
+    """One line per worker: mean step, compute and wait time (ms), the last-executor picture.
+
+    A synchronous step lasts as long as the slowest worker's: the fast ones show it as wait.
+    A clock a strategy cannot measure (DDP hides its wait inside backward) prints as "-".
+    """
+    per_worker = [w for w in per_worker if isinstance(w, dict)]
+    clocks = [key for key in _CLOCKS if any(key in w for w in per_worker)]
+    if not clocks:
+        return []
+    lines = [f"{'per worker':>16}:  rank  steps" + "".join(f"{_CLOCKS[k] + ' ms':>12}" for k in clocks)]
+    for i, w in enumerate(per_worker):
+        cells = "".join(f"{_ms(w.get(k)):>12}" for k in clocks)
+        lines.append(f"{'':>16}  {w.get('rank', i):>5}  {w.get('steps', ''):>5}{cells}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

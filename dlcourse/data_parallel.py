@@ -12,15 +12,16 @@ the results. This module holds the synchronous, update-based ways to do that:
 - :func:`train_ddp` — the same thing with PyTorch's ``DistributedDataParallel`` (Li et al.,
   "PyTorch Distributed", VLDB 2020), which overlaps the all-reduce with the backward
   pass: the modern form of Keras' ``multi_gpu_model``.
-- :class:`ReplicatedModel` — what ``multi_gpu_model(model, gpus, cpu_relocation=True)``
-  did inside one process: replicate the model on a list of devices, scatter the batch,
-  gather the outputs, and merge the gradients on the device that hosts the weights.
 - The **last executor** effect: ``slow_worker``/``slow_delay`` slow one rank, and every
   rank's step then takes as long as the slowest one's (``per_worker`` in the result).
 
-The parameter-averaging procedure is in :mod:`dlcourse.averaging`; it shares this
-module's :class:`DataParallelConfig` and :class:`WorkerRun`, so all strategies see the
-same shards and the same mini-batches and can be compared number for number::
+What ``multi_gpu_model(model, gpus, cpu_relocation=True)`` did inside one process is in
+:mod:`dlcourse.replication`; the collectives written out are in :mod:`dlcourse.collectives`;
+the bookkeeping every strategy shares (:class:`DataParallelConfig`, shards, mini-batches,
+clocks, checkpoints: :class:`WorkerRun`) is in :mod:`dlcourse.worker_run` and re-exported
+here. The parameter-averaging procedure (:mod:`dlcourse.averaging`) uses the same, so all
+strategies see the same shards and the same mini-batches and can be compared number for
+number::
 
     from dlcourse.data import load_mnist
     from dlcourse.data_parallel import DataParallelConfig, train_ddp
@@ -29,422 +30,41 @@ same shards and the same mini-batches and can be compared number for number::
     result = train_ddp(split.train, 2, DataParallelConfig(model="cnn", optimizer="adam", lr=1e-3),
                        test=split.test)
 
-From the shell: ``dlcourse train --strategy ddp --workers 2`` (or ``sync-sgd``,
-``replicated``); under ``torchrun`` the same command runs one rank per process.
+From the shell: ``dlcourse train --strategy ddp --workers 2`` (or ``sync-sgd``); under
+``torchrun`` the same command runs one rank per process.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
-from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from dlcourse.data import Dataset, shard
-from dlcourse.launcher import device_for, launch, under_torchrun
-from dlcourse.models import MODELS, make_model
-from dlcourse.train import OPTIMIZERS, evaluate, make_optimizer
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class DataParallelConfig:
-    """Settings of a data-parallel run (shared by ddp, sync-sgd and averaging)."""
-
-    model: str = "mlp"  # "cnn" (the lecture's network) or "mlp" (small and fast)
-    epochs: int = 1  # passes over every worker's shard
-    batch_size: int = 100  # global mini-batch, split evenly across the N workers
-    lr: float = 0.1  # learning rate lambda
-    optimizer: str = "sgd"  # "sgd" (no internal state), "momentum" or "adam"
-    momentum: float = 0.9  # used by "momentum" only
-    seed: int = 0  # seeds the model's initialization and every worker's batch order
-    average_every: int = 1  # K: local steps between parameter averages (averaging only)
-    slow_worker: int | None = None  # rank slowed down to show the last-executor effect
-    slow_delay: float = 0.0  # seconds the slow worker sleeps in each step
-    checkpoint_dir: str | None = None  # folder for checkpoints (None: no checkpoints)
-    checkpoint_every: int | None = None  # steps between checkpoints (one is also written at the end)
-    resume: bool = False  # continue from the checkpoint in checkpoint_dir
-    max_steps: int | None = None  # stop after this many steps in all (None: run every epoch)
-    dtype: str = "float32"  # "float64" makes rounding negligible in equivalence checks
-
-    def __post_init__(self) -> None:
-        check_choice("model", self.model, MODELS)
-        check_int("epochs", self.epochs, low=0)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_float("momentum", self.momentum, low=0.0, high=1.0)
-        check_int("seed", self.seed, low=0)
-        check_int("average_every", self.average_every, low=1)
-        if self.slow_worker is not None:
-            check_int("slow_worker", self.slow_worker, low=0)
-        check_float("slow_delay", self.slow_delay, low=0.0)
-        if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every, low=1)
-        if (self.checkpoint_every is not None or self.resume) and self.checkpoint_dir is None:
-            raise ValueError("checkpoint_every and resume need checkpoint_dir, got checkpoint_dir=None")
-        if self.max_steps is not None:
-            check_int("max_steps", self.max_steps, low=0)
-        check_choice("dtype", self.dtype, DTYPES)
-
-    def check_workers(self, num_workers: int) -> None:
-        """The settings that depend on N: an even batch split and a slow rank that exists."""
-        check_int("num_workers", num_workers, low=1)
-        if self.batch_size % num_workers:
-            raise ValueError(
-                f"batch_size must be divisible by num_workers={num_workers} (the global batch is split "
-                f"evenly), got {self.batch_size}"
-            )
-        if self.slow_worker is not None and self.slow_worker >= num_workers:
-            raise ValueError(f"slow_worker must be a rank in 0..{num_workers - 1}, got {self.slow_worker}")
-
-
-# ---------------------------------------------------------------------------------------
-# Shards and mini-batches: a function of (seed, epoch, rank) only, so every strategy, the
-# single-process reference and a resumed run all see exactly the same examples.
-
-
-def make_shards(train: Dataset, num_workers: int, shard_sizes: Sequence[int] | None = None) -> list[Dataset]:
-    """Equal shards (:func:`dlcourse.data.shard`), or contiguous ones of ``shard_sizes``."""
-    _check_dataset("train", train)
-    check_int("num_workers", num_workers, low=1)
-    if shard_sizes is None:
-        return list(shard(train, num_workers))
-    sizes = [check_int("shard_sizes[i]", s, low=1) for s in shard_sizes]
-    if len(sizes) != num_workers or sum(sizes) > len(train):
-        raise ValueError(
-            f"shard_sizes must give {num_workers} sizes >= 1 summing to at most {len(train)}, "
-            f"got {list(sizes)}"
-        )
-    starts = np.cumsum([0, *sizes])
-    return [train[int(a) : int(b)] for a, b in zip(starts[:-1], starts[1:])]
-
-
-def steps_per_epoch(shard_lengths: Sequence[int], batch_size: int, num_workers: int) -> int:
-    """Mini-batches per epoch: the smallest shard cut into batches of ``batch_size / N``."""
-    check_int("num_workers", num_workers, low=1)
-    check_int("batch_size", batch_size, low=num_workers)
-    if len(shard_lengths) == 0:
-        raise ValueError("shard_lengths must list at least one shard, got []")
-    per_worker = batch_size // num_workers
-    steps = min(shard_lengths) // per_worker
-    if steps < 1:
-        raise ValueError(
-            f"batch_size={batch_size} over {num_workers} workers needs shards of at least {per_worker} "
-            f"examples, the smallest has {min(shard_lengths)}"
-        )
-    return steps
-
-
-def worker_batches(shard_length: int, steps: int, epoch: int, seed: int, rank: int) -> list[torch.Tensor]:
-    """Index tensors of one worker's ``steps`` mini-batches in ``epoch``.
-
-    A seeded shuffle of the shard cut into ``steps`` equal parts (the remainder is left
-    out). With unequal shards the bigger shard gets bigger batches, so every worker
-    finishes its shard in the same number of steps.
-    """
-    check_int("shard_length", shard_length, low=1)
-    check_int("steps", steps, low=1, high=shard_length)
-    check_int("epoch", epoch, low=0)
-    check_int("seed", seed, low=0)
-    check_int("rank", rank, low=0)
-    seed_32 = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-    order = torch.randperm(shard_length, generator=torch.Generator().manual_seed(seed_32))
-    size = shard_length // steps
-    return [order[t * size : (t + 1) * size] for t in range(steps)]
-
-
-# ---------------------------------------------------------------------------------------
-# The collectives, written out.
-
-
-def _check_dataset(name: str, data: Any) -> None:
-    if not isinstance(data, Dataset):
-        raise ValueError(f"{name} must be a dlcourse.data.Dataset, got {type(data).__name__}")
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-
-def _check_collective(model: Any) -> None:
-    _check_model(model)
-    if not dist.is_initialized():
-        raise RuntimeError("no process group: run this inside dlcourse.launcher.launch (or torchrun)")
-
-
-@torch.no_grad()
-def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
-    """Give every worker the parameters of rank ``src`` ("distribute a copy")."""
-    _check_collective(model)
-    check_int("src", src, low=0, high=dist.get_world_size() - 1)
-    for p in model.parameters():
-        dist.broadcast(p, src=src)
-
-
-@torch.no_grad()
-def average_gradients(model: nn.Module) -> None:
-    """Replace every worker's gradient by the mean over the N workers (one all-reduce each)."""
-    _check_collective(model)
-    world_size = dist.get_world_size()
-    for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(world_size)
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """Bytes of all parameters (what one copy of the model sends)."""
-    _check_model(model)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def ring_allreduce_bytes(nbytes: int, num_workers: int) -> int:
-    """Bytes all N workers send together in a ring all-reduce of ``nbytes``: ``2 (N-1) nbytes``."""
-    check_int("nbytes", nbytes, low=0)
-    check_int("num_workers", num_workers, low=1)
-    return 2 * (num_workers - 1) * nbytes
-
-
-def run_fingerprint(
-    config: DataParallelConfig, strategy: str, shard_lengths: Sequence[int]
-) -> dict[str, Any]:
-    """The settings a resumed run must share with the checkpoint (epochs may grow)."""
-    return {
-        "model": config.model,
-        "num_workers": len(shard_lengths),
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "optimizer": config.optimizer,
-        "momentum": config.momentum,
-        "seed": config.seed,
-        "dtype": config.dtype,
-        "shard_lengths": list(shard_lengths),
-        "average_every": config.average_every if strategy == "averaging" else 1,
-    }
-
-
-# ---------------------------------------------------------------------------------------
-# One worker's bookkeeping, so that each strategy's loop shows only what makes it differ.
-
-
-class WorkerRun:
-    """One worker's shard, model, optimizer, batches, clocks and checkpoints.
-
-    ``replicas_agree``: after every step all workers hold the same model and optimizer
-    state (sync SGD, DDP), so a checkpoint keeps one copy; otherwise (averaging) it keeps
-    every worker's.
-    """
-
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        train: Dataset,
-        config: DataParallelConfig,
-        strategy: str,
-        shard_sizes: Sequence[int] | None = None,
-        replicas_agree: bool = True,
-    ) -> None:
-        config.check_workers(world_size)
-        self.rank, self.world_size, self.config, self.strategy = rank, world_size, config, strategy
-        self.replicas_agree = replicas_agree
-        self.device = device_for(rank)
-        self.dtype = DTYPES[config.dtype]
-        shards = make_shards(train, world_size, shard_sizes)
-        self.shard = shards[rank]
-        self.steps_per_epoch = steps_per_epoch([len(s) for s in shards], config.batch_size, world_size)
-        total = config.epochs * self.steps_per_epoch
-        self.total_steps = total if config.max_steps is None else min(total, config.max_steps)
-        self.model = make_model(config.model, seed=config.seed).to(self.device, self.dtype)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.momentum)
-        self.fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
-        self.step = 0  # steps completed (by this worker; all workers step together)
-        self.losses: list[float] = []  # this worker's training loss at every step
-        self.times: dict[str, list[float]] = {"step": [], "sync": []}  # seconds, this session's steps
-        self.sent = 0  # bytes sent by all workers in this session (ring all-reduce estimate)
-        self.sync_measured = True  # False where synchronization hides inside backward (DDP)
-        self.wall_s = 0.0
-        self._sync_s = 0.0
-        if config.resume:
-            self._restore()
-
-    def __repr__(self) -> str:
-        return (
-            f"WorkerRun(strategy={self.strategy!r}, rank={self.rank}/{self.world_size}, "
-            f"shard={len(self.shard)}, step={self.step}/{self.total_steps})"
-        )
-
-    @property
-    def fresh(self) -> bool:
-        """True unless this run continues from a checkpoint."""
-        return self.step == 0
-
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield this worker's ``(X, y)`` for every remaining step; keep clocks and checkpoints."""
-        start = time.perf_counter()
-        order: list[torch.Tensor] = []
-        while self.step < self.total_steps:
-            epoch, t = divmod(self.step, self.steps_per_epoch)
-            if t == 0 or not order:
-                order = worker_batches(
-                    len(self.shard), self.steps_per_epoch, epoch, self.config.seed, self.rank
-                )
-            idx = order[t]
-            t0, self._sync_s = time.perf_counter(), 0.0
-            if self.rank == self.config.slow_worker:
-                time.sleep(self.config.slow_delay)  # the last executor: everyone will wait for it
-            yield self.shard.X[idx].to(self.device, self.dtype), self.shard.y[idx].to(self.device)
-            self.times["step"].append(time.perf_counter() - t0)
-            self.times["sync"].append(self._sync_s)
-            self.step += 1
-            every = self.config.checkpoint_every
-            if every is not None and self.step % every == 0 and self.step < self.total_steps:
-                self.save()
-        self.wall_s = time.perf_counter() - start
-
-    def record(self, loss: torch.Tensor) -> None:
-        """Remember this step's training loss (call once per step)."""
-        self.losses.append(loss.item())
-
-    @contextlib.contextmanager
-    def sync(self, nbytes: int = 0, kind: str = "allreduce"):
-        """Time a synchronization (where fast workers wait for the last executor)."""
-        t0 = time.perf_counter()
-        yield
-        self._sync_s += time.perf_counter() - t0
-        self.count(nbytes, kind)
-
-    def count(self, nbytes: int, kind: str = "allreduce") -> None:
-        """Add the bytes of one collective over ``nbytes`` (``"allreduce"`` or ``"broadcast"``)."""
-        n = self.world_size
-        self.sent += ring_allreduce_bytes(nbytes, n) if kind == "allreduce" else (n - 1) * nbytes
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "losses": self.losses,
-        }
-
-    def save(self) -> None:
-        """Write a checkpoint of all workers (collective: every rank must call it)."""
-        if self.config.checkpoint_dir is None:
-            return
-        if self.replicas_agree:
-            states = [self._state()]
-        else:
-            states = [None] * self.world_size
-            dist.all_gather_object(states, self._state())
-        if self.rank == 0:
-            save_checkpoint(
-                self.config.checkpoint_dir, Checkpoint(self.strategy, self.step, self.fingerprint, states)
-            )
-        dist.barrier()  # nobody runs ahead (or exits) before the checkpoint is on disk
-
-    def _restore(self) -> None:
-        ckpt = load_checkpoint(
-            self.config.checkpoint_dir, strategy=self.strategy, fingerprint=self.fingerprint
-        )
-        state = ckpt.states[0 if self.replicas_agree else self.rank]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.losses = list(state["losses"])
-        self.step = ckpt.step
-
-    def finish(self, test: Dataset | None = None) -> dict[str, Any]:
-        """Final checkpoint, then rank 0 evaluates; returns what :class:`DataParallelResult` needs."""
-        self.save()
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, self.losses)
-        steps = len(self.times["step"])
-        mean = (lambda xs: sum(xs) / len(xs)) if steps else (lambda xs: 0.0)
-        out: dict[str, Any] = {
-            "rank": self.rank,
-            "steps": steps,
-            "batch": len(self.shard) // self.steps_per_epoch,
-            "step_s": mean(self.times["step"]),
-            # DDP overlaps its all-reduce with backward: there, only the whole step is measured
-            "sync_s": mean(self.times["sync"]) if self.sync_measured else None,
-            "compute_s": mean([a - b for a, b in zip(self.times["step"], self.times["sync"])])
-            if self.sync_measured
-            else None,
-            "delay_s": self.config.slow_delay if self.rank == self.config.slow_worker else 0.0,
-            "wall_s": self.wall_s,
-        }
-        if self.rank == 0:
-            out["parameters"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            out["step_loss"] = [sum(per_step) / len(per_step) for per_step in zip(*everyone)]
-            out["sent"] = self.sent
-            out["test"] = evaluate(self.model, test) if test is not None else None
-        return out
-
-
-@dataclass(repr=False)
-class DataParallelResult:
-    """What a data-parallel run returns (rank 0's view, plus every worker's clocks)."""
-
-    strategy: str  # "ddp", "sync-sgd" or "averaging"
-    num_workers: int  # N
-    parameters: dict[str, torch.Tensor]  # final model state (rank 0's; all ranks agree)
-    step_loss: list[float]  # training loss per step, averaged over the workers
-    per_worker: list[dict[str, Any]]  # per rank: steps, batch, step_s, compute_s, sync_s, delay_s
-    examples: int  # training examples processed in this session, all workers together
-    wall_s: float  # seconds rank 0 spent in the training loop (no start-up, no evaluation)
-    bytes_sent: int  # bytes all workers sent, as a ring all-reduce would
-    test: dict[str, float] | None = None  # loss, accuracy, macro_f1 on the test data
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.examples / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def updates(self) -> int:
-        return len(self.step_loss)
-
-    def __repr__(self) -> str:
-        test = f", test_accuracy={self.test['accuracy']:.4f}" if self.test else ""
-        return (
-            f"DataParallelResult(strategy={self.strategy!r}, num_workers={self.num_workers}, "
-            f"updates={self.updates}, examples_per_s={self.examples_per_s:.1f}{test})"
-        )
-
-
-def collect(strategy: str, outputs: list[dict[str, Any]]) -> DataParallelResult:
-    """Assemble the per-rank outputs of :meth:`WorkerRun.finish`."""
-    if not outputs or "parameters" not in outputs[0]:
-        raise ValueError("outputs must be the list of every rank's WorkerRun.finish(), rank 0 first")
-    head = outputs[0]
-    keys = ("rank", "steps", "batch", "step_s", "compute_s", "sync_s", "delay_s")
-    per_worker = [{k: o[k] for k in keys} for o in outputs]
-    return DataParallelResult(
-        strategy=strategy,
-        num_workers=len(outputs),
-        parameters=head["parameters"],
-        step_loss=head["step_loss"],
-        per_worker=per_worker,
-        examples=sum(o["steps"] * o["batch"] for o in outputs),
-        wall_s=head["wall_s"],
-        bytes_sent=head["sent"],
-        test=head["test"],
-    )
-
+from dlcourse.cli import run_metrics, training_settings
+from dlcourse.collectives import (  # noqa: F401 - re-exported: the collectives this module uses
+    average_gradients,
+    broadcast_parameters,
+    parameter_bytes,
+    ring_allreduce_bytes,
+)
+from dlcourse.data import Dataset
+from dlcourse.launcher import under_torchrun
+from dlcourse.worker_run import (  # noqa: F401 - re-exported: the run every strategy shares
+    DTYPES,
+    DataParallelConfig,
+    DataParallelResult,
+    WorkerRun,
+    collect,
+    make_shards,
+    run_fingerprint,
+    run_workers,
+    steps_per_epoch,
+    worker_batches,
+)
 
 # ---------------------------------------------------------------------------------------
 # The strategies. Each loop is the single-process loop plus the lines that synchronize.
@@ -487,166 +107,29 @@ def ddp_worker(rank, world_size, train, test, config, shard_sizes=None) -> dict[
     return run.finish(test)
 
 
-def _train(
-    worker,
-    strategy,
-    train,
-    num_workers,
-    config,
-    test,
-    shard_sizes,
-    backend,
-    timeout,
-    run_timeout,
-    threads=None,
-):
-    config = config if config is not None else DataParallelConfig()
-    if not isinstance(config, DataParallelConfig):
-        raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
-    _check_dataset("train", train)
-    if test is not None:
-        _check_dataset("test", test)
-    config.check_workers(num_workers)
-    # fail here, in the caller, with one clear line, rather than in N workers
-    shards = make_shards(train, num_workers, shard_sizes)
-    steps_per_epoch([len(s) for s in shards], config.batch_size, num_workers)
-    if config.resume:
-        fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
-        load_checkpoint(config.checkpoint_dir, strategy=strategy, fingerprint=fingerprint)
-    outputs = launch(
-        worker,
-        num_workers,
-        train,
-        test,
-        config,
-        shard_sizes,
-        backend=backend,
-        timeout=timeout,
-        run_timeout=run_timeout,
-        threads_per_worker=threads,
-    )
-    return collect(strategy, outputs)
-
-
 def train_sync_sgd(
-    train: Dataset,
-    num_workers: int,
-    config: DataParallelConfig | None = None,
-    *,
-    test: Dataset | None = None,
-    shard_sizes: Sequence[int] | None = None,
-    backend: str = "auto",
-    timeout: float = 60.0,
-    run_timeout: float | None = None,
-    threads_per_worker: int | None = None,
+    train: Dataset, num_workers: int, config: DataParallelConfig | None = None, **options: Any
 ) -> DataParallelResult:
     """Synchronous SGD with written-out gradient averaging on ``num_workers`` processes.
 
-    Each rank trains on its shard with ``config.batch_size / num_workers`` examples per
-    step; rank 0 evaluates on ``test``. ``backend``, ``timeout``, ``run_timeout`` and
-    ``threads_per_worker`` go to :func:`dlcourse.launcher.launch`.
+    ``options`` (test, shard_sizes, backend, timeout, run_timeout, threads_per_worker) are
+    those of :func:`dlcourse.worker_run.run_workers`.
     """
-    return _train(
-        sync_sgd_worker,
-        "sync-sgd",
-        train,
-        num_workers,
-        config,
-        test,
-        shard_sizes,
-        backend,
-        timeout,
-        run_timeout,
-        threads_per_worker,
-    )
+    return run_workers(sync_sgd_worker, "sync-sgd", train, num_workers, config, **options)
 
 
 def train_ddp(
-    train: Dataset,
-    num_workers: int,
-    config: DataParallelConfig | None = None,
-    *,
-    test: Dataset | None = None,
-    shard_sizes: Sequence[int] | None = None,
-    backend: str = "auto",
-    timeout: float = 60.0,
-    run_timeout: float | None = None,
-    threads_per_worker: int | None = None,
+    train: Dataset, num_workers: int, config: DataParallelConfig | None = None, **options: Any
 ) -> DataParallelResult:
     """Data parallelism with ``DistributedDataParallel`` on ``num_workers`` processes.
 
     The arguments are those of :func:`train_sync_sgd`; the result is the same up to rounding.
     """
-    return _train(
-        ddp_worker,
-        "ddp",
-        train,
-        num_workers,
-        config,
-        test,
-        shard_sizes,
-        backend,
-        timeout,
-        run_timeout,
-        threads_per_worker,
-    )
+    return run_workers(ddp_worker, "ddp", train, num_workers, config, **options)
 
 
 # ---------------------------------------------------------------------------------------
-# multi_gpu_model in one process: replicate, scatter, gather, merge.
-
-
-class ReplicatedModel(nn.Module):
-    """Keras' ``multi_gpu_model(model, gpus=..., cpu_relocation=True)`` in PyTorch.
-
-    The weights stay where ``model`` is (put it on the CPU for ``cpu_relocation=True``).
-    Each forward pass replicates them onto every device in ``devices``, scatters the
-    batch (one slice per replica), runs the replicas, and gathers the outputs on
-    ``output_device``. Backward sends each replica's gradient back to the hosted weights,
-    where autograd adds them up: the merge happens on the weights' device. Use it like
-    the model itself (``fit(ReplicatedModel(model, ["cpu", "cpu"]), data)``).
-    """
-
-    def __init__(self, model: nn.Module, devices: Sequence[str | torch.device], output_device="cpu") -> None:
-        super().__init__()
-        _check_model(model)
-        if len(devices) == 0:
-            raise ValueError("devices must list at least one device, got []")
-        self.module = model
-        self.devices = [torch.device(d) for d in devices]
-        self.output_device = torch.device(output_device)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        params = dict(self.module.named_parameters())
-        buffers = dict(self.module.named_buffers())
-        outputs = []
-        for device, chunk in zip(self.devices, X.tensor_split(len(self.devices))):  # scatter
-            if len(chunk) == 0:
-                continue  # fewer examples than replicas
-            # replicate: a differentiable copy, so its gradient flows back to the hosted weights
-            replica = {name: p.to(device, copy=True) for name, p in params.items()}
-            replica.update({name: b.to(device) for name, b in buffers.items()})
-            outputs.append(functional_call(self.module, replica, (chunk.to(device),)))
-        return torch.cat([y_hat.to(self.output_device) for y_hat in outputs])  # gather
-
-    def __repr__(self) -> str:
-        hosted = next(self.module.parameters()).device
-        return (
-            f"ReplicatedModel({type(self.module).__name__}, devices={[str(d) for d in self.devices]}, "
-            f"weights on {hosted}, outputs on {self.output_device})"
-        )
-
-
-def replica_devices(num_replicas: int) -> list[str]:
-    """``cuda:0..N-1`` when there are N GPUs, else N CPU replicas."""
-    check_int("num_replicas", num_replicas, low=1)
-    if torch.cuda.is_available() and torch.cuda.device_count() >= num_replicas:
-        return [f"cuda:{i}" for i in range(num_replicas)]
-    return ["cpu"] * num_replicas
-
-
-# ---------------------------------------------------------------------------------------
-# The command line: ``dlcourse train --strategy ddp|sync-sgd|replicated``.
+# The command line: ``dlcourse train --strategy ddp|sync-sgd`` (and averaging's).
 
 
 def workers_from_args(args: argparse.Namespace) -> int:
@@ -656,18 +139,11 @@ def workers_from_args(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace, default_optimizer: str) -> DataParallelConfig:
     """A :class:`DataParallelConfig` from ``dlcourse train``'s options."""
-    optimizer = args.optimizer or default_optimizer
-    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
     if args.slow_delay > 0 and args.slow_worker is None:
         raise ValueError("--slow-delay needs --slow-worker RANK (which worker to slow down)")
     return DataParallelConfig(
         model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        momentum=args.momentum,
-        seed=args.seed,
+        **training_settings(args, default_optimizer),
         average_every=args.average_every,
         slow_worker=args.slow_worker,
         slow_delay=args.slow_delay,
@@ -677,34 +153,13 @@ def config_from_args(args: argparse.Namespace, default_optimizer: str) -> DataPa
     )
 
 
-def metrics(result: DataParallelResult, args: argparse.Namespace, data_source: str) -> dict[str, Any]:
-    """The CLI's metrics dict (synchronous: every update has staleness 0)."""
-    return {
-        "strategy": result.strategy,
-        "model": args.model,
-        "workers": result.num_workers,
-        "data_source": data_source,
-        "epochs": args.epochs,
-        "test_accuracy": result.test["accuracy"],
-        "test_loss": result.test["loss"],
-        "test_macro_f1": result.test["macro_f1"],
-        "examples_per_s": result.examples_per_s,
-        "wall_s": result.wall_s,
-        "updates": result.updates,
-        "bytes_sent": result.bytes_sent,
-        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": result.updates} if result.updates else {}},
-        "per_worker": result.per_worker,
-        "step_loss": result.step_loss,
-    }
+def cli_run(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
+    """Run ``train_fn`` (train_ddp, train_sync_sgd, train_averaging) from the CLI's options.
 
-
-def _cli(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
+    Synchronous: every update has staleness 0. ``per_worker`` holds every rank's clocks.
+    """
     from dlcourse.data import load_mnist
 
-    if args.average_every != 1:
-        raise ValueError(
-            f"--average-every applies to --strategy averaging; {args.strategy} averages every step"
-        )
     config = config_from_args(args, default_optimizer)
     split = load_mnist(args.data_source, seed=0)
     result = train_fn(
@@ -715,67 +170,37 @@ def _cli(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str
         backend=args.backend,
         timeout=args.timeout,
     )
-    out = metrics(result, args, split.source)
-    out["config"] = asdict(config)
-    return out
+    return run_metrics(
+        result.strategy,
+        result.test,
+        examples_per_s=result.examples_per_s,
+        wall_s=result.wall_s,
+        updates=result.updates,
+        bytes_sent=result.bytes_sent,
+        model=args.model,
+        workers=result.num_workers,
+        data_source=split.source,
+        epochs=args.epochs,
+        per_worker=result.per_worker,
+        step_loss=result.step_loss,
+        config=asdict(config),
+    )
+
+
+def _every_step(args: argparse.Namespace) -> None:
+    if args.average_every != 1:
+        raise ValueError(
+            f"--average-every applies to --strategy averaging; {args.strategy} averages every step"
+        )
 
 
 def cli_ddp(args: argparse.Namespace) -> dict[str, Any]:
     """``dlcourse train --strategy ddp``: DistributedDataParallel, Adam by default."""
-    return _cli(train_ddp, args, "adam")
+    _every_step(args)
+    return cli_run(train_ddp, args, "adam")
 
 
 def cli_sync_sgd(args: argparse.Namespace) -> dict[str, Any]:
     """``dlcourse train --strategy sync-sgd``: written-out gradient averaging, Adam by default."""
-    return _cli(train_sync_sgd, args, "adam")
-
-
-def cli_replicated(args: argparse.Namespace) -> dict[str, Any]:
-    """``dlcourse train --strategy replicated``: multi_gpu_model in one process, weights on the CPU."""
-    from dlcourse.data import load_mnist
-    from dlcourse.train import fit
-
-    config = config_from_args(args, "adam")
-    given = {  # options of the multi-process strategies that one process cannot honour
-        "--slow-worker": config.slow_worker is not None,
-        "--checkpoint-dir": config.checkpoint_dir is not None,
-        "--average-every": config.average_every != 1,
-    }
-    unsupported = [option for option, used in given.items() if used]
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)}: not available with --strategy replicated (one process)")
-    devices = replica_devices(args.workers)
-    split = load_mnist(args.data_source, seed=0)
-    pmodel = ReplicatedModel(make_model(config.model, seed=config.seed), devices)  # weights on the CPU
-    history = fit(
-        pmodel,
-        split.train,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        seed=config.seed,
-        progress=args.progress,
-    )
-    result = evaluate(pmodel, split.test)
-    updates = len(history.step_loss)
-    return {
-        "strategy": "replicated",
-        "model": config.model,
-        "workers": len(devices),
-        "devices": [str(d) for d in pmodel.devices],
-        "data_source": split.source,
-        "epochs": config.epochs,
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "test_macro_f1": result["macro_f1"],
-        "examples_per_s": history.examples_per_s,
-        "wall_s": history.wall_s,
-        "updates": updates,
-        # each step copies the weights to every replica and brings each gradient back
-        "bytes_sent": 2 * len(devices) * parameter_bytes(pmodel.module) * updates,
-        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": updates} if updates else {}},
-        "step_loss": history.step_loss,
-        "config": asdict(config),
-    }
+    _every_step(args)
+    return cli_run(train_sync_sgd, args, "adam")

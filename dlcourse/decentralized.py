@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.cli import run_metrics
 from dlcourse.compression import CODERS, Compressor, read_message
 from dlcourse.data import Dataset, load_mnist, shard
 from dlcourse.launcher import launch
@@ -127,26 +128,24 @@ class DecentralizedResult:
 
     def metrics(self) -> dict:
         """The CLI's metrics (DESIGN.md): test_*, examples_per_s, wall_s, updates, bytes_sent, staleness."""
-        return {
-            "strategy": "decentralized",
-            "workers": self.num_workers,
-            "model": self.config.model,
-            "compression": self.config.compressor_variant,
-            "tau": self.config.tau,
-            "topology": self.config.topology,
-            "test_accuracy": self.test_accuracy,
-            "test_loss": self.test_loss,
-            "test_macro_f1": self.test_macro_f1,
-            "examples_per_s": self.examples_per_s,
-            "wall_s": self.wall_s,
-            "updates": self.updates,
-            "bytes_sent": self.bytes_sent,
-            "compression_ratio": self.compression_ratio,
-            "replica_divergence": self.replica_divergence,
-            "staleness": staleness_summary(self.staleness),
-            "bytes_per_step": self.bytes_per_step,
-            "config": asdict(self.config),
-        }
+        return run_metrics(
+            "decentralized",
+            {"loss": self.test_loss, "accuracy": self.test_accuracy, "macro_f1": self.test_macro_f1},
+            examples_per_s=self.examples_per_s,
+            wall_s=self.wall_s,
+            updates=self.updates,
+            bytes_sent=self.bytes_sent,
+            staleness=staleness_summary(self.staleness),
+            workers=self.num_workers,
+            model=self.config.model,
+            compression=self.config.compressor_variant,
+            tau=self.config.tau,
+            topology=self.config.topology,
+            compression_ratio=self.compression_ratio,
+            replica_divergence=self.replica_divergence,
+            bytes_per_step=self.bytes_per_step,
+            config=asdict(self.config),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -386,23 +385,23 @@ def train_decentralized(
 
 def train_cli(args: argparse.Namespace) -> dict:
     """``dlcourse train --strategy decentralized``: the CLI's entry point."""
-    variant = "onebit" if args.no_residual else args.compression
+    named_alike = (
+        "tau",
+        "topology",
+        "model",
+        "epochs",
+        "batch_size",
+        "warmup_workers",
+        "warmup_fraction",
+        "seed",
+    )
     config = DecentralizedConfig(
-        tau=args.tau,
-        variant=variant,
-        topology=args.topology,
-        model=args.model,
+        **{name: getattr(args, name) for name in named_alike},  # options named as the config's fields
+        variant="onebit" if args.no_residual else args.compression,
         lr=args.lr if args.lr is not None else 0.1,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        warmup_workers=args.warmup_workers,
-        warmup_fraction=args.warmup_fraction,
-        seed=args.seed,
     )
     split = load_mnist(args.data_source, seed=0)
     result = train_decentralized(
         config, args.workers, train=split.train, test=split.test, timeout=args.timeout
     )
-    metrics = result.metrics()
-    metrics["data_source"] = split.source
-    return metrics
+    return {**result.metrics(), "data_source": split.source}

@@ -183,41 +183,28 @@ def run_hybrid(
 
 def train_hybrid(args) -> dict:
     """``dlcourse train --strategy hybrid --stages K --workers R``: metrics dict."""
+    from dlcourse.cli import run_metrics, training_settings
     from dlcourse.data import load_mnist
     from dlcourse.models import make_model
     from dlcourse.train import evaluate
 
-    optimizer = args.optimizer or "sgd"
-    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
-    config = HybridConfig(
-        num_stages=args.stages,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        momentum=args.momentum,
-        seed=args.seed,
-    )
+    config = HybridConfig(num_stages=args.stages, **training_settings(args, "sgd"))
     split = load_mnist(args.data_source, seed=0)
     model = make_model(args.model, seed=args.seed)
     result = run_hybrid(model, split.train.X, split.train.y, args.workers, config, timeout=args.timeout)
     model.load_state_dict(result.state_dict)
-    metrics = evaluate(model, split.test)
-    return {
-        "strategy": "hybrid",
-        "model": args.model,
-        "stages": args.stages,
-        "workers": args.workers,
-        "data_source": split.source,
-        "epochs": args.epochs,
-        "test_accuracy": metrics["accuracy"],
-        "test_loss": metrics["loss"],
-        "test_macro_f1": metrics["macro_f1"],
-        "examples_per_s": result.steps * args.batch_size / result.wall_s if result.wall_s > 0 else 0.0,
-        "wall_s": result.wall_s,
-        "updates": result.steps,
-        "bytes_sent": result.bytes_sent,
-        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": result.steps}},  # synchronous
-        "replicas_agree": result.replicas_agree,
-        "step_loss": result.step_loss,
-    }
+    return run_metrics(
+        "hybrid",
+        evaluate(model, split.test),
+        examples_per_s=result.steps * args.batch_size / result.wall_s if result.wall_s > 0 else 0.0,
+        wall_s=result.wall_s,
+        updates=result.steps,
+        bytes_sent=result.bytes_sent,
+        model=args.model,
+        stages=args.stages,
+        workers=args.workers,
+        data_source=split.source,
+        epochs=args.epochs,
+        replicas_agree=result.replicas_agree,
+        step_loss=result.step_loss,
+    )

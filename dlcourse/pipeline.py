@@ -504,20 +504,14 @@ def train_pipeline_worker(
 
 def train_pipeline(args, num_microbatches: int | None = None) -> dict:
     """``dlcourse train --strategy pipeline --stages K --microbatches M``: metrics dict."""
+    from dlcourse.cli import run_metrics, training_settings
     from dlcourse.data import load_mnist
     from dlcourse.launcher import launch
     from dlcourse.models import make_model
 
-    optimizer = args.optimizer or "sgd"
-    lr = args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1)
     config = PipelineConfig(
         num_microbatches=args.microbatches if num_microbatches is None else num_microbatches,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        momentum=args.momentum,
-        seed=args.seed,
+        **training_settings(args, "sgd"),
     )
     split = load_mnist(args.data_source, seed=0)
     model = make_model(args.model, seed=args.seed)
@@ -528,26 +522,22 @@ def train_pipeline(args, num_microbatches: int | None = None) -> dict:
         backend="gloo", timeout=args.timeout,
     )  # fmt: skip
     model.load_state_dict({k: v for part in parts for k, v in part["state"].items()})
-    result = evaluate(model, split.test)
     wall_s = max(part["wall_s"] for part in parts)
     steps = parts[-1]["steps"]
-    return {
-        "strategy": "pipeline" if num_microbatches is None else "model-parallel",
-        "model": args.model,
-        "stages": args.stages,
-        "microbatches": config.num_microbatches,
-        "data_source": split.source,
-        "epochs": args.epochs,
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "test_macro_f1": result["macro_f1"],
-        "examples_per_s": steps * args.batch_size / wall_s if wall_s > 0 else 0.0,
-        "wall_s": wall_s,
-        "updates": steps,
-        "bytes_sent": sum(part["bytes_sent"] for part in parts),
-        "staleness": {"max": 0, "mean": 0.0, "histogram": {"0": steps}},  # every step is synchronous
-        "step_loss": parts[-1]["step_loss"],
-    }
+    return run_metrics(
+        "pipeline" if num_microbatches is None else "model-parallel",
+        evaluate(model, split.test),
+        examples_per_s=steps * args.batch_size / wall_s if wall_s > 0 else 0.0,
+        wall_s=wall_s,
+        updates=steps,
+        bytes_sent=sum(part["bytes_sent"] for part in parts),
+        model=args.model,
+        stages=args.stages,
+        microbatches=config.num_microbatches,
+        data_source=split.source,
+        epochs=args.epochs,
+        step_loss=parts[-1]["step_loss"],
+    )
 
 
 def train_model_parallel(args) -> dict:

@@ -13,17 +13,10 @@ from hypothesis import strategies as st
 from dlcourse.averaging import parameter_distance, train_reference
 from dlcourse.cli import main
 from dlcourse.data import Dataset
-from dlcourse.data_parallel import (
-    DataParallelConfig,
-    ReplicatedModel,
-    collect,
-    ddp_worker,
-    replica_devices,
-    sync_sgd_worker,
-    train_ddp,
-)
+from dlcourse.data_parallel import DataParallelConfig, collect, ddp_worker, sync_sgd_worker, train_ddp
 from dlcourse.launcher import launch
 from dlcourse.models import make_model
+from dlcourse.replication import ReplicatedModel, replica_devices
 from dlcourse.train import fit
 
 BASE = dict(model="mlp", epochs=2, batch_size=20, lr=0.1)
@@ -125,7 +118,7 @@ def test_replication_equals_the_single_model_on_the_full_batch(replicas, n, seed
 
 
 def test_replicas_are_copies_and_gradients_merge_on_the_hosted_weights(monkeypatch):
-    import dlcourse.data_parallel as dp
+    import dlcourse.replication as dp
 
     model = make_model("mlp", seed=0)
     pmodel = ReplicatedModel(model, ["cpu", "cpu"])
