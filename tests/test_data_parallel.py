@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlcourse.averaging import parameter_distance, train_reference
-from dlcourse.cli import main
+from dlcourse.cli import main, summary
 from dlcourse.data import Dataset
 from dlcourse.data_parallel import DataParallelConfig, collect, ddp_worker, sync_sgd_worker, train_ddp
 from dlcourse.launcher import launch
@@ -92,6 +92,38 @@ def test_last_executor_every_step_waits_for_the_slowest_worker(runs, name):
         assert slow["sync_s"] < fast["sync_s"]
     else:  # DDP hides the all-reduce inside backward: only whole steps are measured
         assert fast["sync_s"] is None and fast["compute_s"] is None
+    # the terminal shows the same picture: one line per rank, wait in ms (rank, steps, step, compute, wait)
+    rows = [line.split() for line in summary({"per_worker": runs[name].per_worker}).splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["0", "10"], ["1", "10"]]
+    if name == "sync-slow":
+        assert float(rows[0][4]) == pytest.approx(1000 * fast["sync_s"], abs=0.06)
+    else:
+        assert rows[0][3:5] == ["-", "-"]
+
+
+def test_the_split_modules_are_re_exported_by_data_parallel():
+    """Old imports keep working and name the very objects (tests patch WorkerRun through them)."""
+    import dlcourse.collectives as collectives
+    import dlcourse.data_parallel as dp
+    import dlcourse.worker_run as worker_run
+
+    assert dp.WorkerRun is worker_run.WorkerRun and dp.collect is worker_run.collect
+    assert dp.DataParallelConfig is worker_run.DataParallelConfig
+    assert dp.broadcast_parameters is collectives.broadcast_parameters
+
+
+def test_run_workers_checks_its_arguments_in_the_caller(mnist):
+    from dlcourse.worker_run import run_workers
+
+    train = mnist.train[:100]
+    with pytest.raises(ValueError, match="worker must be a function"):
+        run_workers("ddp", "ddp", train, 2)
+    with pytest.raises(ValueError, match="config must be a DataParallelConfig"):
+        run_workers(ddp_worker, "ddp", train, 2, dict(BASE))
+    with pytest.raises(ValueError, match="train must be a dlcourse.data.Dataset"):
+        run_workers(ddp_worker, "ddp", train.X, 2)
+    with pytest.raises(ValueError, match="divisible by num_workers"):
+        train_ddp(train, 3, DataParallelConfig(**BASE))
 
 
 # ------------------------------------------------------------------- replication
@@ -174,7 +206,8 @@ def test_cli_writes_the_metrics(tmp_path, capsys, no_orphans, strategy):
     assert metrics["staleness"] == {"max": 0, "mean": 0.0, "histogram": {"0": 20}}
     assert metrics["bytes_sent"] > 0 and len(metrics["per_worker"]) == 2
     assert metrics["test_accuracy"] > 0.5
-    assert "test_accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test_accuracy" in printed and "per worker" in printed  # every rank's clocks in the terminal
 
 
 def test_cli_replicated_runs_in_one_process(tmp_path):
