@@ -25,23 +25,14 @@ def test_grid_positions_are_a_bijection(K, R):
 
 @pytest.mark.multiprocess
 def test_hybrid_equals_single_process_training_on_the_full_batch(no_orphans):
-    optimizer = "momentum"  # has state, so a wrong step would show up in later steps too
+    # momentum has state, so a wrong step would show up in later steps too
+    settings = dict(epochs=2, batch_size=32, lr=0.1, optimizer="momentum", seed=13)
     model = make_model("mlp", seed=11)
     g = torch.Generator().manual_seed(12)
     X, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
-    config = HybridConfig(num_stages=2, epochs=2, batch_size=32, lr=0.1, optimizer=optimizer, seed=13)
-    result = run_hybrid(model, X, y, num_replicas=2, config=config)
+    result = run_hybrid(model, X, y, num_replicas=2, config=HybridConfig(num_stages=2, **settings))
     reference = copy.deepcopy(model)
-    history = fit(
-        reference,
-        Dataset(X, y),
-        epochs=2,
-        batch_size=32,
-        lr=0.1,
-        optimizer=optimizer,
-        seed=13,
-        progress=False,
-    )
+    history = fit(reference, Dataset(X, y), **settings, progress=False)  # the same settings, one process
     assert result.replicas_agree  # DDP kept the two replicas of each stage identical
     assert result.steps == 4 and result.bytes_sent > 0
     for k, v in reference.state_dict().items():

@@ -143,21 +143,10 @@ def test_pipeline_training_equals_single_process_training(no_orphans):
     """Several GPipe steps with an optimizer equal fit() on the whole batch (same shuffles)."""
     model = make_model("mlp", seed=6)
     X, y = _batch(48, seed=7)
-    config = PipelineConfig(
-        num_microbatches=4, epochs=2, batch_size=16, lr=0.05, optimizer="momentum", seed=8
-    )
-    parts = launch(train_pipeline_worker, 2, model, X, y, config)
+    settings = dict(epochs=2, batch_size=16, lr=0.05, optimizer="momentum", seed=8)
+    parts = launch(train_pipeline_worker, 2, model, X, y, PipelineConfig(num_microbatches=4, **settings))
     reference = copy.deepcopy(model)
-    history = fit(
-        reference,
-        Dataset(X, y),
-        epochs=2,
-        batch_size=16,
-        lr=0.05,
-        optimizer="momentum",
-        seed=8,
-        progress=False,
-    )
+    history = fit(reference, Dataset(X, y), **settings, progress=False)  # the same settings, one process
     state = {k: v for part in parts for k, v in part["state"].items()}
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(state[k], v, atol=1e-5, rtol=0, msg=k)

@@ -15,36 +15,14 @@ from dlcourse.train import evaluate, fit, make_optimizer
 
 def test_fit_is_deterministic(mnist):
     small = mnist.train[:600]
+    settings = dict(epochs=2, batch_size=50, lr=0.1, optimizer="momentum", progress=False)
     runs = []
     for _ in range(2):
         model = make_model("mlp", seed=5)
-        runs.append(
-            (
-                fit(
-                    model,
-                    small,
-                    epochs=2,
-                    batch_size=50,
-                    lr=0.1,
-                    optimizer="momentum",
-                    seed=7,
-                    progress=False,
-                ),
-                model,
-            )
-        )
+        runs.append((fit(model, small, **settings, seed=7), model))
     assert runs[0][0].step_loss == runs[1][0].step_loss
     assert all(torch.equal(p, q) for p, q in zip(runs[0][1].parameters(), runs[1][1].parameters()))
-    other = fit(
-        make_model("mlp", seed=5),
-        small,
-        epochs=2,
-        batch_size=50,
-        lr=0.1,
-        optimizer="momentum",
-        seed=8,
-        progress=False,
-    )
+    other = fit(make_model("mlp", seed=5), small, **settings, seed=8)
     assert other.step_loss != runs[0][0].step_loss  # the seed really drives the shuffle
 
 
@@ -113,15 +91,7 @@ def test_cli_single_writes_json(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
-    for key in (
-        "test_accuracy",
-        "test_loss",
-        "test_macro_f1",
-        "examples_per_s",
-        "wall_s",
-        "updates",
-        "bytes_sent",
-    ):
+    for key in "test_accuracy test_loss test_macro_f1 examples_per_s wall_s updates bytes_sent".split():
         assert key in m
     assert set(m["staleness"]) >= {"max", "mean", "histogram"}
     assert m["test_accuracy"] > 0.7 and m["updates"] == 40
