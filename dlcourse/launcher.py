@@ -241,7 +241,9 @@ def launch(
     backend = resolve_backend(backend, local)
 
     if under_torchrun():
-        return _run_under_torchrun(fn, args, kwargs, backend, timeout, on_message)
+        if on_message is not None:
+            fn = _reporting_in_process(fn, on_message)
+        return _run_under_torchrun(fn, args, kwargs, backend, timeout)
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -306,6 +308,7 @@ class _Collector:
         self.deadline = time.monotonic() + run_timeout if run_timeout is not None else None
         self.values: dict[int, Any] = {}  # rank -> its result, or a WorkerLost for a may_fail rank
         self.exited_at: dict[int, float] = {}  # rank -> when it was first seen exited without a result
+        self.failed: set[int] = set()  # required ranks whose failure has been reported
 
     def run(self) -> list[Any]:
         n = len(self.processes)
@@ -352,10 +355,12 @@ class _Collector:
             elif rank in self.optional:
                 self.values[rank] = WorkerLost(rank, message[2], None, message[3])
             else:
+                self.failed.add(rank)
                 return self._root_cause(rank, message[2], message[3])
             return None
+        failure = None
         for rank, p in enumerate(self.processes):
-            if rank in self.values or p.exitcode is None:
+            if rank in self.values or rank in self.failed or p.exitcode is None:
                 continue
             # A worker that exited without a result: give its queue message a moment to
             # arrive, then report how it died.
@@ -363,9 +368,10 @@ class _Collector:
                 how, sig = _how(p.exitcode)
                 if rank in self.optional:
                     self.values[rank] = WorkerLost(rank, how, sig)
-                else:
-                    return WorkerError(rank, f"{how} without returning a result")
-        return None
+                elif failure is None:
+                    self.failed.add(rank)
+                    failure = WorkerError(rank, f"{how} without returning a result")
+        return failure
 
     def _wait_for_optional(self, now: float) -> None:
         """A required rank failed: let the may_fail ranks still running end, within the timeout."""
@@ -399,19 +405,29 @@ def _rank(x: WorkerLost) -> int:
     return x.rank
 
 
-def _run_under_torchrun(fn, args, kwargs, backend: str, timeout: float, on_message) -> list[Any]:
-    global _channel
+def _reporting_in_process(
+    fn: Callable[..., Any], on_message: Callable[[int, Any], None]
+) -> Callable[..., Any]:
+    """``fn`` with :func:`report` calling ``on_message`` here (torchrun: no parent to send to)."""
+
+    def run(rank, world_size, *args, **kwargs):
+        global _channel
+        _channel = lambda obj: on_message(rank, obj)  # noqa: E731
+        try:
+            return fn(rank, world_size, *args, **kwargs)
+        finally:
+            _channel = None
+
+    return run
+
+
+def _run_under_torchrun(fn, args, kwargs, backend: str, timeout: float) -> list[Any]:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout))
     if dist.get_backend() == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    if on_message is not None:
-        _channel = lambda obj: on_message(rank, obj)  # noqa: E731 - no parent to send to: this process
-    try:
-        value = fn(rank, world_size, *args, **kwargs)
-    finally:
-        _channel = None
+    value = fn(rank, world_size, *args, **kwargs)
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, value)
     return gathered

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -213,3 +216,41 @@ def test_an_error_in_on_message_stops_the_run(no_orphans):
 def test_bad_may_fail_or_on_message_before_any_process(kwargs, match, no_orphans):
     with pytest.raises(ValueError, match=match):
         launch(_sum_of_ranks, 2, **kwargs)
+
+
+def test_under_torchrun_report_calls_on_message_in_process(tmp_path, no_orphans):
+    # one rank with torchrun's environment: launch() runs fn here, no process is spawned
+    script = tmp_path / "one_rank.py"
+    script.write_text(
+        "import os\n"
+        "from dlcourse.launcher import launch, report\n"
+        "def fn(rank, world_size):\n"
+        "    report(('pid', os.getpid()))\n"
+        "    return rank\n"
+        "seen = []\n"
+        "out = launch(fn, 1, may_fail={0}, on_message=lambda rank, obj: seen.append((rank, obj)))\n"
+        "print(out, seen == [(0, ('pid', os.getpid()))])\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    env["MASTER_PORT"] = str(port)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[0]", "True"]
+
+
+def _required_raises_then_optional_dies(rank, world_size):
+    if rank == 0:
+        raise KeyError("bad shard")
+    time.sleep(2.0)  # after rank 0's failure: launch waits for this may_fail rank's fate
+    os.kill(os.getpid(), 9)
+
+
+def test_a_failure_waits_for_the_may_fail_ranks_fate(no_orphans):
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        launch(_required_raises_then_optional_dies, 2, may_fail={1}, timeout=10)
+    assert time.monotonic() - start < 14  # the death was seen, not waited out (timeout + 5 s)
+    assert info.value.rank == 0 and [(x.rank, x.signal) for x in info.value.lost] == [(1, "SIGKILL")]
