@@ -36,74 +36,47 @@ Ranks ``0 .. k-1`` are servers, ranks ``k .. k+N-1`` are workers (worker ``n`` i
 first, to the least-loaded server); server j owns its tensors as one flat float32 vector,
 so one message carries a whole shard. Every worker pushes to and pulls from every server.
 
-Wire protocol
--------------
-Every message starts with a **header**, an int64 tensor of 4 entries
-``[kind, worker, version, clock]``, optionally followed by a **payload**, the float32 shard
-(a gradient or parameters). Headers and payloads use different tags, so a header can never
-be mistaken for a payload::
-
-    kind   from    payload   meaning
-    HELLO  worker  -         "I am ready": answered by PARAMS
-    PUSH   worker  gradient  computed from the PARAMS of (version, clock): answered by PARAMS
-    LAST   worker  gradient  as PUSH, the worker's last one: not answered
-    PARAMS server  shard     the parameters at (version, clock)
-
-A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
-the bounded-staleness gate lets it start its next step: that is how fast workers are held
-back. Messages are CPU
-tensors on a gloo group even when workers compute on GPUs (NCCL has no any-source receive
-and no tags).
-
-Noticing failures
------------------
-A server listens to each worker with its own receiving thread (a blocking ``recv`` from
-that rank). gloo's ``recv(src=None)`` would also receive from any rank, but it keeps waiting
-when a peer dies, while a receive from a named rank fails within about a second when that
-rank's connection closes: that is how the server notices a lost worker. In async modes it
-finishes with the others and reports the lost worker and its update count; in synchronous
-mode it stops with an error (the last executor never arrives). A worker whose server dies
-stops with :class:`ServerLost`. Anything silent longer than ``timeout`` is an error too.
+Processes and failures
+----------------------
+:func:`run_parameter_server` starts the k + N ranks with :func:`dlcourse.launcher.launch`;
+what each rank runs -- the wire protocol, the worker loop and the server loop -- is in
+:mod:`dlcourse.ps_protocol`. The workers are launched as ranks that *may fail*: a worker
+killed in an asynchronous mode is reported in the result (``lost_workers``, with its update
+count) while the servers finish with the others. A dead server makes the workers stop with
+:class:`ServerLost` within the timeout, and the run with one :class:`WorkerError` naming the
+server and what each worker saw. In synchronous mode a lost worker stops the run with an
+error naming it (the last executor never arrives). Server 0's progress reaches the caller
+through the launcher's :func:`~dlcourse.launcher.report` channel.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import shutil
-import signal
-import tempfile
-import threading
-import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
 
-import cloudpickle
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.data import SOURCES, Dataset, load_mnist, shard
-from dlcourse.launcher import WorkerError, _die_with_parent, _stop, device_for, launch, under_torchrun
+from dlcourse.data import SOURCES, Dataset, shard
+from dlcourse.launcher import WorkerError, WorkerLost, launch, under_torchrun
 from dlcourse.models import MODELS, make_model
-from dlcourse.staleness import BoundedStaleness, LrPolicy, SoftSync, resolve_lr_policy, staleness_summary
-from dlcourse.train import batches, evaluate
+from dlcourse.ps_protocol import ServerLost, load_data, rank_main, unflatten_shard, worker_schedule
+from dlcourse.staleness import LrPolicy, resolve_lr_policy, staleness_summary
+from dlcourse.train import evaluate
 
-# message kinds (header[0]) and tags
-HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
-HEADER_TAG, PAYLOAD_TAG = 0, 1
-HEADER_LEN = 4
+__all__ = [
+    "PSConfig",
+    "PSResult",
+    "ServerLost",
+    "assign_shards",
+    "parameter_shapes",
+    "run_parameter_server",
+    "train_async_ps",
+    "worker_schedule",
+]
+
 DEVICES = ("cpu", "cuda")
-_LOST = -1  # receiving thread -> server loop: the worker's connection failed
-
-
-class ServerLost(RuntimeError):
-    """A worker lost its parameter server (it died or stopped answering)."""
 
 
 @dataclass
@@ -308,434 +281,6 @@ def assign_shards(sizes: Sequence[int], num_servers: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
-def _flatten(tensors: Sequence[torch.Tensor], index: Sequence[int]) -> torch.Tensor:
-    return torch.cat([tensors[i].detach().reshape(-1).to("cpu", torch.float32) for i in index])
-
-
-def _unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor], index: Sequence[int]) -> None:
-    offset = 0
-    with torch.no_grad():
-        for i in index:
-            n = tensors[i].numel()
-            tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
-            offset += n
-
-
-# ---------------------------------------------------------------------------- worker
-
-
-def _load_data(config: PSConfig) -> tuple[Dataset, Dataset]:
-    split = load_mnist(config.data_source, seed=0)
-    train = split.train if config.train_examples is None else split.train[: config.train_examples]
-    test = split.test if config.test_examples is None else split.test[: config.test_examples]
-    return train, test
-
-
-def worker_schedule(data: Dataset, config: PSConfig, worker: int) -> list[torch.Tensor]:
-    """The mini-batch indices worker ``worker`` uses, in order (into its own shard).
-
-    Each epoch is a permutation of the shard seeded by ``(seed, worker, epoch)``, so a
-    single-process reference can replay exactly the same batches.
-    """
-    check_int("worker", worker, low=0, high=config.num_workers - 1)
-    n = len(data)
-    out: list[torch.Tensor] = []
-    epoch = 0
-    while True:
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + worker * 1_009 + epoch)
-        out += list(batches(n, config.batch_size, g))
-        epoch += 1
-        if config.steps is None and epoch >= config.epochs:
-            return out
-        if config.steps is not None and len(out) >= config.steps:
-            return out[: config.steps]
-
-
-def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
-    k = config.num_servers
-    n = rank - k
-    # the group is gloo (CPU tensors) whatever the workers compute on
-    device = (
-        torch.device("cuda", n % torch.cuda.device_count()) if config.device == "cuda" else device_for(rank)
-    )
-    train, _ = _load_data(config)
-    data = shard(train, config.num_workers)[n]
-    model = make_model(config.model, seed=config.seed).to(device)
-    params = list(model.parameters())
-    sizes = [sum(params[i].numel() for i in idx) for idx in layout]
-    pulled = [(0, 0)] * k  # (version, clock) of the parameters last pulled from each server
-    stats = {"worker": n, "pid": os.getpid(), "steps": 0, "compute_s": 0.0, "wait_s": 0.0, "examples": 0}
-
-    def lost(j: int, e: Exception) -> ServerLost:
-        return ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}")
-
-    def pull() -> None:
-        headers = [torch.zeros(HEADER_LEN, dtype=torch.int64) for _ in range(k)]
-        flats = [torch.empty(s) for s in sizes]
-        works = []
-        for j in range(k):  # post every receive first: servers answer in any order
-            try:
-                works.append((j, dist.irecv(headers[j], src=j, tag=HEADER_TAG)))
-                works.append((j, dist.irecv(flats[j], src=j, tag=PAYLOAD_TAG)))
-            except RuntimeError as e:
-                raise lost(j, e) from e
-        for j, w in works:
-            try:
-                w.wait()
-            except RuntimeError as e:
-                raise lost(j, e) from e
-        for j in range(k):
-            if int(headers[j][0]) != PARAMS:
-                raise RuntimeError(f"worker {n}: expected PARAMS from server {j}, got {headers[j].tolist()}")
-            pulled[j] = (int(headers[j][2]), int(headers[j][3]))
-            _unflatten_into(flats[j].to(device), params, layout[j])
-
-    def send(kind: int, grads: Sequence[torch.Tensor] | None) -> None:
-        works = []
-        for j in range(k):
-            header = torch.tensor([kind, n, pulled[j][0], pulled[j][1]], dtype=torch.int64)
-            try:
-                works.append((j, dist.isend(header, dst=j, tag=HEADER_TAG)))
-                if grads is not None:
-                    works.append((j, dist.isend(_flatten(grads, layout[j]), dst=j, tag=PAYLOAD_TAG)))
-            except RuntimeError as e:
-                raise lost(j, e) from e
-        for j, w in works:
-            try:
-                w.wait()
-            except RuntimeError as e:
-                raise lost(j, e) from e
-
-    schedule = worker_schedule(data, config, n)
-    send(HELLO, None)
-    t = time.perf_counter()
-    pull()
-    stats["wait_s"] += time.perf_counter() - t
-    for step, idx in enumerate(schedule):
-        if config.kill_worker == n and step == config.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no goodbye, no cleanup
-        t = time.perf_counter()
-        if config.slow_worker == n and config.slow_delay > 0:
-            time.sleep(config.slow_delay)  # the straggler
-        X, y = data.X[idx].to(device), data.y[idx].to(device)
-        loss = F.cross_entropy(model(X), y)
-        grads = torch.autograd.grad(loss, params)
-        stats["compute_s"] += time.perf_counter() - t
-        last = step == len(schedule) - 1
-        t = time.perf_counter()
-        send(LAST if last else PUSH, grads)
-        if not last:
-            pull()  # the server holds this back while the bound says wait
-        stats["wait_s"] += time.perf_counter() - t
-        stats["steps"] += 1
-        stats["examples"] += len(idx)
-    return stats
-
-
-# ---------------------------------------------------------------------------- server
-
-
-def _receiver(worker: int, rank: int, size: int, inbox: queue.Queue) -> None:
-    """One thread per worker: turn its messages into inbox items until LAST or failure."""
-    try:
-        while True:
-            header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-            dist.recv(header, src=rank, tag=HEADER_TAG)
-            kind = int(header[0])
-            payload = None
-            if kind in (PUSH, LAST):
-                payload = torch.empty(size)
-                dist.recv(payload, src=rank, tag=PAYLOAD_TAG)
-            inbox.put((worker, kind, header, payload))
-            if kind == LAST:
-                return
-    except Exception as e:  # noqa: BLE001 - a dead or silent worker, reported to the server loop
-        inbox.put((worker, _LOST, None, f"{type(e).__name__}: {e}"))
-
-
-class _Server:
-    """Server j: its shard, the rules, the gate, and the loop that answers workers."""
-
-    def __init__(
-        self, config: PSConfig, j: int, layout: list[list[int]], steps: int, progress: Callable | None
-    ):
-        self.config, self.j, self.progress = config, j, progress
-        self.N, self.k = config.num_workers, config.num_servers
-        params = list(make_model(config.model, seed=config.seed).parameters())
-        self.shard = _flatten(params, layout[j])
-        self.rule = SoftSync(self.N, config.softsync, config.lr, config.lr_policy, reduce="mean")
-        self.gate = BoundedStaleness(self.N, config.gate_bound)
-        self.clocked = config.gate_bound is not None  # staleness in the gate's clock, as staleness.py says
-        # (worker, gradient, pulled, now) of the pushes in the soft-sync group not yet applied
-        self.group: list[tuple[int, torch.Tensor, int, int]] = []
-        self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
-        self.done: set[int] = set()
-        self.lost: dict[int, int] = {}
-        self.received = [0] * self.N
-        self.taus: list[int] = []
-        self.times: list[float] = []  # seconds since start at which each tau's update was applied
-        self.bytes = 0
-        self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
-        self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
-        self.expected_versions = max(1, steps * self.N // config.softsync)
-        self.start = 0.0
-
-    def _answer(self, worker: int) -> None:
-        for w in self.sends.pop(worker, []):
-            w[0].wait()  # the previous answer has arrived: the worker pushed since
-        header = torch.tensor([PARAMS, worker, self.rule.version, self.gate.clock], dtype=torch.int64)
-        payload = self.shard.clone()  # the shard changes while this is in flight
-        rank = self.k + worker
-        self.sends[worker] = [
-            (dist.isend(header, dst=rank, tag=HEADER_TAG), header),
-            (dist.isend(payload, dst=rank, tag=PAYLOAD_TAG), payload),
-        ]
-        self.bytes += header.numel() * 8 + payload.numel() * 4
-
-    def _apply_group(self) -> None:
-        # sum in worker order, not arrival order: runs are reproducible and shards agree bitwise
-        taus = None
-        for _worker, grad, pulled, now in sorted(self.group, key=lambda g: g[0]):
-            taus = self.rule.receive([self.shard], [grad], pulled, clock=now if self.clocked else None)
-        if taus is None:  # fewer than S, and nobody else can push: apply them rather than wait forever
-            taus = self.rule.flush([self.shard])
-        self.group.clear()
-        self.taus += taus
-        self.times += [time.perf_counter() - self.start] * len(taus)
-        v = self.rule.version
-        every = max(1, self.expected_versions // self.config.snapshots) if self.config.snapshots else 0
-        if every and v % every == 0:
-            self.snapshots.append((v, time.perf_counter() - self.start, self.shard.clone()))
-        if self.progress is not None:
-            self.progress(v, self.expected_versions)
-        if self.config.kill_server == self.j and v == self.config.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def _lose(self, worker: int, reason: str) -> None:
-        if self.config.synchronous:
-            # a worker we hold back is silent because of us: blame those still computing
-            late = [worker]
-            if worker in self.waiting:
-                late = sorted(set(range(self.N)) - self.done - self.waiting - set(self.lost)) or late
-            raise RuntimeError(
-                f"synchronous parameter server {self.j}: lost worker {', '.join(map(str, late))} "
-                f"(rank {', '.join(str(self.k + w) for w in late)}), so step {self.rule.version + 1} can "
-                f"never complete (the last executor never arrives): {reason}"
-            )
-        self.lost[worker] = self.received[worker]
-        self.waiting.discard(worker)
-        self.sends.pop(worker, None)  # never to be answered
-        self.gate.clocks[worker] = 2**62  # no longer holds the others back
-
-    def run(self) -> dict:
-        inbox: queue.Queue = queue.Queue()
-        size = self.shard.numel()
-        for n in range(self.N):
-            threading.Thread(target=_receiver, args=(n, self.k + n, size, inbox), daemon=True).start()
-        self.start = last_message = None  # the clock starts at the first message
-        while len(self.done) + len(self.lost) < self.N:
-            try:
-                # the receiving threads time out first (naming the worker); this is a backstop
-                worker, kind, header, payload = inbox.get(timeout=self.config.timeout + 5.0)
-            except queue.Empty:
-                silent = sorted(set(range(self.N)) - self.done - set(self.lost))
-                raise TimeoutError(
-                    f"parameter server {self.j} heard nothing for {self.config.timeout + 5.0} s; "
-                    f"workers {silent} neither finished nor failed"
-                ) from None
-            last_message = time.perf_counter()
-            self.start = self.start or last_message
-            if kind == _LOST:
-                if worker not in self.done:
-                    self._lose(worker, payload)
-            elif kind == HELLO:
-                self.bytes += HEADER_LEN * 8
-                self.waiting.add(worker)
-            else:  # PUSH or LAST
-                self.bytes += HEADER_LEN * 8 + payload.numel() * 4
-                self.received[worker] += 1
-                pulled = int(header[3] if self.clocked else header[2])
-                now = self.gate.clock if self.clocked else self.rule.version
-                self.group.append((worker, payload, pulled, now))
-                self.gate.finish(worker)
-                (self.waiting.add if kind == PUSH else self.done.add)(worker)
-                if len(self.group) == self.config.softsync:
-                    self._apply_group()
-            # workers who could still push are all waiting on this group: it will not grow
-            active = set(range(self.N)) - self.done - set(self.lost)
-            if self.group and active <= {g[0] for g in self.group}:
-                self._apply_group()
-            in_group = {g[0] for g in self.group}
-            for w in sorted(self.waiting):
-                # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
-                # in an unfinished soft-sync group, and while the staleness bound says so
-                if w not in in_group and self.gate.may_start(w):
-                    self.waiting.discard(w)
-                    self._answer(w)
-        for works in self.sends.values():  # every live worker has its last answer
-            for w in works:
-                w[0].wait()
-        return {
-            "server": self.j,
-            "pid": os.getpid(),
-            "shard": self.shard,
-            "taus": self.taus,
-            "received": self.received,
-            "lost": self.lost,
-            "bytes": self.bytes,
-            "versions": self.rule.version,
-            "times": self.times,
-            "wall_s": (last_message - self.start) if self.start else 0.0,
-            "snapshots": self.snapshots,
-        }
-
-
-# ---------------------------------------------------------------------------- one rank
-
-
-def _rank_main(rank: int, world_size: int, config: PSConfig, layout, steps: int, progress=None) -> dict:
-    """What every rank runs: a server loop (ranks < k) or a worker loop."""
-    if rank < config.num_servers:
-        return {"role": "server", **_Server(config, rank, layout, steps, progress).run()}
-    return {"role": "worker", **_worker(config, rank, layout)}
-
-
-def _trampoline(rank, world_size, payload, init_method, timeout_s, threads, results):
-    """Entry of every spawned process: like the launcher's, plus progress messages."""
-    _die_with_parent()
-    torch.set_num_threads(threads)
-    try:
-        config, layout, steps = cloudpickle.loads(payload)
-        dist.init_process_group(
-            "gloo",
-            init_method=init_method,
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=timeout_s),
-        )
-
-        def progress(version: int, total: int) -> None:
-            results.put((rank, "progress", version, total))
-
-        value = _rank_main(rank, world_size, config, layout, steps, progress if rank == 0 else None)
-        results.put((rank, "ok", cloudpickle.dumps(value)))
-    except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
-        results.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc()))
-        return  # no destroy_process_group: it can block on a dead peer
-    dist.destroy_process_group()
-
-
-def _how(p) -> str:
-    code = p.exitcode
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-
-
-def _spawn(
-    config: PSConfig, layout, steps: int, progress: Callable[[int, int], None] | None
-) -> list[dict | None]:
-    """Start k + N processes; return each rank's result, ``None`` for a lost worker.
-
-    Unlike :func:`dlcourse.launcher.launch`, a worker that dies in an asynchronous mode is
-    not the end of the run: the servers carry on without it.
-    """
-    k, N = config.num_servers, config.num_workers
-    world = k + N
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    store_dir = tempfile.mkdtemp(prefix="dlcourse-ps-")
-    init_method = "file://" + os.path.join(store_dir, "store")
-    payload = cloudpickle.dumps((config, layout, steps))
-    threads = 1 if (os.cpu_count() or 1) <= world else max(1, (os.cpu_count() or 1) // world)
-    processes = []
-    values: dict[int, Any] = {}
-    failed: dict[int, str] = {}
-    deadline = None if config.run_timeout is None else time.monotonic() + config.run_timeout
-    try:
-        for rank in range(world):
-            p = ctx.Process(
-                target=_trampoline,
-                args=(rank, world, payload, init_method, config.timeout, threads, results),
-                name=f"dlcourse-ps-rank{rank}",
-                daemon=True,
-            )
-            p.start()
-            processes.append(p)
-        exited_at: dict[int, float] = {}
-        server_failed_at = worker_failed_at = None
-        silent: set[int] = set()  # ranks that exited without a word (killed)
-        servers_done_at = None
-        while len(values) + len(failed) < world:
-            try:
-                message = results.get(timeout=0.05)
-            except queue.Empty:
-                message = None
-            now = time.monotonic()
-            if message is not None:
-                rank, status = message[0], message[1]
-                if status == "progress":
-                    if progress is not None:
-                        progress(message[2], message[3])
-                elif status == "ok":
-                    values[rank] = cloudpickle.loads(message[2])
-                else:
-                    failed[rank] = message[2] + ("" if rank >= k else "\n" + message[3])
-            for rank, p in enumerate(processes):
-                if rank in values or rank in failed or p.exitcode is None:
-                    continue
-                # give its queue message a moment to arrive, then report how it died
-                if now - exited_at.setdefault(rank, now) > 1.0:
-                    failed[rank] = f"process {_how(p)}"
-                    silent.add(rank)
-            bad_servers = sorted(r for r in failed if r < k)
-            if bad_servers:
-                # let the workers notice by themselves (that is the point), within the timeout
-                server_failed_at = server_failed_at or now
-                workers_over = all(r in failed or r in values for r in range(k, world))
-                if workers_over or now - server_failed_at > config.timeout + 5:
-                    r = bad_servers[0]
-                    said = sorted((w, failed[w]) for w in failed if w >= k)
-                    lines = "".join(f"\n  worker {w - k} (rank {w}): {m}" for w, m in said)
-                    raise WorkerError(
-                        r, f"parameter server {r} failed: {failed[r]}; the workers stopped:{lines}"
-                    )
-            bad_workers = sorted(r for r in failed if r >= k)
-            if bad_workers and config.synchronous:
-                # wait a moment for the servers' words; then blame a worker that died, not one
-                # that merely lost its server afterwards
-                worker_failed_at = worker_failed_at or now
-                if now - worker_failed_at > 2.0 or any(s in failed for s in range(k)):
-                    killed = [r for r in range(k, world) if (processes[r].exitcode or 0) < 0]
-                    said_server = [s for s in range(k) if s in failed and s not in silent]
-                    if not killed and said_server:  # nobody died: the server names who stalled
-                        s = said_server[0]
-                        raise WorkerError(s, failed[s].splitlines()[0], failed[s])
-                    r = (killed or [r for r in bad_workers if r in silent] or bad_workers)[0]
-                    said = f"process {_how(processes[r])}" if r in killed else failed[r]
-                    why = next((failed[s].splitlines()[0] for s in range(k) if s in failed), "")
-                    raise WorkerError(
-                        r,
-                        f"worker {r - k} {said}; a synchronous step needs every worker "
-                        f"(the last executor never arrives). {why}".strip(),
-                    )
-            if all(r in values for r in range(k)):
-                # the servers are done: a worker still running lost them (e.g. it stalled past
-                # the timeout); give the others a moment to return their statistics
-                servers_done_at = servers_done_at or now
-                if now - servers_done_at > 5.0:
-                    break
-            if deadline is not None and now > deadline:
-                missing = sorted(set(range(world)) - set(values) - set(failed))
-                raise TimeoutError(
-                    f"run_timeout exceeded: ranks {missing} had not finished; all were stopped"
-                )
-        return [values.get(r) for r in range(world)]
-    finally:
-        _stop(processes)
-        results.close()
-        results.join_thread()
-        shutil.rmtree(store_dir, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------- public API
 
 
@@ -758,7 +303,7 @@ def run_parameter_server(
         raise ValueError(f"progress must be a function, True/False or None, got {progress!r}")
     shapes = parameter_shapes(config.model)
     layout = assign_shards([s.numel() for s in shapes], config.num_servers)
-    train, test = _load_data(config)
+    train, test = load_data(config)
     steps = len(worker_schedule(shard(train, config.num_workers)[0], config, 0))
     bar = None
     if progress is True:
@@ -775,22 +320,56 @@ def run_parameter_server(
             f"torchrun's WORLD_SIZE must be num_servers + num_workers = "
             f"{config.num_servers + config.num_workers}, got {os.environ['WORLD_SIZE']}"
         )
+    k, N = config.num_servers, config.num_workers
     try:
-        if under_torchrun():
-            # every rank runs this; no fault tolerance here: launch() gathers all ranks' results
-            values = launch(_rank_main, config.num_servers + config.num_workers, config, layout, steps)
-        else:
-            values = _spawn(config, layout, steps, progress or None)
+        # Workers may fail: the servers notice a lost worker themselves and decide (async: go
+        # on without it; sync: stop, naming it), and when a server dies the workers' own
+        # words say what they saw. Under torchrun this cannot be honoured (see launch()).
+        values = launch(
+            rank_main,
+            k + N,
+            config,
+            layout,
+            steps,
+            backend="gloo",  # server traffic is CPU tensors on gloo, even when workers compute on GPUs
+            timeout=config.timeout,
+            run_timeout=config.run_timeout,
+            may_fail=range(k, k + N),
+            on_message=(lambda rank, message: progress(*message)) if progress else None,
+        )
+    except WorkerError as e:
+        raise _explain(config, e) from None
     finally:
         if bar is not None:
             bar.close()
     return _result(config, layout, shapes, values, test)
 
 
-def _result(config: PSConfig, layout, shapes, values: list[dict | None], test: Dataset) -> PSResult:
+def _explain(config: PSConfig, e: WorkerError) -> WorkerError:
+    """The run's error in the lecture's terms, from the launcher's (a server failed)."""
+    k = config.num_servers
+    if e.rank >= k:  # a worker under torchrun, where every rank is required
+        return e
+    workers = [x for x in e.lost if x.rank >= k]
+    killed = [x for x in workers if x.signal is not None]
+    if config.synchronous and killed:
+        # the server stopped because a worker died: that worker is the cause
+        x = killed[0]
+        return WorkerError(
+            x.rank,
+            f"worker {x.rank - k} {x.reason}; a synchronous step needs every worker "
+            f"(the last executor never arrives). {e.message.splitlines()[0]}",
+        )
+    said = "".join(f"\n  worker {x.rank - k} (rank {x.rank}): {x.reason}" for x in workers)
+    stopped = f"; the workers stopped:{said}" if said else ""
+    return WorkerError(e.rank, f"parameter server {e.rank} failed: {e.message}{stopped}", e.worker_traceback)
+
+
+def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PSResult:
     k = config.num_servers
     servers = values[:k]
-    workers = values[k:]
+    # a lost worker's statistics are gone with it
+    workers = [None if isinstance(w, WorkerLost) else w for w in values[k:]]
     flat_params: list[torch.Tensor | None] = [None] * len(shapes)
     for j, s in enumerate(servers):
         sizes = [shapes[i].numel() for i in layout[j]]
@@ -809,7 +388,7 @@ def _result(config: PSConfig, layout, shapes, values: list[dict | None], test: D
         snap = make_model(config.model)
         params = list(snap.parameters())
         for j, piece in enumerate(pieces):
-            _unflatten_into(piece, params, layout[j])
+            unflatten_shard(piece, params, layout[j])
         curve.append((v, seconds, evaluate(snap, test)["accuracy"]))
     lost = dict(servers[0]["lost"])
     for n, w in enumerate(workers):

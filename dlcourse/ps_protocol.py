@@ -1,0 +1,392 @@
+"""The parameter server's processes: the wire protocol, the worker loop and the server loop.
+
+What every rank of :func:`dlcourse.parameter_server.run_parameter_server` runs (the lecture's
+centralized asynchronous SGD: Dean et al., "Large Scale Distributed Deep Networks", NIPS 2012;
+Li et al., "Scaling Distributed Machine Learning with the Parameter Server", OSDI 2014).
+:func:`rank_main` is the function the launcher starts on every rank: ranks ``0 .. k-1`` run
+a server loop (:class:`_Server`), ranks ``k .. k+N-1`` a worker loop (:func:`_worker`). The
+configuration, the results and the command line live in :mod:`dlcourse.parameter_server`.
+
+Wire protocol
+-------------
+Every message starts with a **header**, an int64 tensor of 4 entries
+``[kind, worker, version, clock]``, optionally followed by a **payload**, the float32 shard
+(a gradient or parameters). Headers and payloads use different tags, so a header can never
+be mistaken for a payload::
+
+    kind   from    payload   meaning
+    HELLO  worker  -         "I am ready": answered by PARAMS
+    PUSH   worker  gradient  computed from the PARAMS of (version, clock): answered by PARAMS
+    LAST   worker  gradient  as PUSH, the worker's last one: not answered
+    PARAMS server  shard     the parameters at (version, clock)
+
+A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
+the bounded-staleness gate lets it start its next step: that is how fast workers are held
+back. Messages are CPU tensors on a gloo group even when workers compute on GPUs (NCCL has
+no any-source receive and no tags).
+
+Noticing failures
+-----------------
+A server listens to each worker with its own receiving thread (a blocking ``recv`` from
+that rank). gloo's ``recv(src=None)`` would also receive from any rank, but it keeps waiting
+when a peer dies, while a receive from a named rank fails within about a second when that
+rank's connection closes: that is how the server notices a lost worker. In async modes it
+finishes with the others and reports the lost worker and its update count; in synchronous
+mode it stops with an error (the last executor never arrives). A worker whose server dies
+stops with :class:`ServerLost`. Anything silent longer than ``timeout`` is an error too.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from dlcourse._validate import check_int
+from dlcourse.data import Dataset, load_mnist, shard
+from dlcourse.launcher import device_for, report
+from dlcourse.models import make_model
+from dlcourse.staleness import BoundedStaleness, SoftSync
+from dlcourse.train import batches
+
+if TYPE_CHECKING:
+    from dlcourse.parameter_server import PSConfig
+
+# message kinds (header[0]) and tags
+HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
+HEADER_TAG, PAYLOAD_TAG = 0, 1
+HEADER_LEN = 4
+_LOST = -1  # receiving thread -> server loop: the worker's connection failed
+
+
+class ServerLost(RuntimeError):
+    """A worker lost its parameter server (it died or stopped answering)."""
+
+
+def flatten_shard(tensors: Sequence[torch.Tensor], index: Sequence[int]) -> torch.Tensor:
+    """The tensors ``index`` of ``tensors`` as one flat float32 CPU vector: one message per shard."""
+    return torch.cat([tensors[i].detach().reshape(-1).to("cpu", torch.float32) for i in index])
+
+
+def unflatten_shard(flat: torch.Tensor, tensors: Sequence[torch.Tensor], index: Sequence[int]) -> None:
+    """Copy the flat vector ``flat`` back into the tensors ``index`` of ``tensors`` (in place)."""
+    expected = sum(tensors[i].numel() for i in index)
+    if flat.numel() != expected:
+        raise ValueError(f"flat must have {expected} elements (the shard's tensors), got {flat.numel()}")
+    offset = 0
+    with torch.no_grad():
+        for i in index:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
+            offset += n
+
+
+# ---------------------------------------------------------------------------- worker
+
+
+def load_data(config: PSConfig) -> tuple[Dataset, Dataset]:
+    """The run's (train, test) data: ``config.data_source``, cut to its example counts."""
+    split = load_mnist(config.data_source, seed=0)
+    train = split.train if config.train_examples is None else split.train[: config.train_examples]
+    test = split.test if config.test_examples is None else split.test[: config.test_examples]
+    return train, test
+
+
+def worker_schedule(data: Dataset, config: PSConfig, worker: int) -> list[torch.Tensor]:
+    """The mini-batch indices worker ``worker`` uses, in order (into its own shard).
+
+    Each epoch is a permutation of the shard seeded by ``(seed, worker, epoch)``, so a
+    single-process reference can replay exactly the same batches.
+    """
+    check_int("worker", worker, low=0, high=config.num_workers - 1)
+    n = len(data)
+    out: list[torch.Tensor] = []
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + worker * 1_009 + epoch)
+        out += list(batches(n, config.batch_size, g))
+        epoch += 1
+        if config.steps is None and epoch >= config.epochs:
+            return out
+        if config.steps is not None and len(out) >= config.steps:
+            return out[: config.steps]
+
+
+def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
+    k = config.num_servers
+    n = rank - k
+    # the group is gloo (CPU tensors) whatever the workers compute on
+    device = (
+        torch.device("cuda", n % torch.cuda.device_count()) if config.device == "cuda" else device_for(rank)
+    )
+    train, _ = load_data(config)
+    data = shard(train, config.num_workers)[n]
+    model = make_model(config.model, seed=config.seed).to(device)
+    params = list(model.parameters())
+    sizes = [sum(params[i].numel() for i in idx) for idx in layout]
+    pulled = [(0, 0)] * k  # (version, clock) of the parameters last pulled from each server
+    stats = {"worker": n, "pid": os.getpid(), "steps": 0, "compute_s": 0.0, "wait_s": 0.0, "examples": 0}
+
+    def lost(j: int, e: Exception) -> ServerLost:
+        return ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}")
+
+    def pull() -> None:
+        headers = [torch.zeros(HEADER_LEN, dtype=torch.int64) for _ in range(k)]
+        flats = [torch.empty(s) for s in sizes]
+        works = []
+        for j in range(k):  # post every receive first: servers answer in any order
+            try:
+                works.append((j, dist.irecv(headers[j], src=j, tag=HEADER_TAG)))
+                works.append((j, dist.irecv(flats[j], src=j, tag=PAYLOAD_TAG)))
+            except RuntimeError as e:
+                raise lost(j, e) from e
+        for j, w in works:
+            try:
+                w.wait()
+            except RuntimeError as e:
+                raise lost(j, e) from e
+        for j in range(k):
+            if int(headers[j][0]) != PARAMS:
+                raise RuntimeError(f"worker {n}: expected PARAMS from server {j}, got {headers[j].tolist()}")
+            pulled[j] = (int(headers[j][2]), int(headers[j][3]))
+            unflatten_shard(flats[j].to(device), params, layout[j])
+
+    def send(kind: int, grads: Sequence[torch.Tensor] | None) -> None:
+        works = []
+        for j in range(k):
+            header = torch.tensor([kind, n, pulled[j][0], pulled[j][1]], dtype=torch.int64)
+            try:
+                works.append((j, dist.isend(header, dst=j, tag=HEADER_TAG)))
+                if grads is not None:
+                    works.append((j, dist.isend(flatten_shard(grads, layout[j]), dst=j, tag=PAYLOAD_TAG)))
+            except RuntimeError as e:
+                raise lost(j, e) from e
+        for j, w in works:
+            try:
+                w.wait()
+            except RuntimeError as e:
+                raise lost(j, e) from e
+
+    schedule = worker_schedule(data, config, n)
+    send(HELLO, None)
+    t = time.perf_counter()
+    pull()
+    stats["wait_s"] += time.perf_counter() - t
+    for step, idx in enumerate(schedule):
+        if config.kill_worker == n and step == config.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no goodbye, no cleanup
+        t = time.perf_counter()
+        if config.slow_worker == n and config.slow_delay > 0:
+            time.sleep(config.slow_delay)  # the straggler
+        X, y = data.X[idx].to(device), data.y[idx].to(device)
+        loss = F.cross_entropy(model(X), y)
+        grads = torch.autograd.grad(loss, params)
+        stats["compute_s"] += time.perf_counter() - t
+        last = step == len(schedule) - 1
+        t = time.perf_counter()
+        send(LAST if last else PUSH, grads)
+        if not last:
+            pull()  # the server holds this back while the bound says wait
+        stats["wait_s"] += time.perf_counter() - t
+        stats["steps"] += 1
+        stats["examples"] += len(idx)
+    return stats
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def _receiver(worker: int, rank: int, size: int, inbox: queue.Queue, timeout: float) -> None:
+    """One thread per worker: turn its messages into inbox items until LAST or failure."""
+    waiting_since = time.monotonic()
+    try:
+        while True:
+            header = torch.zeros(HEADER_LEN, dtype=torch.int64)
+            waiting_since = time.monotonic()
+            dist.recv(header, src=rank, tag=HEADER_TAG)
+            kind = int(header[0])
+            payload = None
+            if kind in (PUSH, LAST):
+                payload = torch.empty(size)
+                dist.recv(payload, src=rank, tag=PAYLOAD_TAG)
+            inbox.put((worker, kind, header, payload))
+            if kind == LAST:
+                return
+    except Exception as e:  # noqa: BLE001 - a dead or silent worker, reported to the server loop
+        silent = time.monotonic() - waiting_since
+        # gloo words a timeout in several ways; how long we waited says it plainly
+        why = (
+            f"silent for {silent:.1f} s, longer than the timeout ({timeout:g} s): "
+            if silent >= timeout * 0.9
+            else ""
+        )
+        inbox.put((worker, _LOST, None, f"{why}{type(e).__name__}: {e}"))
+
+
+class _Server:
+    """Server j: its shard, the rules, the gate, and the loop that answers workers."""
+
+    def __init__(
+        self, config: PSConfig, j: int, layout: list[list[int]], steps: int, progress: Callable | None
+    ):
+        self.config, self.j, self.progress = config, j, progress
+        self.N, self.k = config.num_workers, config.num_servers
+        params = list(make_model(config.model, seed=config.seed).parameters())
+        self.shard = flatten_shard(params, layout[j])
+        self.rule = SoftSync(self.N, config.softsync, config.lr, config.lr_policy, reduce="mean")
+        self.gate = BoundedStaleness(self.N, config.gate_bound)
+        self.clocked = config.gate_bound is not None  # staleness in the gate's clock, as staleness.py says
+        # (worker, gradient, pulled, now) of the pushes in the soft-sync group not yet applied
+        self.group: list[tuple[int, torch.Tensor, int, int]] = []
+        self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
+        self.done: set[int] = set()
+        self.lost: dict[int, int] = {}
+        self.received = [0] * self.N
+        self.taus: list[int] = []
+        self.times: list[float] = []  # seconds since start at which each tau's update was applied
+        self.bytes = 0
+        self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
+        self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
+        self.expected_versions = max(1, steps * self.N // config.softsync)
+        self.start = 0.0
+
+    def _answer(self, worker: int) -> None:
+        for w in self.sends.pop(worker, []):
+            w[0].wait()  # the previous answer has arrived: the worker pushed since
+        header = torch.tensor([PARAMS, worker, self.rule.version, self.gate.clock], dtype=torch.int64)
+        payload = self.shard.clone()  # the shard changes while this is in flight
+        rank = self.k + worker
+        self.sends[worker] = [
+            (dist.isend(header, dst=rank, tag=HEADER_TAG), header),
+            (dist.isend(payload, dst=rank, tag=PAYLOAD_TAG), payload),
+        ]
+        self.bytes += header.numel() * 8 + payload.numel() * 4
+
+    def _apply_group(self) -> None:
+        # sum in worker order, not arrival order: runs are reproducible and shards agree bitwise
+        taus = None
+        for _worker, grad, pulled, now in sorted(self.group, key=lambda g: g[0]):
+            taus = self.rule.receive([self.shard], [grad], pulled, clock=now if self.clocked else None)
+        if taus is None:  # fewer than S, and nobody else can push: apply them rather than wait forever
+            taus = self.rule.flush([self.shard])
+        self.group.clear()
+        self.taus += taus
+        self.times += [time.perf_counter() - self.start] * len(taus)
+        v = self.rule.version
+        every = max(1, self.expected_versions // self.config.snapshots) if self.config.snapshots else 0
+        if every and v % every == 0:
+            self.snapshots.append((v, time.perf_counter() - self.start, self.shard.clone()))
+        if self.progress is not None:
+            self.progress(v, self.expected_versions)
+        if self.config.kill_server == self.j and v == self.config.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _lose(self, worker: int, reason: str) -> None:
+        if self.config.synchronous:
+            # a worker we hold back is silent because of us: blame those still computing
+            late = [worker]
+            if worker in self.waiting:
+                late = sorted(set(range(self.N)) - self.done - self.waiting - set(self.lost)) or late
+            if late != [worker]:  # say why the late ones are blamed, not only what the waiting one saw
+                reason = f"no push from it while worker {worker} waited for this step ({reason})"
+            raise RuntimeError(
+                f"synchronous parameter server {self.j}: lost worker {', '.join(map(str, late))} "
+                f"(rank {', '.join(str(self.k + w) for w in late)}), so step {self.rule.version + 1} can "
+                f"never complete (the last executor never arrives): {reason}"
+            )
+        self.lost[worker] = self.received[worker]
+        self.waiting.discard(worker)
+        self.sends.pop(worker, None)  # never to be answered
+        self.gate.clocks[worker] = 2**62  # no longer holds the others back
+
+    def run(self) -> dict:
+        inbox: queue.Queue = queue.Queue()
+        size = self.shard.numel()
+        for n in range(self.N):
+            threading.Thread(
+                target=_receiver, args=(n, self.k + n, size, inbox, self.config.timeout), daemon=True
+            ).start()
+        self.start = last_message = None  # the clock starts at the first message
+        while len(self.done) + len(self.lost) < self.N:
+            try:
+                # the receiving threads time out first (naming the worker); this is a backstop
+                worker, kind, header, payload = inbox.get(timeout=self.config.timeout + 5.0)
+            except queue.Empty:
+                silent = sorted(set(range(self.N)) - self.done - set(self.lost))
+                raise TimeoutError(
+                    f"parameter server {self.j} heard nothing for {self.config.timeout + 5.0} s; "
+                    f"workers {silent} neither finished nor failed"
+                ) from None
+            last_message = time.perf_counter()
+            self.start = self.start or last_message
+            if kind == _LOST:
+                if worker not in self.done:
+                    self._lose(worker, payload)
+            elif kind == HELLO:
+                self.bytes += HEADER_LEN * 8
+                self.waiting.add(worker)
+            else:  # PUSH or LAST
+                self.bytes += HEADER_LEN * 8 + payload.numel() * 4
+                self.received[worker] += 1
+                pulled = int(header[3] if self.clocked else header[2])
+                now = self.gate.clock if self.clocked else self.rule.version
+                self.group.append((worker, payload, pulled, now))
+                self.gate.finish(worker)
+                (self.waiting.add if kind == PUSH else self.done.add)(worker)
+                if len(self.group) == self.config.softsync:
+                    self._apply_group()
+            # workers who could still push are all waiting on this group: it will not grow
+            active = set(range(self.N)) - self.done - set(self.lost)
+            if self.group and active <= {g[0] for g in self.group}:
+                self._apply_group()
+            in_group = {g[0] for g in self.group}
+            for w in sorted(self.waiting):
+                # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
+                # in an unfinished soft-sync group, and while the staleness bound says so
+                if w not in in_group and self.gate.may_start(w):
+                    self.waiting.discard(w)
+                    self._answer(w)
+        for works in self.sends.values():  # every live worker has its last answer
+            for w in works:
+                w[0].wait()
+        return {
+            "server": self.j,
+            "pid": os.getpid(),
+            "shard": self.shard,
+            "taus": self.taus,
+            "received": self.received,
+            "lost": self.lost,
+            "bytes": self.bytes,
+            "versions": self.rule.version,
+            "times": self.times,
+            "wall_s": (last_message - self.start) if self.start else 0.0,
+            "snapshots": self.snapshots,
+        }
+
+
+# ---------------------------------------------------------------------------- one rank
+
+
+def rank_main(rank: int, world_size: int, config: PSConfig, layout: list[list[int]], steps: int) -> dict:
+    """What every rank runs: a server loop (ranks < k) or a worker loop.
+
+    Server 0 reports its progress ``(version, expected_versions)`` with
+    :func:`dlcourse.launcher.report` (a no-op unless the caller listens).
+    """
+    check_int("rank", rank, low=0, high=world_size - 1)
+    if rank < config.num_servers:
+        progress = _report_progress if rank == 0 else None
+        return {"role": "server", **_Server(config, rank, layout, steps, progress).run()}
+    return {"role": "worker", **_worker(config, rank, layout)}
+
+
+def _report_progress(version: int, total: int) -> None:
+    report((version, total))
