@@ -22,6 +22,7 @@ from dlcourse.data import shard
 from dlcourse.launcher import WorkerError
 from dlcourse.models import make_model
 from dlcourse.parameter_server import PSConfig, assign_shards, run_parameter_server, worker_schedule
+from dlcourse.ps_protocol import flatten_shard, unflatten_shard
 
 SMALL = dict(
     model="mlp", train_examples=600, test_examples=200, batch_size=50, timeout=20.0, run_timeout=120.0
@@ -84,6 +85,22 @@ def test_shards_partition_the_tensors(sizes, data):
     assert assign_shards(sizes, k) == shards  # deterministic
     with pytest.raises(ValueError, match="num_servers"):
         assign_shards(sizes, len(sizes) + 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 5), min_size=1, max_size=3), min_size=1, max_size=6), st.data())
+def test_a_shard_travels_as_one_flat_vector_and_back(shapes, data):
+    tensors = [torch.randn(*shape) for shape in shapes]
+    index = sorted(data.draw(st.sets(st.integers(0, len(tensors) - 1), min_size=1)))
+    flat = flatten_shard(tensors, index)
+    assert flat.dtype == torch.float32 and flat.dim() == 1
+    assert flat.numel() == sum(tensors[i].numel() for i in index)
+    copies = [torch.zeros_like(t) for t in tensors]
+    unflatten_shard(flat, copies, index)
+    for i, (t, c) in enumerate(zip(tensors, copies)):
+        assert torch.equal(c, t) if i in index else not c.any()  # only the shard's tensors are written
+    with pytest.raises(ValueError, match="flat must have"):
+        unflatten_shard(torch.cat([flat, flat[:1]]), copies, index)
 
 
 def test_config_repr_names_the_mode():
