@@ -173,7 +173,14 @@ def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, thre
         results.put((rank, "ok", cloudpickle.dumps(value)))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
         results.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc()))
-        return  # no destroy_process_group here: it can block on a dead peer
+        # Leave at once, once the error is on its way: no destroy_process_group (it can block
+        # on a dead peer), and no interpreter teardown either, which destroys the group under
+        # threads still blocked on a peer (C++ "terminate called ...", SIGABRT).
+        results.close()
+        results.join_thread()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         _channel = None
     dist.destroy_process_group()
