@@ -20,8 +20,8 @@ What it takes care of, so that students can run it from a notebook:
 - The first failure (of a rank not in ``may_fail``, below) stops the run: a worker's
   exception reaches the caller as one :class:`WorkerError` naming the rank, with the
   worker's traceback; a worker killed by a signal is reported with the signal. The other
-  workers are terminated, then killed; no process outlives the run (each worker also dies with its parent, via
-  ``PR_SET_PDEATHSIG`` on Linux).
+  workers are terminated, then killed; no process outlives the run (each worker also dies
+  with its parent, via ``PR_SET_PDEATHSIG`` on Linux).
 - ``timeout`` is the process group's timeout: a collective waiting on a stalled peer
   fails after it. ``run_timeout`` bounds the whole run.
 - **Ranks that may fail** (``may_fail``): the lecture credits data parallelism with good
