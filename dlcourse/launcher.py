@@ -169,6 +169,10 @@ def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, thre
         )
         if backend == "nccl":
             torch.cuda.set_device(rank % torch.cuda.device_count())
+        # gloo's init can return on one rank while a peer is still completing its handshake;
+        # a rank whose fn returns at once would then tear the group down under that peer
+        # ("connectFullMesh failed ... Connection closed by peer"). Meet once before fn.
+        dist.barrier()
         value = fn(rank, world_size, *args, **kwargs)
         results.put((rank, "ok", cloudpickle.dumps(value)))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
