@@ -54,13 +54,7 @@ RUNS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The single-process references are tiny: extra threads only fight over loaded cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny in-process references
 
 
 @pytest.fixture(scope="module")

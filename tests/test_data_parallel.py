@@ -23,13 +23,7 @@ BASE = dict(model="mlp", epochs=2, batch_size=20, lr=0.1)
 DELAY = 0.08  # seconds the slow worker sleeps per step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The in-process models here are tiny: extra threads only fight over loaded cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny in-process references
 
 
 def _many(rank, world_size, train, test, runs):
