@@ -138,6 +138,14 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
     def lost(j: int, e: Exception) -> ServerLost:
         return ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}")
 
+    def wait_all(works) -> None:
+        """Wait for every posted send/receive; a failure names the server it was with."""
+        for j, w in works:
+            try:
+                w.wait()
+            except RuntimeError as e:
+                raise lost(j, e) from e
+
     def pull() -> None:
         headers = [torch.zeros(HEADER_LEN, dtype=torch.int64) for _ in range(k)]
         flats = [torch.empty(s) for s in sizes]
@@ -148,11 +156,7 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
                 works.append((j, dist.irecv(flats[j], src=j, tag=PAYLOAD_TAG)))
             except RuntimeError as e:
                 raise lost(j, e) from e
-        for j, w in works:
-            try:
-                w.wait()
-            except RuntimeError as e:
-                raise lost(j, e) from e
+        wait_all(works)
         for j in range(k):
             if int(headers[j][0]) != PARAMS:
                 raise RuntimeError(f"worker {n}: expected PARAMS from server {j}, got {headers[j].tolist()}")
@@ -169,11 +173,7 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
                     works.append((j, dist.isend(flatten_shard(grads, layout[j]), dst=j, tag=PAYLOAD_TAG)))
             except RuntimeError as e:
                 raise lost(j, e) from e
-        for j, w in works:
-            try:
-                w.wait()
-            except RuntimeError as e:
-                raise lost(j, e) from e
+        wait_all(works)
 
     schedule = worker_schedule(data, config, n)
     send(HELLO, None)
