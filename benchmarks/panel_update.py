@@ -66,7 +66,7 @@ def main() -> None:
 
     def strag_compute(i: int) -> None:
         for policy in ("sync", "async"):
-            simulate(panels._sim_config(None, num_workers=16, policy=policy, straggler_prob=probs[i % 2]))
+            simulate(panels.sim_config(None, num_workers=16, policy=policy, straggler_prob=probs[i % 2]))
 
     rows.append(
         (

@@ -42,6 +42,3 @@ __all__ = [  # every panel, wherever it lives
     "sim_config",
     "slider",
 ]
-
-# the old private name, still used by benchmarks/panel_update.py
-_sim_config = sim_config
