@@ -79,17 +79,19 @@ class CompressionExplorer(SimPanel):
     def config(self, tau: float | None, variant: str = "full"):
         from dlcourse.sim_decentralized import DecentralizedSimConfig
 
-        fields = {
-            **PANEL_DEFAULTS,
+        # like panel_base.sim_config: the base's fields when there is one (all but its
+        # policy: this panel's is the decentralized one), else the panel defaults
+        if self.base is None:
+            inherited = PANEL_DEFAULTS
+        else:
+            inherited = {k: getattr(self.base, k) for k in self.base.__dataclass_fields__ if k != "policy"}
+        changes = {
             "num_workers": self.num_workers_,
             "bandwidth": self.bandwidth_,
             "tau": tau,
             "variant": variant,
         }
-        if self.base is not None:
-            inherited = {k: getattr(self.base, k) for k in self.base.__dataclass_fields__ if k != "policy"}
-            fields = {**inherited, **fields}
-        return DecentralizedSimConfig(**fields)
+        return DecentralizedSimConfig(**{**inherited, **changes})
 
     def _run(self, tau: float | None, variant: str):
         key = (tau, variant)

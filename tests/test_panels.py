@@ -244,6 +244,17 @@ def test_compression_explorer_tau_and_residual(small, base):
         panels.CompressionExplorer(tau=0.5)
 
 
+def test_compression_explorer_keeps_the_base_batch_size(small):
+    """The panel's default mini-batch applies only without a base, as in the other panels."""
+    panel = panels.CompressionExplorer(num_workers=2, base=SimConfig(batch_size=80), data=small)
+    assert panel.last_error is None, panel.last_error
+    assert panel.result.config.batch_size == 80
+    assert (
+        panels.CompressionExplorer(num_workers=2, data=small).result.config.batch_size
+        == panels.PANEL_DEFAULTS["batch_size"]
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
