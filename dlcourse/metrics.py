@@ -31,6 +31,13 @@ def _check_pair(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     return pred
 
 
+def _check_range(name: str, labels: torch.Tensor, num_classes: int) -> None:
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
 def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of correct predictions (``y_hat``: labels or logits)."""
     pred = _check_pair(y, y_hat)
@@ -41,8 +48,10 @@ def confusion_matrix(y_hat: torch.Tensor, y: torch.Tensor, num_classes: int = 10
     """``C[i, j]`` = number of examples of true class ``i`` predicted as ``j``."""
     check_int("num_classes", num_classes, low=1)
     pred = _check_pair(y, y_hat)
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+    # both must be checked: an out-of-range prediction would land in another cell of the
+    # flattened matrix (a wrong count, not an error) or overflow it
+    _check_range("labels", y, num_classes)
+    _check_range("predicted labels", pred, num_classes)
     flat = y.long() * num_classes + pred.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

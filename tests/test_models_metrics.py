@@ -69,3 +69,16 @@ def test_metrics_bad_input():
         metrics.accuracy(torch.tensor([1, 2]), torch.tensor([1]))
     with pytest.raises(ValueError, match="labels must lie"):
         metrics.confusion_matrix(torch.tensor([0]), torch.tensor([12]), num_classes=10)
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_out_of_range_predictions_are_refused(bad):
+    # a negative prediction used to be counted in another class's cell (a wrong F1, silently)
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"predicted labels must lie in \[0, 3\)"):
+        metrics.macro_f1(torch.tensor([0, 1, bad]), y, num_classes=3)
+    # logits wider than num_classes can predict a class that does not exist
+    logits = torch.zeros(3, 4)
+    logits[:, 3] = 1.0
+    with pytest.raises(ValueError, match="predicted labels must lie"):
+        metrics.confusion_matrix(logits, y, num_classes=3)
