@@ -42,7 +42,7 @@ from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.cluster import KINDS, POLICIES, Cluster, EvalPoint, TraceEvent, register_policy, worker_batches
 from dlcourse.data import MnistSplit, load_mnist
 from dlcourse.sim_parameter_server import run_parameter_server  # importing it registers its 4 policies
-from dlcourse.staleness import LR_POLICIES, LrPolicy, resolve_lr_policy, staleness_summary
+from dlcourse.staleness import LrPolicy, resolve_lr_policy, staleness_summary
 
 __all__ = [  # the simulator's public names, wherever they live
     "KINDS",
@@ -99,8 +99,7 @@ class SimConfig:
         if self.policy == "bounded" and self.staleness_bound is None:
             raise ValueError("staleness_bound is required for policy 'bounded': an integer >= 0")
         check_float("lr", self.lr, low=0.0, low_open=True)
-        if not callable(self.lr_policy):
-            check_choice("lr_policy", self.lr_policy, LR_POLICIES)
+        resolve_lr_policy(self.lr_policy)
         check_choice("model", self.model, ("mlp", "cnn"))
         check_int("epochs", self.epochs, low=1)
         check_int("batch_size", self.batch_size, low=1)
@@ -286,7 +285,6 @@ def simulate(config: SimConfig, data: MnistSplit | None = None) -> SimResult:
             f"num_workers must be <= the number of training examples ({len(data.train)}), "
             f"got {config.num_workers}"
         )
-    resolve_lr_policy(config.lr_policy)
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread avoids thread start-up per op
