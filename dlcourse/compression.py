@@ -52,6 +52,7 @@ MAX_NUMEL = 2**62
 
 _VARIANT_CODE = {name: i for i, name in enumerate(VARIANTS)}
 _CODER_CODE = {"rice": 0, "expgolomb": 1, "gamma": 2}
+_CODER_NAME = {code: name for name, code in _CODER_CODE.items()}
 _DTYPES = [torch.float32, torch.float64, torch.float16]
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 _HEAD = struct.Struct("<2sBBBBB")  # magic, version, variant, coder, k, dtype
@@ -96,26 +97,28 @@ def _unary_bits(q: np.ndarray) -> np.ndarray:
     return bits
 
 
-def _fixed_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """The low ``widths[i]`` bits of ``values[i]``, most significant first, concatenated."""
-    total = int(widths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.uint8)
+def _bit_layout(widths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For fields of ``widths`` bits laid end to end: each bit's field, its shift, each field's start."""
     owner = np.repeat(np.arange(len(widths)), widths)
     starts = np.cumsum(widths) - widths
-    shift = widths[owner] - 1 - (np.arange(total) - starts[owner])
+    shift = widths[owner] - 1 - (np.arange(int(widths.sum())) - starts[owner])
+    return owner, shift, starts
+
+
+def _fixed_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """The low ``widths[i]`` bits of ``values[i]``, most significant first, concatenated."""
+    if int(widths.sum()) == 0:
+        return np.zeros(0, dtype=np.uint8)
+    owner, shift, _ = _bit_layout(widths)
     return ((values[owner] >> shift) & 1).astype(np.uint8)
 
 
 def _read_fixed(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_fixed_bits`: ``bits`` holds exactly ``widths.sum()`` bits."""
     values = np.zeros(len(widths), dtype=np.int64)
-    total = int(widths.sum())
-    if total == 0:
+    if int(widths.sum()) == 0:
         return values
-    owner = np.repeat(np.arange(len(widths)), widths)
-    starts = np.cumsum(widths) - widths
-    shift = widths[owner] - 1 - (np.arange(total) - starts[owner])
+    _, shift, starts = _bit_layout(widths)
     contrib = bits.astype(np.int64) << shift
     nonempty = widths > 0
     # every segment is non-empty, so reduceat sums exactly each element's bits
@@ -390,7 +393,7 @@ def read_message(message: bytes) -> SparseUpdate:
     pos += np_dtype.itemsize
     count, pos = _read_varint(body, pos)
     numel, pos = _read_varint(body, pos)
-    coder = {v: c for c, v in _CODER_CODE.items()}.get(coder_code)
+    coder = _CODER_NAME.get(coder_code)
     if coder is None or count > numel or numel > MAX_NUMEL:
         raise ValueError("message is corrupted: bad coder or lengths in its header")
     payload = variant == "sparse"
