@@ -469,6 +469,7 @@ class Compressor:
         if self.variant == "dense":
             self.last_sent = flat.clone()
             message = encode_dense(flat)
+            self.elements_sent += self.numel  # every element travels
         else:
             if self.variant == "onebit":
                 r = flat  # no memory: whatever is below tau this step is lost

@@ -221,7 +221,7 @@ def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Data
     staleness: list[int] = []
     bytes_sent = messages = 0
     bytes_per_step: list[int] = []
-    steps_done = 0
+    steps_done = examples = 0
 
     def send(origin: int, step: int, message: torch.Tensor) -> None:
         nonlocal bytes_sent, messages
@@ -284,6 +284,7 @@ def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Data
             with torch.no_grad():
                 flat += compressor.last_sent  # the same update the peers will apply
             steps_done += 1
+            examples += len(idx)  # the last batch of a shard may be short
             payload = torch.frombuffer(bytearray(message), dtype=torch.uint8)
             send(rank, steps_done, payload)
             bytes_per_step.append(len(message))
@@ -305,10 +306,10 @@ def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Data
         "rank": rank,
         "params": flat.clone(),
         "steps": steps_done,
-        "examples": steps_done * config.batch_size,
+        "examples": examples,
         "bytes_sent": bytes_sent,
         "messages": messages,
-        "elements_sent": compressor.elements_sent if config.tau is not None else steps_done * flat.numel(),
+        "elements_sent": compressor.elements_sent,
         "wall_s": wall_s,
         "staleness": staleness,
         "bytes_per_step": bytes_per_step,

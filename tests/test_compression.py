@@ -181,6 +181,8 @@ def test_dense_variant_sends_the_raw_update():
     message = c.compress(update)
     assert torch.equal(decode(message, (10, 100)), update.reshape(10, 100))
     assert 4000 < len(message) < 4020
+    c.compress(update)
+    assert c.elements_sent == 2 * 1000  # every element of both updates travelled
 
 
 def test_indexes_beyond_2_to_31():

@@ -37,6 +37,7 @@ def test_one_worker_uncompressed_is_plain_sgd(small, no_orphans):
     fit(model, train, epochs=2, batch_size=50, lr=0.1, optimizer="sgd", seed=3000, progress=False)
     want = evaluate(model, test)
     assert result.updates == 16
+    assert result.elements_sent == 16 * count_parameters(model)  # uncompressed: every element, every step
     assert result.test_loss == pytest.approx(want["loss"], abs=1e-5)
     assert result.test_accuracy == pytest.approx(want["accuracy"], abs=0.006)
 
@@ -50,6 +51,7 @@ def test_every_replica_applies_every_update(small, topology, no_orphans):
     result = train_decentralized(config, 3, train=train, test=test, timeout=30)
     steps = 5  # ceil(133 / 33) per worker
     assert result.updates == 3 * steps
+    assert result.examples == 3 * 133  # each worker's last batch holds one example, not 33
     assert len(result.staleness) == 3 * 2 * steps
     assert result.replica_divergence < 1e-5
     assert result.messages == (3 * 2 * steps)  # all: 2 peers each; ring: 2 hops each
