@@ -51,6 +51,7 @@ from dlcourse.worker_run import (
     DataParallelConfig,
     DataParallelResult,
     WorkerRun,
+    config_or_default,
     make_shards,
     run_workers,
     steps_per_epoch,
@@ -125,15 +126,11 @@ def train_reference(
     This is "training on a single machine" with the very examples the workers see, the
     oracle of the lecture's equivalence. No processes are started.
     """
-    config = config if config is not None else DataParallelConfig()
-    if not isinstance(config, DataParallelConfig):
-        raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
+    config = config_or_default(config)
     config.check_workers(num_workers)
     shards = make_shards(train, num_workers, shard_sizes)
     steps = steps_per_epoch([len(s) for s in shards], config.batch_size, num_workers)
-    total = (
-        config.epochs * steps if config.max_steps is None else min(config.epochs * steps, config.max_steps)
-    )
+    total = config.total_steps(steps)
     dtype = DTYPES[config.dtype]
     model = make_model(config.model, seed=config.seed).to(dtype=dtype)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum)

@@ -80,6 +80,12 @@ class DataParallelConfig:
             check_int("max_steps", self.max_steps, low=0)
         check_choice("dtype", self.dtype, DTYPES)
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Steps of the whole run: ``epochs`` of ``steps_per_epoch``, cut short at ``max_steps``."""
+        check_int("steps_per_epoch", steps_per_epoch, low=1)
+        total = self.epochs * steps_per_epoch
+        return total if self.max_steps is None else min(total, self.max_steps)
+
     def check_workers(self, num_workers: int) -> None:
         """The settings that depend on N: an even batch split and a slow rank that exists."""
         check_int("num_workers", num_workers, low=1)
@@ -147,6 +153,14 @@ def worker_batches(shard_length: int, steps: int, epoch: int, seed: int, rank: i
     return [order[t * size : (t + 1) * size] for t in range(steps)]
 
 
+def config_or_default(config: DataParallelConfig | None) -> DataParallelConfig:
+    """``config``, or the default :class:`DataParallelConfig` when it is None."""
+    config = config if config is not None else DataParallelConfig()
+    if not isinstance(config, DataParallelConfig):
+        raise ValueError(f"config must be a DataParallelConfig or None, got {type(config).__name__}")
+    return config
+
+
 def _check_dataset(name: str, data: Any) -> None:
     if not isinstance(data, Dataset):
         raise ValueError(f"{name} must be a dlcourse.data.Dataset, got {type(data).__name__}")
@@ -200,8 +214,7 @@ class WorkerRun:
         shards = make_shards(train, world_size, shard_sizes)
         self.shard = shards[rank]
         self.steps_per_epoch = steps_per_epoch([len(s) for s in shards], config.batch_size, world_size)
-        total = config.epochs * self.steps_per_epoch
-        self.total_steps = total if config.max_steps is None else min(total, config.max_steps)
+        self.total_steps = config.total_steps(self.steps_per_epoch)
         self.model = make_model(config.model, seed=config.seed).to(self.device, self.dtype)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.momentum)
         self.fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
@@ -404,9 +417,7 @@ def run_workers(
     """
     if not callable(worker):
         raise ValueError(f"worker must be a function (rank, world_size, ...), got {worker!r}")
-    config = config if config is not None else DataParallelConfig()
-    if not isinstance(config, DataParallelConfig):
-        raise ValueError(f"config must be a DataParallelConfig, got {type(config).__name__}")
+    config = config_or_default(config)
     _check_dataset("train", train)
     if test is not None:
         _check_dataset("test", test)

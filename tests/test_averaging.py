@@ -268,3 +268,17 @@ def test_helpers_reject_bad_arguments(train):
         ring_allreduce_bytes(-1, 2)
     with pytest.raises(ValueError, match="outputs"):
         collect("averaging", [])
+
+
+@given(epochs=st.integers(0, 5), steps=st.integers(1, 50), max_steps=st.none() | st.integers(0, 300))
+def test_total_steps_is_every_epoch_cut_short_at_max_steps(epochs, steps, max_steps):
+    config = DataParallelConfig(epochs=epochs, max_steps=max_steps)
+    expected = epochs * steps if max_steps is None else min(epochs * steps, max_steps)
+    assert config.total_steps(steps) == expected
+    with pytest.raises(ValueError, match="steps_per_epoch must be >= 1"):
+        config.total_steps(0)
+
+
+def test_reference_and_workers_refuse_the_same_bad_config(train):
+    with pytest.raises(ValueError, match="config must be a DataParallelConfig or None, got dict"):
+        train_reference(train, 2, dict(BASE))
