@@ -365,31 +365,28 @@ def _explain(config: PSConfig, e: WorkerError) -> WorkerError:
     return WorkerError(e.rank, f"parameter server {e.rank} failed: {e.message}{stopped}", e.worker_traceback)
 
 
+def _assemble(config: PSConfig, layout: list[list[int]], shards: Sequence[torch.Tensor]) -> torch.nn.Module:
+    """A model whose parameters are the servers' flat shards put back together."""
+    model = make_model(config.model)
+    params = list(model.parameters())
+    for j, flat in enumerate(shards):
+        unflatten_shard(flat, params, layout[j])
+    return model
+
+
 def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PSResult:
     k = config.num_servers
     servers = values[:k]
     # a lost worker's statistics are gone with it
     workers = [None if isinstance(w, WorkerLost) else w for w in values[k:]]
-    flat_params: list[torch.Tensor | None] = [None] * len(shapes)
-    for j, s in enumerate(servers):
-        sizes = [shapes[i].numel() for i in layout[j]]
-        for i, piece in zip(layout[j], s["shard"].split(sizes)):
-            flat_params[i] = piece.view(shapes[i]).clone()
-    model = make_model(config.model)
-    with torch.no_grad():
-        for p, w in zip(model.parameters(), flat_params):
-            p.copy_(w)
+    model = _assemble(config, layout, [s["shard"] for s in servers])
     curve = []
     common = set.intersection(*({v for v, _, _ in s["snapshots"]} for s in servers)) if servers else set()
     for v, seconds, _ in servers[0]["snapshots"]:
         if v not in common:
             continue
         pieces = [next(t for vv, _, t in s["snapshots"] if vv == v) for s in servers]
-        snap = make_model(config.model)
-        params = list(snap.parameters())
-        for j, piece in enumerate(pieces):
-            unflatten_shard(piece, params, layout[j])
-        curve.append((v, seconds, evaluate(snap, test)["accuracy"]))
+        curve.append((v, seconds, evaluate(_assemble(config, layout, pieces), test)["accuracy"]))
     lost = dict(servers[0]["lost"])
     for n, w in enumerate(workers):
         if w is None and n not in lost:
