@@ -37,8 +37,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dlcourse._validate import check_float, check_int
-from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
+from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.model_parallel import split_model, stage_bounds
 from dlcourse.pipeline import gpipe_step, stage_input_shapes
 from dlcourse.train import OPTIMIZERS, batches, make_optimizer
 
@@ -61,8 +61,9 @@ class HybridConfig:
         check_int("epochs", self.epochs, low=0)
         check_int("batch_size", self.batch_size, low=1)
         check_float("lr", self.lr, low=0.0, low_open=True)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_float("momentum", self.momentum, low=0.0, high=1.0)
+        check_int("seed", self.seed, low=0)
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, low=1)
 
@@ -113,8 +114,6 @@ def hybrid_worker(
         "step_loss": step_loss,
         "steps": steps,
         "wall_s": time.perf_counter() - start,
-        "out_shape": tuple(stage_shapes([stage], in_shape)[0]),
-        "in_shape": in_shape,
     }
 
 
@@ -163,12 +162,12 @@ def run_hybrid(
     state = {k: v for part in parts[:K] for k, v in part["state"].items()}
     agree = all(torch.equal(part["state"][k], state[k]) for part in parts[K:] for k in part["state"])
     steps = parts[0]["steps"]
-    # per step, per replica: activations forward and gradients back across K - 1 cuts,
-    # plus each stage's ring all-reduce (2 (R-1)/R of its gradient bytes per rank)
-    item = X.element_size()
-    cut = sum(2 * torch.Size(p["out_shape"]).numel() for p in parts if p["stage"] < K - 1)
-    param_bytes = sum(t.numel() * item for t in model.parameters())
-    ring = 2 * (R - 1) * param_bytes if R > 1 else 0
+    # per step, per replica: activations forward and gradients back across the K - 1 cuts
+    # (the inputs of stages 1..K-1), plus each stage's ring all-reduce (2 (R-1)/R of its
+    # gradient bytes on each of its R ranks)
+    shapes = stage_input_shapes(model, K, (config.batch_size // R, *X.shape[1:]))
+    cut_bytes = R * sum(2 * torch.Size(s).numel() for s in shapes[1:]) * X.element_size()
+    ring_bytes = 2 * (R - 1) * sum(t.numel() * t.element_size() for t in model.parameters())
     return HybridResult(
         num_stages=K,
         num_replicas=R,
@@ -177,7 +176,7 @@ def run_hybrid(
         step_loss=parts[K - 1]["step_loss"],
         wall_s=max(p["wall_s"] for p in parts),
         steps=steps,
-        bytes_sent=steps * (cut * item + ring),
+        bytes_sent=steps * (cut_bytes + ring_bytes),
     )
 
 

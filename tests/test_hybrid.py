@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dlcourse.cli import main
 from dlcourse.data import Dataset
 from dlcourse.hybrid import HybridConfig, grid_position, run_hybrid
-from dlcourse.models import make_model
+from dlcourse.models import count_parameters, make_model
 from dlcourse.train import fit
 
 
@@ -34,7 +34,11 @@ def test_hybrid_equals_single_process_training_on_the_full_batch(no_orphans):
     reference = copy.deepcopy(model)
     history = fit(reference, Dataset(X, y), **settings, progress=False)  # the same settings, one process
     assert result.replicas_agree  # DDP kept the two replicas of each stage identical
-    assert result.steps == 4 and result.bytes_sent > 0
+    assert result.steps == 4
+    # per step: each replica's (16, 64) activations forward and their gradients back, and a
+    # ring all-reduce of every float32 parameter between the 2 replicas (2 copies)
+    per_step = 2 * 2 * 16 * 64 * 4 + 2 * (2 - 1) * count_parameters(model) * 4
+    assert result.bytes_sent == 4 * per_step
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(result.state_dict[k], v, atol=1e-5, rtol=0, msg=k)
     assert result.step_loss == pytest.approx(history.step_loss, abs=1e-5)
@@ -68,5 +72,9 @@ def test_bad_hybrid_input_names_the_argument():
         HybridConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="lr"):
         HybridConfig(lr=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        HybridConfig(momentum=1.5)
+    with pytest.raises(ValueError, match="seed"):
+        HybridConfig(seed=-1)
     with pytest.raises(ValueError, match="nn.Sequential"):
         run_hybrid(torch.nn.Linear(784, 10), X, y, 2, HybridConfig(batch_size=8))
