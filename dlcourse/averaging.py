@@ -83,9 +83,10 @@ def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) ->
     # 1. randomly initialize: every worker builds the model from the same seed
     run = WorkerRun(rank, world_size, train, config, "averaging", shard_sizes, replicas_agree=False)
     model, optimizer, K = run.model, run.optimizer, config.average_every
+    nbytes = parameter_bytes(model)  # what one copy of the parameters sends
     if run.fresh:
         broadcast_parameters(model)  # 2. distribute a copy of rank 0's parameters
-        run.count(parameter_bytes(model), "broadcast")
+        run.count(nbytes, "broadcast")
     for X, y in run.batches():  # 3. train on this worker's shard ...
         loss = F.cross_entropy(model(X), y)
         optimizer.zero_grad(set_to_none=True)
@@ -93,11 +94,11 @@ def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) ->
         optimizer.step()  # ... with the worker's own optimizer (its state stays local)
         run.record(loss)
         if (run.step + 1) % K == 0:  # run.step counts the steps before this one
-            with run.sync(parameter_bytes(model)):
+            with run.sync(nbytes):
                 average_parameters(model)  # 4. global parameters = the average
     if run.total_steps % K:
         average_parameters(model)  # the data ran out between two averages: end on one model
-        run.count(parameter_bytes(model))
+        run.count(nbytes)
     return run.finish(test)
 
 

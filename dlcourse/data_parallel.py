@@ -74,14 +74,15 @@ def sync_sgd_worker(rank, world_size, train, test, config, shard_sizes=None) -> 
     """Update-based synchronous SGD: average the gradients, then every worker takes one step."""
     run = WorkerRun(rank, world_size, train, config, "sync-sgd", shard_sizes)
     model, optimizer = run.model, run.optimizer
+    nbytes = parameter_bytes(model)  # what one copy of the model (or its gradient) sends
     if run.fresh:
         broadcast_parameters(model)  # all replicas start from rank 0's weights
-        run.count(parameter_bytes(model), "broadcast")
+        run.count(nbytes, "broadcast")
     for X, y in run.batches():
         loss = F.cross_entropy(model(X), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with run.sync(parameter_bytes(model)):
+        with run.sync(nbytes):
             average_gradients(model)  # the only distributed line: dW = mean_n dW_n
         optimizer.step()
         run.record(loss)
@@ -95,14 +96,15 @@ def ddp_worker(rank, world_size, train, test, config, shard_sizes=None) -> dict[
     device_ids = [run.device.index] if run.device.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=device_ids)  # broadcasts rank 0's weights
     run.sync_measured = False
+    nbytes = parameter_bytes(model)  # what one copy of the model (or its gradient) sends
     if run.fresh:
-        run.count(parameter_bytes(model), "broadcast")
+        run.count(nbytes, "broadcast")
     for X, y in run.batches():
         loss = F.cross_entropy(ddp(X), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # all-reduces gradient buckets as soon as each is ready
         optimizer.step()
-        run.count(parameter_bytes(model))
+        run.count(nbytes)
         run.record(loss)
     return run.finish(test)
 
