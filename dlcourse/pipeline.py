@@ -33,7 +33,7 @@ from torch import nn
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
-from dlcourse.train import batches, evaluate, make_optimizer
+from dlcourse.train import OPTIMIZERS, batches, evaluate, make_optimizer
 
 SCHEDULES = ("ours", "torch-gpipe", "torch-1f1b")
 SIMULATED = ("gpipe", "1f1b")
@@ -455,6 +455,15 @@ class PipelineConfig:
     momentum: float = 0.9  # for "momentum"
     seed: int = 0  # shuffle order, the same on every stage
 
+    def __post_init__(self) -> None:
+        check_microbatches(self.batch_size, self.num_microbatches)  # checks num_microbatches too
+        check_int("epochs", self.epochs, low=0)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_float("momentum", self.momentum, low=0.0, high=1.0)
+        check_int("seed", self.seed, low=0)
+
 
 def train_pipeline_worker(
     rank: int, world_size: int, model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, config: PipelineConfig
@@ -462,11 +471,16 @@ def train_pipeline_worker(
     """Worker function: train stage ``rank`` of ``model`` with GPipe steps; return its weights."""
     stage = split_model(model, world_size)[rank]
     opt = make_optimizer(config.optimizer, stage.parameters(), config.lr, config.momentum)
-    micro = check_microbatches(config.batch_size, config.num_microbatches)
+    micro = config.batch_size // config.num_microbatches
     shapes = stage_input_shapes(model, world_size, (micro, *X.shape[1:]))
-    out_shape = stage_shapes([stage], shapes[rank])[0]
     prev = rank - 1 if rank > 0 else None
     nxt = rank + 1 if rank < world_size - 1 else None
+    sent = 0  # elements this stage sends per micro-batch; the same every step
+    if nxt is not None:
+        sent += torch.Size(shapes[rank + 1]).numel()  # activations forward: the next stage's input
+    if prev is not None:
+        sent += torch.Size(shapes[rank]).numel()  # gradients back: this stage's input
+    bytes_per_step = config.num_microbatches * sent * X.element_size()
     generator = torch.Generator().manual_seed(config.seed)
     step_loss, bytes_sent, steps = [], 0, 0
     start = time.perf_counter()
@@ -488,11 +502,7 @@ def train_pipeline_worker(
             steps += 1
             if losses:
                 step_loss.append(sum(losses) / len(losses))
-            # activations forward (all but the last stage), gradients back (all but the first)
-            sent = (nxt is not None) * out_shape.numel() + (prev is not None) * torch.Size(
-                shapes[rank]
-            ).numel()
-            bytes_sent += config.num_microbatches * sent * X.element_size()
+            bytes_sent += bytes_per_step
     return {
         "state": {k: v.clone() for k, v in stage.state_dict().items()},
         "step_loss": step_loss,
@@ -516,7 +526,6 @@ def train_pipeline(args, num_microbatches: int | None = None) -> dict:
     split = load_mnist(args.data_source, seed=0)
     model = make_model(args.model, seed=args.seed)
     stage_bounds(len(model), args.stages)
-    check_microbatches(args.batch_size, config.num_microbatches)
     parts = launch(
         train_pipeline_worker, args.stages, model, split.train.X, split.train.y, config,
         backend="gloo", timeout=args.timeout,

@@ -151,6 +151,8 @@ def test_pipeline_training_equals_single_process_training(no_orphans):
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(state[k], v, atol=1e-5, rtol=0, msg=k)
     assert parts[-1]["step_loss"] == pytest.approx(history.step_loss, abs=1e-5)
+    # 6 steps of 4 micro-batches: stage 0 sends (4, 64) float32 activations, stage 1 their gradients
+    assert parts[0]["bytes_sent"] == parts[1]["bytes_sent"] == 6 * 4 * (4 * 64) * 4
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -212,3 +214,9 @@ def test_bad_pipeline_input_names_the_argument():
         simulate_schedule(2, 2, "interleaved")
     with pytest.raises(ValueError, match="forward_s"):
         simulate_schedule(2, 2, forward_s=0.0)
+    with pytest.raises(ValueError, match=r"batch size \(10\) must be divisible by num_microbatches=4"):
+        PipelineConfig(batch_size=10, num_microbatches=4)
+    with pytest.raises(ValueError, match="optimizer"):
+        PipelineConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="momentum"):
+        PipelineConfig(momentum=-0.1)
