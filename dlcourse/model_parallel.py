@@ -193,8 +193,9 @@ def model_parallel_step(
     on the last rank, also ``"y_hat"`` and ``"loss"``. Use it with
     :func:`dlcourse.launcher.launch`, or call :func:`run_model_parallel`.
     """
-    stage = split_model(model, world_size)[rank]
-    shapes = stage_shapes(split_model(model, world_size), X.shape)
+    stages = split_model(model, world_size)
+    stage = stages[rank]
+    shapes = stage_shapes(stages, X.shape)  # works on copies: the stages stay where they are
     in_shape = X.shape if rank == 0 else shapes[rank - 1]
     x_in, y_hat = forward_stage(stage, rank, world_size, X, in_shape)
     loss = loss_fn(y_hat, y) if rank == world_size - 1 else None
@@ -318,6 +319,10 @@ class MemoryFootprint:
         )
 
 
+def _parameter_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def _activation_bytes(layers: nn.Sequential, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     total = 0
     for layer in layers:
@@ -346,18 +351,22 @@ def memory_per_rank(
         raise ValueError(f"input_shape must be positive integers (batch first), got {tuple(input_shape)}")
     batch = input_shape[0]
     if strategy == "model-parallel":
+        check_int(
+            "num_ranks", num_ranks, low=1, high=len(model)
+        )  # one stage, of at least one layer, per rank
         stages = [s.to("meta") for s in split_model(model, num_ranks)]
         x = torch.empty(tuple(input_shape), device="meta")
         params, acts = [], []
         for stage in stages:
             nbytes, x = _activation_bytes(stage, x)
             acts.append(nbytes)
-            params.append(sum(p.numel() * p.element_size() for p in stage.parameters()))
+            params.append(_parameter_bytes(stage))
         return MemoryFootprint(strategy, num_ranks, batch, params, acts)
     check_int("num_ranks", num_ranks, low=1, high=batch)
     if batch % num_ranks:
         raise ValueError(f"input_shape[0] (the batch, {batch}) must be divisible by num_ranks={num_ranks}")
     replica = copy.deepcopy(model).to("meta")
     nbytes, _ = _activation_bytes(replica, torch.empty((batch // num_ranks, *input_shape[1:]), device="meta"))
-    param_bytes = sum(p.numel() * p.element_size() for p in replica.parameters())
-    return MemoryFootprint(strategy, num_ranks, batch, [param_bytes] * num_ranks, [nbytes] * num_ranks)
+    return MemoryFootprint(
+        strategy, num_ranks, batch, [_parameter_bytes(replica)] * num_ranks, [nbytes] * num_ranks
+    )

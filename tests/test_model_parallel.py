@@ -218,6 +218,8 @@ def test_other_bad_inputs_name_the_argument():
         memory_per_rank(make_model("mlp"), (9, 1, 28, 28), 2, "data-parallel")
     with pytest.raises(ValueError, match="input_shape"):
         memory_per_rank(make_model("mlp"), (0, 1, 28, 28), 2)
+    with pytest.raises(ValueError, match="num_ranks must be <= 4, got 5"):  # the MLP has 4 layers
+        memory_per_rank(make_model("mlp"), (8, 1, 28, 28), 5)
     with pytest.raises(ValueError, match="same non-zero length"):
         run_model_parallel(make_model("mlp"), torch.rand(3, 1, 28, 28), torch.zeros(2, dtype=torch.long), 2)
 
