@@ -256,6 +256,8 @@ class _Server:
         self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
         self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
         self.expected_versions = max(1, steps * self.N // config.softsync)
+        # a snapshot every this many versions gives about config.snapshots curve points (0: none)
+        self.snapshot_every = max(1, self.expected_versions // config.snapshots) if config.snapshots else 0
         self.start = 0.0
 
     def _answer(self, worker: int) -> None:
@@ -281,8 +283,7 @@ class _Server:
         self.taus += taus
         self.times += [time.perf_counter() - self.start] * len(taus)
         v = self.rule.version
-        every = max(1, self.expected_versions // self.config.snapshots) if self.config.snapshots else 0
-        if every and v % every == 0:
+        if self.snapshot_every and v % self.snapshot_every == 0:
             self.snapshots.append((v, time.perf_counter() - self.start, self.shard.clone()))
         if self.progress is not None:
             self.progress(v, self.expected_versions)
