@@ -187,14 +187,21 @@ class Cluster:
     def record_server(self, start: float, end: float) -> None:
         self.server_busy.append((start, end))
 
-    def applied(self, taus: list[int], examples: int, params: torch.Tensor) -> None:
-        """``len(taus)`` updates of ``examples`` examples are now part of ``params``."""
+    def applied(
+        self, taus: list[int], examples: int, params: torch.Tensor | Callable[[], torch.Tensor]
+    ) -> None:
+        """``len(taus)`` updates of ``examples`` examples are now part of ``params``.
+
+        ``params`` may be a function that returns them: it is called only when an
+        evaluation is due, so a policy whose model is derived (the mean of N replicas)
+        does not build it after every step.
+        """
         self.staleness.extend(taus)
         self.updates += len(taus)
         self.server_steps += 1
         self.examples += examples
         if self.examples >= self._next_eval:
-            self.evaluate_now(params)
+            self.evaluate_now(params() if callable(params) else params)
 
     @torch.no_grad()
     def evaluate_now(self, params: torch.Tensor) -> None:

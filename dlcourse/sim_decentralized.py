@@ -82,6 +82,9 @@ def run_decentralized(cluster: Cluster) -> None:
     contains = [0] * n  # updates (own and peers') already in each replica
     state = {"finished": 0}  # steps finished in the whole cluster
 
+    def replica_mean() -> torch.Tensor:  # the model this policy reports: the replicas' mean
+        return torch.stack(replicas).mean(0)
+
     def transmit(src: int, dst: int, nbytes: int, update, origin: int) -> float:
         start = max(cluster.now, link_free[src])
         link_free[src] = start + cluster.message_time(nbytes)  # counts the bytes, too
@@ -118,7 +121,7 @@ def run_decentralized(cluster: Cluster) -> None:
             sent_by = transmit(w, p, len(message), update, w)
         if sent_by > cluster.now:
             cluster.record(w, "push", cluster.now, sent_by)
-        cluster.applied([tau_w], size, torch.stack(replicas).mean(0))
+        cluster.applied([tau_w], size, replica_mean)
         cluster.schedule(sent_by, start, w)
         if not all(joined) and min(steps[:active]) >= warmup:
             for late in range(active, n):  # warm-up over: the late workers join now
@@ -133,7 +136,7 @@ def run_decentralized(cluster: Cluster) -> None:
             joined[w] = True
             cluster.schedule(0.0, start, w)
     cluster.run_events()
-    cluster.final_params = torch.stack(replicas).mean(0)
+    cluster.final_params = replica_mean()
 
 
 @torch.no_grad()

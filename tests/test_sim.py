@@ -244,6 +244,38 @@ def test_a_new_policy_plugs_in_through_the_cluster(small):
         SimConfig(policy="local-only")
 
 
+def test_applied_builds_derived_params_only_when_an_evaluation_is_due(small):
+    """A policy may pass a function for its model: same evaluations, called once per evaluation."""
+    calls = []
+
+    def averaging(cluster: Cluster, lazy: bool) -> None:
+        replicas = [cluster.W.clone() for _ in range(cluster.config.num_workers)]
+
+        def mean() -> torch.Tensor:
+            calls.append(cluster.now)
+            return torch.stack(replicas).mean(0)
+
+        for step in range(cluster.total_steps):
+            w = step % cluster.config.num_workers
+            grad, size = cluster.gradient(w, replicas[w])
+            replicas[w] -= cluster.config.lr * grad
+            cluster.applied([0], size, mean if lazy else torch.stack(replicas).mean(0))
+        cluster.final_params = torch.stack(replicas).mean(0)
+
+    config = dict(num_workers=3, batch_size=20, evals_per_epoch=4)
+    runs = {}
+    for lazy in (False, True):
+        register_policy("averaging", lambda cluster, lazy=lazy: averaging(cluster, lazy))
+        try:
+            runs[lazy] = simulate(SimConfig(policy="averaging", **config), small)
+        finally:
+            del POLICIES["averaging"]
+    assert runs[True].evals == runs[False].evals
+    # the first evaluation is the initial model, taken before any step; each later one called mean()
+    assert len(calls) == len(runs[True].evals) - 1 == 4
+    assert runs[True].updates == 12  # 12 steps, 4 calls: not one per step
+
+
 # -- the lecture's claims on the default data (4,000 training digits) --------------------
 
 
