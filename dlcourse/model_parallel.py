@@ -351,9 +351,8 @@ def memory_per_rank(
         raise ValueError(f"input_shape must be positive integers (batch first), got {tuple(input_shape)}")
     batch = input_shape[0]
     if strategy == "model-parallel":
-        check_int(
-            "num_ranks", num_ranks, low=1, high=len(model)
-        )  # one stage, of at least one layer, per rank
+        # one stage of at least one layer per rank
+        check_int("num_ranks", num_ranks, low=1, high=len(model))
         stages = [s.to("meta") for s in split_model(model, num_ranks)]
         x = torch.empty(tuple(input_shape), device="meta")
         params, acts = [], []
