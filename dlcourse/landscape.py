@@ -205,7 +205,9 @@ def loss_landscape(
     ``eval_data`` (default: ``data``) is where the loss is measured: the training loss is
     the landscape the optimizer walked on.
     """
-    config = config or LandscapeConfig()
+    config = LandscapeConfig() if config is None else config
+    if not isinstance(config, LandscapeConfig):
+        raise ValueError(f"config must be a LandscapeConfig or None, got {type(config).__name__}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: extra threads only wait for each other (10x slower here)
     try:
@@ -228,14 +230,14 @@ def _landscape(
     alphas = np.linspace(config.alpha_min, config.alpha_max, config.line_points)
     alphas = np.union1d(alphas, [0.0, 0.5, 1.0])  # the minima and their average are always on it
     line_loss, line_acc = losses_at(models[0], interpolate(points[0], points[1], alphas), eval_data)
-    mid = int(np.flatnonzero(np.isclose(alphas, 0.5))[0])
+    at = {a: float(line_loss[np.isclose(alphas, a)][0]) for a in (0.0, 0.5, 1.0)}
     result = Landscape(
         alphas=alphas,
         line_loss=line_loss,
         line_accuracy=line_acc,
         barrier=barrier_height(alphas, line_loss),
-        midpoint_loss=float(line_loss[mid]),
-        end_losses=(float(line_loss[np.isclose(alphas, 0)][0]), float(line_loss[np.isclose(alphas, 1)][0])),
+        midpoint_loss=at[0.5],
+        end_losses=(at[0.0], at[1.0]),
     )
     if config.grid_points and len(points) == 3:
         w_a, w_b, w_c = points

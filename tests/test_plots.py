@@ -332,6 +332,8 @@ def test_landscape_helpers_reject_bad_input(small):
         plane_basis(w, w, w + 1)
     with pytest.raises(ValueError, match="models must hold"):
         loss_landscape(small, models=[MLP(8)])
+    with pytest.raises(ValueError, match="config must be a LandscapeConfig"):
+        loss_landscape(small, {"seeds": (0, 1)})
 
 
 def test_update_asks_a_live_figure_to_redraw_and_leaves_a_bare_one_alone(monkeypatch):
