@@ -26,6 +26,7 @@ call the same functions, and a student's own rule plugs into both.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -213,6 +214,9 @@ def staleness_summary(taus: Sequence[int]) -> dict:
     """``{"max", "mean", "histogram"}`` of applied updates' staleness (histogram keys are str for JSON)."""
     if len(taus) == 0:
         return {"max": 0, "mean": 0.0, "histogram": {}}
+    for t in taus:  # staleness counts steps: a fraction or a negative value is a caller's bug
+        if isinstance(t, bool) or not (0 <= t < math.inf) or t != int(t):
+            raise ValueError(f"taus must hold whole numbers >= 0 (steps behind), got {t!r}")
     counts = Counter(int(t) for t in taus)
     return {
         "max": max(counts),

@@ -292,3 +292,9 @@ def test_staleness_summary(values):
 
 def test_staleness_summary_of_nothing():
     assert staleness_summary([]) == {"max": 0, "mean": 0.0, "histogram": {}}
+
+
+@pytest.mark.parametrize("taus", [[0, -1], [1, 2.5], [True], [0, float("nan")], [float("inf")]])
+def test_staleness_summary_rejects_what_is_not_a_staleness(taus):
+    with pytest.raises(ValueError, match="taus"):
+        staleness_summary(taus)
