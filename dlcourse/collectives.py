@@ -21,15 +21,11 @@ import torch.distributed as dist
 from torch import nn
 
 from dlcourse._validate import check_int
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+from dlcourse.models import check_model
 
 
 def _check_collective(model: Any) -> None:
-    _check_model(model)
+    check_model(model)
     if not dist.is_initialized():
         raise RuntimeError("no process group: run this inside dlcourse.launcher.launch (or torchrun)")
 
@@ -56,7 +52,7 @@ def average_gradients(model: nn.Module) -> None:
 
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of all parameters (what one copy of the model sends)."""
-    _check_model(model)
+    check_model(model)
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 

@@ -99,6 +99,13 @@ class Shards(list):
         return f"Shards(num_workers={len(self)}, size={size}, dropped={self.dropped})"
 
 
+def check_dataset(name: str, data: object) -> Dataset:
+    """Return ``data`` if it is a :class:`Dataset`; else raise ``ValueError`` naming ``name``."""
+    if not isinstance(data, Dataset):
+        raise ValueError(f"{name} must be a dlcourse.data.Dataset, got {type(data).__name__}")
+    return data
+
+
 def default_data_dir() -> Path:
     """``$DLCOURSE_DATA`` if set, else ``~/.cache/dlcourse/mnist``."""
     env = os.environ.get("DLCOURSE_DATA")

@@ -14,6 +14,8 @@ stages by layer index.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -84,8 +86,16 @@ class SharedLSTM(nn.Module):
         )
 
 
+def check_model(model: Any) -> nn.Module:
+    """Return ``model`` if it is a ``torch.nn.Module``; else raise ``ValueError``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars in ``model``."""
+    check_model(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -26,9 +26,9 @@ from torch.func import functional_call
 
 from dlcourse._validate import check_int
 from dlcourse.cli import run_metrics, training_settings
-from dlcourse.collectives import _check_model, parameter_bytes
+from dlcourse.collectives import parameter_bytes
 from dlcourse.data_parallel import config_from_args
-from dlcourse.models import make_model
+from dlcourse.models import check_model, make_model
 from dlcourse.train import evaluate, fit
 
 
@@ -45,7 +45,7 @@ class ReplicatedModel(nn.Module):
 
     def __init__(self, model: nn.Module, devices: Sequence[str | torch.device], output_device="cpu") -> None:
         super().__init__()
-        _check_model(model)
+        check_model(model)
         if len(devices) == 0:
             raise ValueError("devices must list at least one device, got []")
         self.module = model

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from dlcourse import metrics
 from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.data import Dataset
+from dlcourse.data import Dataset, check_dataset
+from dlcourse.models import check_model
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -77,6 +78,8 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000) -> dict[str, float]:
     """Loss, accuracy and macro F1 of ``model`` on ``data`` (in eval mode, no gradients)."""
+    check_model(model)
+    check_dataset("data", data)
     check_int("batch_size", batch_size, low=1)
     if len(data) == 0:
         raise ValueError("data must hold at least one example, got an empty Dataset")
@@ -112,6 +115,10 @@ def fit(
     The shuffle order comes from ``seed``, so two runs from the same initial model give
     identical losses on the CPU. ``progress`` shows a tqdm bar (a widget in notebooks).
     """
+    check_model(model)
+    check_dataset("data", data)
+    if eval_data is not None:
+        check_dataset("eval_data", eval_data)
     check_int("epochs", epochs, low=0)
     check_int("batch_size", batch_size, low=1)
     check_int("seed", seed, low=0)

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dlcourse.collectives import ring_allreduce_bytes
-from dlcourse.data import Dataset, shard
+from dlcourse.data import Dataset, check_dataset, shard
 from dlcourse.launcher import device_for, launch
 from dlcourse.models import MODELS, make_model
 from dlcourse.train import OPTIMIZERS, evaluate, make_optimizer
@@ -105,7 +105,7 @@ class DataParallelConfig:
 
 def make_shards(train: Dataset, num_workers: int, shard_sizes: Sequence[int] | None = None) -> list[Dataset]:
     """Equal shards (:func:`dlcourse.data.shard`), or contiguous ones of ``shard_sizes``."""
-    _check_dataset("train", train)
+    check_dataset("train", train)
     check_int("num_workers", num_workers, low=1)
     if shard_sizes is None:
         return list(shard(train, num_workers))
@@ -159,11 +159,6 @@ def config_or_default(config: DataParallelConfig | None) -> DataParallelConfig:
     if not isinstance(config, DataParallelConfig):
         raise ValueError(f"config must be a DataParallelConfig or None, got {type(config).__name__}")
     return config
-
-
-def _check_dataset(name: str, data: Any) -> None:
-    if not isinstance(data, Dataset):
-        raise ValueError(f"{name} must be a dlcourse.data.Dataset, got {type(data).__name__}")
 
 
 def run_fingerprint(
@@ -418,9 +413,9 @@ def run_workers(
     if not callable(worker):
         raise ValueError(f"worker must be a function (rank, world_size, ...), got {worker!r}")
     config = config_or_default(config)
-    _check_dataset("train", train)
+    check_dataset("train", train)
     if test is not None:
-        _check_dataset("test", test)
+        check_dataset("test", test)
     config.check_workers(num_workers)
     # fail here, in the caller, with one clear line, rather than in N workers
     shards = make_shards(train, num_workers, shard_sizes)

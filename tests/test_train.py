@@ -69,6 +69,21 @@ def test_bad_arguments(mnist):
         evaluate(model, mnist.test, batch_size=0)
 
 
+def test_fit_and_evaluate_name_a_wrong_model_or_data(mnist):
+    # checked before use: a string model or a bare tensor used to fail deep inside with AttributeError
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module, got str"):
+        fit("mlp", mnist.train)
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module, got str"):
+        evaluate("mlp", mnist.test)
+    with pytest.raises(ValueError, match="data must be a dlcourse.data.Dataset, got Tensor"):
+        fit(model, mnist.train.X)
+    with pytest.raises(ValueError, match="eval_data must be a dlcourse.data.Dataset, got tuple"):
+        fit(model, mnist.train[:10], eval_data=(mnist.test.X, mnist.test.y))
+    with pytest.raises(ValueError, match="data must be a dlcourse.data.Dataset, got Tensor"):
+        evaluate(model, mnist.test.X)
+
+
 def _cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "dlcourse", *args], capture_output=True, text=True, timeout=300
