@@ -153,6 +153,12 @@ def staleness_counts(taus: Any) -> np.ndarray:
     return np.bincount(arr).astype(float) if arr.size else np.zeros(0)
 
 
+def _fractions(counts: np.ndarray) -> np.ndarray:
+    """``counts`` as fractions of their sum (all zeros stay zeros)."""
+    total = counts.sum()
+    return counts / total if total else counts
+
+
 def _outline(heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The outline of unit-wide bars centred on 0, 1, 2, ... (a histogram drawn as one line)."""
     if len(heights) == 0:
@@ -179,11 +185,9 @@ class StalenessPlot(Plot):
 
     def update(self, taus: Any, real: Any = None, *, title: str | None = None) -> None:
         """``taus``: staleness per applied update (or a histogram dict / result); ``real``: the same."""
-        counts = staleness_counts(taus)
-        frac = counts / counts.sum() if counts.sum() else counts
+        frac = _fractions(staleness_counts(taus))
         self.bars.set_verts(bar_verts(np.arange(len(frac)), frac, 0.8))
-        real_counts = staleness_counts(real)
-        real_frac = real_counts / real_counts.sum() if real_counts.sum() else real_counts
+        real_frac = _fractions(staleness_counts(real))
         self.overlay.set_data(*_outline(real_frac))
         self.overlay.set_visible(real is not None)
         mean = float((np.arange(len(frac)) * frac).sum()) if frac.sum() else 0.0
@@ -263,7 +267,9 @@ class CurvesPlot(Plot):
         drop_missing(self.lines, runs)
         for label, run in runs.items():
             if label not in self.lines:
-                color = f"C{len(self.lines) % 10}"
+                # the first colour no line still shows: a run that left frees its colour
+                used = {lines[0].get_color() for lines in self.lines.values()}
+                color = next((c for c in (f"C{i}" for i in range(10)) if c not in used), "C0")
                 self.lines[label] = tuple(
                     ax.plot([], [], marker="o", ms=3, color=color, label=label)[0] for ax in self.axes
                 )

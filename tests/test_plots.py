@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import matplotlib
+import matplotlib.colors
 
 matplotlib.use("Agg")  # no display in the tests
 
@@ -159,6 +160,10 @@ def test_curves_overlay_runs_and_drop_the_ones_that_leave():
     assert list(plot.lines) == ["async"] and plot.lines["async"][0] is loss_line
     np.testing.assert_allclose(loss_line.get_ydata(), [1.0, 0.6, 0.4])
     assert len(plot.axes[0].lines) == 1  # the sync line was removed from the axes
+    plot.update({**runs, "local": runs["sync"]})  # two runs join: neither takes async's colour
+    colors = [matplotlib.colors.to_hex(plot.lines[k][0].get_color()) for k in ("async", "sync", "local")]
+    assert len(set(colors)) == 3
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in plot.lines["local"]] == [colors[2]] * 2
     with pytest.raises(ValueError, match="x must be one of"):
         plots.curves(runs, x="minute")
     with pytest.raises(ValueError, match="same length"):
