@@ -77,7 +77,8 @@ class StalenessExplorer(SimPanel):
         self.num_workers = slider(W.IntSlider, "workers N", num_workers, 1, 32)
         self.softsync = slider(W.IntSlider, "soft sync S", softsync, 1, num_workers)
         self.bounded = W.Checkbox(value=staleness_bound is not None, description="bound staleness")
-        self.staleness_bound = slider(W.IntSlider, "staleness bound", staleness_bound or 2, 0, 32)
+        bound = 2 if staleness_bound is None else staleness_bound  # 2: where the slider starts if ticked
+        self.staleness_bound = slider(W.IntSlider, "staleness bound", bound, 0, 32)
         self.lr_policy = W.Dropdown(options=list(self.policies), value=selected, description="lr policy")
         # the MLP has 4 parameter tensors and a real server owns whole tensors: k <= 4
         self.servers = slider(W.IntSlider, "server shards k", servers, 1, 4)

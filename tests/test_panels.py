@@ -95,6 +95,14 @@ def test_staleness_explorer_histogram_follows_S(small, base):
     np.testing.assert_allclose(curve.get_ydata(), [p.accuracy for p in panel.result.evals])
 
 
+def test_staleness_explorer_keeps_a_staleness_bound_of_0(small, base):
+    """A bound of 0 (lockstep) is a valid bound, not a missing one."""
+    panel = panels.StalenessExplorer(num_workers=2, staleness_bound=0, base=base, data=small)
+    assert panel.last_error is None, panel.last_error
+    assert panel.bounded.value and panel.staleness_bound.value == 0
+    assert panel.result.config.staleness_bound == 0
+
+
 def test_staleness_explorer_shows_invalid_combinations_in_the_panel(small, base):
     panel = panels.StalenessExplorer(num_workers=4, softsync=2, base=base, data=small)
     updates = panel.updates
