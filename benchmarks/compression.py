@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    if args.repeats < 1 or args.steps < 0:
+        parser.error(f"--repeats must be >= 1 and --steps >= 0, got {args.repeats} and {args.steps}")
     torch.set_num_threads(1)
     r, shapes = cnn_gradient(args.steps)
     numel = r.numel()

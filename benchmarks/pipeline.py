@@ -51,9 +51,11 @@ def _worker(rank, world_size, model, X, y, M, repeats):
         loss_fn=F.cross_entropy,
     )
 
+    # outside the timed step, as torch's PipelineStage infers its shapes once, before it
+    shape = stage_input_shapes(model, world_size, (len(X) // M, *X.shape[1:]))[rank]
+
     def ours():
         ours_stage.zero_grad()
-        shape = stage_input_shapes(model, world_size, (len(X) // M, *X.shape[1:]))[rank]
         gpipe_step(ours_stage, X, y, M, prev_rank=prev, next_rank=nxt, in_shape=shape)
 
     def reference():
@@ -93,6 +95,9 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--stage-cost", type=float, default=0.05, help="padded seconds per F and per B")
     args = parser.parse_args()
+    for name in ("repeats", "batch_size", "microbatches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     data = load_mnist().train
     X, y = data.X[: args.batch_size], data.y[: args.batch_size]
     model = make_model(args.model, seed=0)
