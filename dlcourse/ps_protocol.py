@@ -306,7 +306,7 @@ class _Server:
         self.lost[worker] = self.received[worker]
         self.waiting.discard(worker)
         self.sends.pop(worker, None)  # never to be answered
-        self.gate.clocks[worker] = 2**62  # no longer holds the others back
+        self.gate.retire(worker)  # no longer holds the others back
 
     def run(self) -> dict:
         inbox: queue.Queue = queue.Queue()

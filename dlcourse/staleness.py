@@ -186,16 +186,25 @@ class BoundedStaleness:
     ``clocks[n]`` counts the steps worker n has finished. Worker n may start its next step
     while ``clocks[n] - min(clocks) <= bound``; ``bound=None`` never blocks (async).
     ``clock`` (= ``min(clocks)``) is the server clock in which staleness is measured.
+    A worker that has left the run (:meth:`retire`) no longer counts in that minimum.
     """
 
     def __init__(self, num_workers: int, bound: int | None) -> None:
         self.num_workers = check_int("num_workers", num_workers, low=1)
         self.bound = None if bound is None else check_int("staleness_bound", bound, low=0)
         self.clocks = [0] * num_workers
+        self.retired: set[int] = set()  # workers that left the run (lost): they hold nobody back
 
     @property
     def clock(self) -> int:
-        return min(self.clocks)
+        """The steps every worker still in the run has finished (all workers', once none is)."""
+        live = [c for w, c in enumerate(self.clocks) if w not in self.retired]
+        return min(live or self.clocks)
+
+    def retire(self, worker: int) -> None:
+        """Worker ``worker`` left the run: the slowest of the others sets the clock from now on."""
+        check_int("worker", worker, low=0, high=self.num_workers - 1)
+        self.retired.add(worker)
 
     def may_start(self, worker: int) -> bool:
         check_int("worker", worker, low=0, high=self.num_workers - 1)
@@ -207,7 +216,11 @@ class BoundedStaleness:
         self.clocks[worker] += 1
 
     def __repr__(self) -> str:
-        return f"BoundedStaleness(num_workers={self.num_workers}, bound={self.bound}, clocks={self.clocks})"
+        retired = f", retired={sorted(self.retired)}" if self.retired else ""
+        return (
+            f"BoundedStaleness(num_workers={self.num_workers}, bound={self.bound}, "
+            f"clocks={self.clocks}{retired})"
+        )
 
 
 def staleness_summary(taus: Sequence[int]) -> dict:

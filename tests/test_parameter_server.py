@@ -193,6 +193,18 @@ def test_async_survives_a_killed_worker(no_orphans):
 
 
 @pytest.mark.multiprocess
+def test_bounded_staleness_survives_a_killed_worker(no_orphans):
+    """The lost worker's clock stops; the gate retires it, so it does not hold the others back."""
+    start = time.monotonic()
+    config = PSConfig(**SMALL, num_workers=3, steps=20, staleness_bound=1, kill_worker=1, kill_after=5)
+    result = run_parameter_server(config)
+    assert time.monotonic() - start < 90
+    assert result.lost_workers == {1: 5}
+    assert result.updates_per_worker == [20, 5, 20]
+    assert result.staleness_summary()["max"] <= 1
+
+
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("num_servers", [1, 2])
 def test_a_dead_server_stops_the_workers_with_a_clear_error(num_servers, no_orphans):
     config = PSConfig(**SMALL, num_workers=2, num_servers=num_servers, steps=40, kill_server=num_servers - 1)

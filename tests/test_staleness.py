@@ -277,6 +277,19 @@ def test_bounded_staleness_rejects_bad_arguments():
     assert "bound=1" in repr(gate) and "clocks=[0, 0, 0]" in repr(gate)
 
 
+def test_a_retired_worker_holds_nobody_back():
+    """A lost worker (the real server retires it) no longer sets the clock or blocks the others."""
+    gate = BoundedStaleness(3, 0)
+    gate.finish(0)
+    gate.finish(2)
+    assert gate.clock == 0 and not gate.may_start(0) and not gate.may_start(2)
+    gate.retire(1)
+    assert gate.clock == 1 and gate.may_start(0) and gate.may_start(2)
+    assert "retired=[1]" in repr(gate)
+    with pytest.raises(ValueError, match="worker"):
+        gate.retire(3)
+
+
 # -- the summary ------------------------------------------------------------------------------
 
 
