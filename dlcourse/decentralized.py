@@ -113,12 +113,12 @@ class DecentralizedResult:
     examples: int  # training examples processed, all workers together
     staleness: list[int] = field(default_factory=list)  # local steps since each applied peer update was made
     bytes_per_step: list[int] = field(default_factory=list)  # rank 0's message bytes per step
+    messages: int = 0  # messages on the wire (forwarded copies included)
 
     @property
     def examples_per_s(self) -> float:
+        """Training examples per second of the slowest worker's loop, all workers together."""
         return self.examples / self.wall_s if self.wall_s > 0 else 0.0
-
-    messages: int = 0  # messages on the wire (forwarded copies included)
 
     @property
     def compression_ratio(self) -> float:
@@ -342,6 +342,9 @@ def train_decentralized(
         raise ValueError(
             f"warmup_workers must be <= num_workers ({num_workers}), got {config.warmup_workers}"
         )
+    for name, data in (("train", train), ("test", test)):
+        if data is not None and not isinstance(data, Dataset):
+            raise ValueError(f"{name} must be a Dataset or None, got {type(data).__name__}")
     if train is None or test is None:
         split = load_mnist("subset")
         train = split.train if train is None else train

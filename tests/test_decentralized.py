@@ -135,6 +135,8 @@ def test_bad_run_arguments(small):
         train_decentralized(DecentralizedConfig(), 4, train=train[:3], test=test)
     with pytest.raises(ValueError, match="num_workers must be >= 1"):
         train_decentralized(DecentralizedConfig(), 0, train=train, test=test)
+    with pytest.raises(ValueError, match="test must be a Dataset or None, got tuple"):
+        train_decentralized(DecentralizedConfig(), 2, train=train, test=(test.X, test.y))
 
 
 @pytest.mark.multiprocess
