@@ -20,6 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
+from dlcourse._validate import check_int
+
 # One colour per kind of interval, the same in every figure.
 KIND_COLORS = {
     "compute": "#4C72B0",
@@ -134,6 +136,7 @@ class Plot:
 
     def to_png(self, dpi: int = 80) -> bytes:
         """The figure rendered as PNG bytes (works with the Agg backend, no display needed)."""
+        check_int("dpi", dpi, low=1)
         buf = io.BytesIO()
         self.fig.savefig(buf, format="png", dpi=dpi)
         return buf.getvalue()

@@ -84,6 +84,8 @@ def test_every_plot_renders_to_png(name):
     assert png.startswith(PNG) and len(png) > 5000  # a real image, not an empty canvas
     assert plot._repr_png_().startswith(PNG)
     assert type(plot).__name__ in repr(plot)
+    with pytest.raises(ValueError, match="dpi must be >= 1, got 0"):
+        plot.to_png(dpi=0)
 
 
 def test_timeline_draws_each_event_where_it_happened_and_updates_in_place():
