@@ -226,9 +226,13 @@ def run_for_real_default(config, updates: int, progress: Callable[[int, int], No
     update and the test accuracy at the server's snapshots, against epochs.
     """
     from dlcourse.parameter_server import PSConfig, run_parameter_server
-    from dlcourse.sim import default_data
+    from dlcourse.sim import SimConfig, default_data
 
+    if not isinstance(config, SimConfig):
+        raise ValueError(f"config must be a SimConfig, got {type(config).__name__}")
     check_int("updates", updates, low=1)
+    if not callable(progress):
+        raise ValueError(f"progress must be a function f(done, total), got {type(progress).__name__}")
     n = config.num_workers
     ps = PSConfig(
         num_workers=n,

@@ -283,6 +283,11 @@ def test_simulation_panels_reject_a_base_or_data_of_the_wrong_kind(small, base):
         panels.CompressionExplorer(num_workers=2, base=base, data=(small.train, small.test))
     with pytest.raises(ValueError, match="base must be a SimConfig"):
         panels.sim_config("fast", num_workers=2)
+    # the real run checks its arguments before any process starts
+    with pytest.raises(ValueError, match="config must be a SimConfig, got dict"):
+        panels.run_for_real_default({"num_workers": 2}, 10, lambda done, total: None)
+    with pytest.raises(ValueError, match="progress must be a function"):
+        panels.run_for_real_default(base, 10, progress=None)
 
 
 def test_panel_pieces_defaults_and_slider_range():
