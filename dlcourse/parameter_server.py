@@ -51,6 +51,7 @@ through the launcher's :func:`~dlcourse.launcher.report` channel.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,9 +259,14 @@ class PSResult:
 # ---------------------------------------------------------------------------- sharding
 
 
-def parameter_shapes(model: str) -> list[torch.Size]:
+def parameter_shapes(model: str) -> tuple[torch.Size, ...]:
     """Shapes of the model's parameter tensors, in ``model.parameters()`` order."""
-    return [p.shape for p in make_model(model).parameters()]
+    return _parameter_shapes(check_choice("model", model, MODELS))
+
+
+@functools.cache  # a run asks three times (config, validate, layout); building the CNN takes ~50 ms
+def _parameter_shapes(model: str) -> tuple[torch.Size, ...]:
+    return tuple(p.shape for p in make_model(model).parameters())
 
 
 def assign_shards(sizes: Sequence[int], num_servers: int) -> list[list[int]]:

@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 from dlcourse.data import shard
 from dlcourse.launcher import WorkerError
 from dlcourse.models import make_model
-from dlcourse.parameter_server import PSConfig, assign_shards, run_parameter_server, worker_schedule
+from dlcourse.parameter_server import (
+    PSConfig,
+    assign_shards,
+    parameter_shapes,
+    run_parameter_server,
+    worker_schedule,
+)
 from dlcourse.ps_protocol import flatten_shard, unflatten_shard
 
 SMALL = dict(
@@ -101,6 +107,13 @@ def test_a_shard_travels_as_one_flat_vector_and_back(shapes, data):
         assert torch.equal(c, t) if i in index else not c.any()  # only the shard's tensors are written
     with pytest.raises(ValueError, match="flat must have"):
         unflatten_shard(torch.cat([flat, flat[:1]]), copies, index)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_parameter_shapes_are_the_models(model):
+    assert list(parameter_shapes(model)) == [p.shape for p in make_model(model).parameters()]
+    with pytest.raises(ValueError, match="model"):
+        parameter_shapes("resnet")
 
 
 def test_config_repr_names_the_mode():
