@@ -97,8 +97,12 @@ def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) ->
             with run.sync(nbytes):
                 average_parameters(model)  # 4. global parameters = the average
     if run.total_steps % K:
-        average_parameters(model)  # the data ran out between two averages: end on one model
+        # The data ran out between two averages. Checkpoint first: a resume with more epochs
+        # must continue from the workers' own parameters, as an uninterrupted run would.
+        run.save()
+        average_parameters(model)  # then end on one model
         run.count(nbytes)
+        return run.finish(test, save=False)
     return run.finish(test)
 
 

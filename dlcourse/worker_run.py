@@ -306,9 +306,13 @@ class WorkerRun:
         self.losses = list(state["losses"])
         self.step = ckpt.step
 
-    def finish(self, test: Dataset | None = None) -> dict[str, Any]:
-        """Final checkpoint, then rank 0 evaluates; returns what :class:`DataParallelResult` needs."""
-        self.save()
+    def finish(self, test: Dataset | None = None, *, save: bool = True) -> dict[str, Any]:
+        """Final checkpoint, then rank 0 evaluates; returns what :class:`DataParallelResult` needs.
+
+        ``save=False`` when the caller has already written the final checkpoint itself.
+        """
+        if save:
+            self.save()
         everyone: list[Any] = [None] * self.world_size
         dist.all_gather_object(everyone, self.losses)
         steps = len(self.times["step"])

@@ -204,3 +204,37 @@ def test_cli_killed_with_sigkill_then_resumed(mnist, tmp_path, no_orphans):
     config = DataParallelConfig(model="mlp", epochs=1, batch_size=200, lr=1e-3, optimizer="adam")
     uninterrupted = train_ddp(mnist.train, 2, config)
     assert parameter_distance(final.states[0]["model"], uninterrupted.parameters) == 0.0
+
+
+def _averaging_runs(rank, world_size, train, configs):
+    return [averaging_worker(rank, world_size, train, None, config, None) for config in configs]
+
+
+@pytest.mark.multiprocess
+def test_averaging_that_ends_between_two_averages_resumes_with_more_epochs_exactly(
+    mnist, tmp_path, no_orphans
+):
+    # 10 steps per epoch and K = 4: the run ends two steps after an average and averages once
+    # more to end on one model. That last average used to be in the final checkpoint, so a
+    # resume with a second epoch started from averaged parameters an uninterrupted run never had.
+    train = mnist.train[:200]
+    common = dict(model="mlp", batch_size=20, lr=0.1, average_every=4)
+    folder = str(tmp_path / "ckpt")
+    first = [
+        DataParallelConfig(**common, epochs=2),
+        DataParallelConfig(**common, epochs=1, checkpoint_dir=folder),
+    ]
+    outputs = launch(_averaging_runs, 2, train, first, run_timeout=120, threads_per_worker=1)
+    assert load_checkpoint(folder).step == 10
+    resumed = launch(
+        _averaging_runs,
+        2,
+        train,
+        [DataParallelConfig(**common, epochs=2, checkpoint_dir=folder, resume=True)],
+        run_timeout=120,
+        threads_per_worker=1,
+    )
+    uninterrupted = collect("averaging", [o[0] for o in outputs])
+    after_resume = collect("averaging", [o[0] for o in resumed])
+    assert after_resume.updates == uninterrupted.updates == 20
+    assert parameter_distance(uninterrupted.parameters, after_resume.parameters) == 0.0
