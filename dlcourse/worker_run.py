@@ -316,15 +316,14 @@ class WorkerRun:
         everyone: list[Any] = [None] * self.world_size
         dist.all_gather_object(everyone, self.losses)
         steps = len(self.times["step"])
-        mean = (lambda xs: sum(xs) / len(xs)) if steps else (lambda xs: 0.0)
         out: dict[str, Any] = {
             "rank": self.rank,
             "steps": steps,
             "batch": len(self.shard) // self.steps_per_epoch,
-            "step_s": mean(self.times["step"]),
+            "step_s": _mean(self.times["step"]),
             # DDP overlaps its all-reduce with backward: there, only the whole step is measured
-            "sync_s": mean(self.times["sync"]) if self.sync_measured else None,
-            "compute_s": mean([a - b for a, b in zip(self.times["step"], self.times["sync"])])
+            "sync_s": _mean(self.times["sync"]) if self.sync_measured else None,
+            "compute_s": _mean([a - b for a, b in zip(self.times["step"], self.times["sync"])])
             if self.sync_measured
             else None,
             "delay_s": self.config.slow_delay if self.rank == self.config.slow_worker else 0.0,
@@ -336,6 +335,11 @@ class WorkerRun:
             out["sent"] = self.sent
             out["test"] = evaluate(self.model, test) if test is not None else None
         return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    """The mean of ``xs``; 0.0 for a session that ran no steps (resumed at the end)."""
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 @dataclass(repr=False)
