@@ -337,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         # library functions validate their arguments; a student sees one line
         print(f"dlcourse {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, TimeoutError) as e:
+        from dlcourse.launcher import WorkerError  # imported late: `--help` stays free of torch
+
+        if not isinstance(e, (WorkerError, TimeoutError)):
+            raise
+        # a failed run, not a bad argument: the worker's own traceback is the useful part,
+        # the parent's stack through the launcher is not
+        print(f"dlcourse {args.command}: error: {e}", file=sys.stderr)
+        return 1
     metrics.setdefault("total_s", time.perf_counter() - start)
     print(summary(metrics))
     if args.json is not None:

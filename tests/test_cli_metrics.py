@@ -126,3 +126,27 @@ def test_summary_without_per_worker_clocks_prints_no_table():
     base = {"strategy": "single", "updates": 3}
     assert summary(base) == summary({**base, "per_worker": [1, 2]}) == summary({**base, "per_worker": []})
     assert "per worker" not in summary(base)
+
+
+def test_a_failed_run_is_reported_without_the_parents_traceback(monkeypatch, capsys):
+    """A worker failure exits 1 with the rank and the worker's traceback, not the launcher's stack."""
+    from dlcourse import cli
+    from dlcourse.launcher import WorkerError
+
+    def failing(args):
+        raise WorkerError(
+            1, "KeyError: 'shard'", "Traceback (most recent call last):\n  in worker\nKeyError: 'shard'"
+        )
+
+    monkeypatch.setattr(cli, "_resolve", lambda spec: failing)
+    assert cli.main(["train", "--strategy", "single", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dlcourse train: error: worker rank 1 failed: KeyError")
+    assert "in worker" in err and "cli.py" not in err
+
+    def bug(args):
+        raise RuntimeError("a bug in dlcourse itself")
+
+    monkeypatch.setattr(cli, "_resolve", lambda spec: bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
+        cli.main(["train", "--strategy", "single", "--no-progress"])
