@@ -63,7 +63,7 @@ from dlcourse.data import SOURCES, Dataset, shard
 from dlcourse.launcher import WorkerError, WorkerLost, launch, under_torchrun
 from dlcourse.models import MODELS, make_model
 from dlcourse.ps_protocol import ServerLost, load_data, rank_main, unflatten_shard, worker_schedule
-from dlcourse.staleness import LrPolicy, resolve_lr_policy, staleness_summary
+from dlcourse.staleness import LrPolicy, lr_policy_name, resolve_lr_policy, staleness_summary
 from dlcourse.train import evaluate
 
 __all__ = [
@@ -175,13 +175,10 @@ class PSConfig:
         return "async" if self.softsync == 1 else f"softsync(S={self.softsync})"
 
     def __repr__(self) -> str:
-        policy = (
-            self.lr_policy if isinstance(self.lr_policy, str) else getattr(self.lr_policy, "__name__", "f")
-        )
         return (
             f"PSConfig(mode={self.mode}, num_workers={self.num_workers}, num_servers={self.num_servers}, "
-            f"lr={self.lr}, lr_policy={policy}, model={self.model!r}, batch_size={self.batch_size}, "
-            f"steps={self.steps}, epochs={self.epochs})"
+            f"lr={self.lr}, lr_policy={lr_policy_name(self.lr_policy)}, model={self.model!r}, "
+            f"batch_size={self.batch_size}, steps={self.steps}, epochs={self.epochs})"
         )
 
 

@@ -42,7 +42,7 @@ from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.cluster import KINDS, POLICIES, Cluster, EvalPoint, TraceEvent, register_policy, worker_batches
 from dlcourse.data import MnistSplit, load_mnist
 from dlcourse.sim_parameter_server import run_parameter_server  # importing it registers its 4 policies
-from dlcourse.staleness import LrPolicy, resolve_lr_policy, staleness_summary
+from dlcourse.staleness import LrPolicy, lr_policy_name, resolve_lr_policy, staleness_summary
 
 __all__ = [  # the simulator's public names, wherever they live
     "KINDS",
@@ -139,8 +139,7 @@ class SimConfig:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        if callable(self.lr_policy):
-            d["lr_policy"] = getattr(self.lr_policy, "__name__", repr(self.lr_policy))
+        d["lr_policy"] = lr_policy_name(self.lr_policy)
         d["worker_speeds"] = list(self.worker_speeds) if self.worker_speeds is not None else None
         return d
 

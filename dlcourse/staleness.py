@@ -65,6 +65,15 @@ def resolve_lr_policy(policy: str | LrPolicy) -> LrPolicy:
     return LR_POLICIES[check_choice("lr_policy", policy, LR_POLICIES)]
 
 
+def lr_policy_name(policy: str | LrPolicy) -> str:
+    """How results and reprs write a policy: its name, or a student's function's ``__name__``."""
+    if isinstance(policy, str):
+        return policy
+    if not callable(policy):
+        raise ValueError(f"lr_policy must be a policy name or a function f(lr, tau), got {policy!r}")
+    return getattr(policy, "__name__", repr(policy))
+
+
 def scaled_lr(lr: float, tau: int, policy: str | LrPolicy = "staleness") -> float:
     """The learning rate lambda_n for one update of staleness ``tau`` under ``policy``."""
     check_float("lr", lr, low=0.0, low_open=True)
@@ -173,10 +182,10 @@ class SoftSync:
         return len(self._pending)
 
     def __repr__(self) -> str:
-        name = getattr(self.lr_policy, "__name__", repr(self.lr_policy))
         return (
             f"SoftSync(num_workers={self.num_workers}, softsync={self.softsync}, lr={self.lr}, "
-            f"lr_policy={name}, reduce={self.reduce!r}, version={self.version}, pending={self.pending})"
+            f"lr_policy={lr_policy_name(self.lr_policy)}, reduce={self.reduce!r}, "
+            f"version={self.version}, pending={self.pending})"
         )
 
 

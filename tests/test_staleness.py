@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import Counter
@@ -17,6 +18,7 @@ from dlcourse.staleness import (
     SoftSync,
     apply_updates,
     constant_lr,
+    lr_policy_name,
     resolve_lr_policy,
     scaled_lr,
     staleness,
@@ -301,6 +303,18 @@ def test_staleness_summary(values):
     assert math.isclose(s["mean"], statistics.fmean(values))
     assert s["histogram"] == {str(k): v for k, v in sorted(Counter(values).items())}
     assert list(s["histogram"]) == [str(k) for k in sorted(set(values))]
+
+
+def test_lr_policy_name_is_how_results_write_a_policy():
+    def my_rule(lr: float, tau: int) -> float:
+        return lr
+
+    half = functools.partial(lambda lr, tau, k: lr * k, k=0.5)  # no __name__: its repr
+    assert lr_policy_name("staleness") == "staleness" and lr_policy_name(my_rule) == "my_rule"
+    assert lr_policy_name(half) == repr(half)
+    assert "lr_policy=my_rule" in repr(SoftSync(2, lr_policy=my_rule))
+    with pytest.raises(ValueError, match="lr_policy"):
+        lr_policy_name(0.1)
 
 
 def test_staleness_summary_of_nothing():
