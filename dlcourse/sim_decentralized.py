@@ -61,20 +61,25 @@ class DecentralizedSimConfig(SimConfig):
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
 
 
+def _extend(config: SimConfig, **decentralized) -> DecentralizedSimConfig:
+    """``config`` as a :class:`DecentralizedSimConfig`, with ``decentralized`` fields set."""
+    fields = {k: getattr(config, k) for k in SimConfig.__dataclass_fields__}
+    return DecentralizedSimConfig(**fields, **decentralized)
+
+
 def run_decentralized(cluster: Cluster) -> None:
     """Policy ``decentralized``: replicas, compressed messages, no server."""
     c = cluster.config
-    tau = getattr(c, "tau", None)  # a plain SimConfig(policy="decentralized") runs uncompressed
-    variant = "dense" if tau is None else getattr(c, "variant", "full")
-    topology = getattr(c, "topology", "all")
-    n = c.num_workers
+    if not isinstance(c, DecentralizedSimConfig):  # a plain SimConfig(policy="decentralized"): the defaults
+        c = _extend(c)
+    tau, topology, n = c.tau, c.topology, c.num_workers
+    variant = "dense" if tau is None else c.variant  # uncompressed without a threshold
     steps_each = c.epochs * cluster.batches_per_shard
     replicas = [cluster.W.clone() for _ in range(n)]
-    coder = getattr(c, "coder", "auto")
-    compressors = [Compressor(cluster.W.numel(), tau=tau, variant=variant, coder=coder) for _ in range(n)]
-    active = getattr(c, "warmup_workers", None) or n
+    compressors = [Compressor(cluster.W.numel(), tau=tau, variant=variant, coder=c.coder) for _ in range(n)]
+    active = c.warmup_workers or n
     # Strom's "fewer nodes early": the others join after `warmup` steps of the first epoch
-    warmup = int(getattr(c, "warmup_fraction", 0.0) * cluster.batches_per_shard) if active < n else 0
+    warmup = int(c.warmup_fraction * cluster.batches_per_shard) if active < n else 0
     quota = [steps_each - (warmup if w >= active else 0) for w in range(n)]
     joined = [w < active for w in range(n)]
     link_free = [0.0] * n  # when each worker's outgoing link is next free
@@ -153,10 +158,8 @@ register_policy("decentralized", run_decentralized)
 
 def simulate_command(args) -> dict:
     """``dlcourse simulate --policy decentralized``: the CLI's entry point."""
-    base = config_from_args(args)
-    fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
-    config = DecentralizedSimConfig(
-        **fields,
+    config = _extend(
+        config_from_args(args),
         tau=args.tau,
         variant="onebit" if args.no_residual else getattr(args, "compression", "full"),
         topology=getattr(args, "topology", "all"),

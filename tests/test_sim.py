@@ -27,6 +27,7 @@ from dlcourse.sim import (
     simulate,
     worker_batches,
 )
+from dlcourse.sim_decentralized import DecentralizedSimConfig
 
 PROPERTY = settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -242,6 +243,14 @@ def test_a_new_policy_plugs_in_through_the_cluster(small):
         del POLICIES["local-only"]
     with pytest.raises(ValueError, match="policy"):
         SimConfig(policy="local-only")
+
+
+def test_a_plain_config_runs_decentralized_with_its_defaults(small):
+    """SimConfig(policy="decentralized") is DecentralizedSimConfig with the defaults (uncompressed)."""
+    plain = simulate(SimConfig(num_workers=3, policy="decentralized", batch_size=20), small)
+    full = simulate(DecentralizedSimConfig(num_workers=3, batch_size=20), small)
+    assert torch.equal(plain.params, full.params) and plain.evals == full.evals
+    assert plain.bytes_sent == full.bytes_sent > 0
 
 
 def test_applied_builds_derived_params_only_when_an_evaluation_is_due(small):
