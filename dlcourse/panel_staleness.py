@@ -225,7 +225,6 @@ def run_for_real_default(config, updates: int, progress: Callable[[int, int], No
     (each worker takes ``ceil(updates / N)`` steps). Returns the staleness of every applied
     update and the test accuracy at the server's snapshots, against epochs.
     """
-    from dlcourse.parameter_server import PSConfig, run_parameter_server
     from dlcourse.sim import SimConfig, default_data
 
     if not isinstance(config, SimConfig):
@@ -233,6 +232,9 @@ def run_for_real_default(config, updates: int, progress: Callable[[int, int], No
     check_int("updates", updates, low=1)
     if not callable(progress):
         raise ValueError(f"progress must be a function f(done, total), got {type(progress).__name__}")
+    # imported after the checks, so that a wrong argument fails without loading the server
+    from dlcourse.parameter_server import PSConfig, run_parameter_server
+
     n = config.num_workers
     ps = PSConfig(
         num_workers=n,
