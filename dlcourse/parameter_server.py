@@ -11,7 +11,10 @@ simulator calls:
   updates the server applied since the worker pulled;
 - **soft sync** S: the server averages S pushes per step (:class:`~dlcourse.staleness.SoftSync`);
   a worker whose push waits in an unfinished group waits with it (it reads its own writes,
-  as in :mod:`dlcourse.sim`), and a group that can no longer fill up is applied as it is;
+  as in :mod:`dlcourse.sim`), and a group that can no longer fill up is applied as it is.
+  With k > 1 sharded servers and S < N the worker pulls at once instead (Zhang et al.'s
+  n-softsync): each shard groups pushes in its own arrival order, and waiting on two
+  different groups could deadlock;
 - **synchronous** (S = N): every worker pushes once per step and waits for the new
   parameters -- parameter averaging every step;
 - **bounded staleness** b: a worker more than b steps ahead of the slowest waits for its

@@ -247,6 +247,11 @@ class _Server:
         # (worker, gradient, pulled, now) of the pushes in the soft-sync group not yet applied
         self.group: list[tuple[int, torch.Tensor, int, int]] = []
         self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
+        # Holding a worker until its own push is applied makes S = N exactly synchronous SGD.
+        # With 1 < S < N and k > 1 shards it can deadlock: each server forms its groups in its
+        # own arrival order, so server 1 may hold worker B while server 2 holds worker C, and
+        # neither group can fill. There, as in Zhang et al.'s n-softsync, a worker pulls at once.
+        self.reads_own_writes = config.synchronous or config.num_servers == 1
         self.done: set[int] = set()
         self.lost: dict[int, int] = {}
         self.received = [0] * self.N
@@ -348,11 +353,11 @@ class _Server:
             active = set(range(self.N)) - self.done - set(self.lost)
             if self.group and active <= {g[0] for g in self.group}:
                 self._apply_group()
-            in_group = {g[0] for g in self.group}
+            held = {g[0] for g in self.group} if self.reads_own_writes else set()
             for w in sorted(self.waiting):
                 # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
                 # in an unfinished soft-sync group, and while the staleness bound says so
-                if w not in in_group and self.gate.may_start(w):
+                if w not in held and self.gate.may_start(w):
                     self.waiting.discard(w)
                     self._answer(w)
         for works in self.sends.values():  # every live worker has its last answer
