@@ -37,10 +37,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse._validate import check_float, check_int
 from dlcourse.model_parallel import split_model, stage_bounds
 from dlcourse.pipeline import gpipe_step, stage_input_shapes
-from dlcourse.train import OPTIMIZERS, batches, make_optimizer
+from dlcourse.train import batches, check_training_settings, make_optimizer
 
 
 @dataclass
@@ -58,12 +58,7 @@ class HybridConfig:
 
     def __post_init__(self) -> None:
         check_int("num_stages", self.num_stages, low=1)
-        check_int("epochs", self.epochs, low=0)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_float("momentum", self.momentum, low=0.0, high=1.0)
-        check_int("seed", self.seed, low=0)
+        check_training_settings(self)
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, low=1)
 

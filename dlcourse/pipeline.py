@@ -33,7 +33,7 @@ from torch import nn
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
-from dlcourse.train import OPTIMIZERS, batches, evaluate, make_optimizer
+from dlcourse.train import batches, check_training_settings, evaluate, make_optimizer
 
 SCHEDULES = ("ours", "torch-gpipe", "torch-1f1b")
 SIMULATED = ("gpipe", "1f1b")
@@ -457,12 +457,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_microbatches(self.batch_size, self.num_microbatches)  # checks num_microbatches too
-        check_int("epochs", self.epochs, low=0)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_float("momentum", self.momentum, low=0.0, high=1.0)
-        check_int("seed", self.seed, low=0)
+        check_training_settings(self)
 
 
 def train_pipeline_worker(

@@ -54,6 +54,18 @@ class History:
         return f"History(epochs={len(self.epoch_loss)}, steps={len(self.step_loss)}{last})"
 
 
+def check_training_settings(config) -> None:
+    """The checks every training configuration shares: ``config``'s ``epochs``,
+    ``batch_size``, ``lr``, ``optimizer``, ``momentum`` and ``seed`` (``ValueError`` naming
+    the setting). The data-parallel, pipeline and hybrid configurations call it."""
+    check_int("epochs", config.epochs, low=0)
+    check_int("batch_size", config.batch_size, low=1)
+    check_float("lr", config.lr, low=0.0, low_open=True)
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    check_float("momentum", config.momentum, low=0.0, high=1.0)
+    check_int("seed", config.seed, low=0)
+
+
 def make_optimizer(name: str, params, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
     """``"sgd"`` (plain, no state), ``"momentum"`` (SGD with ``momentum``) or ``"adam"``."""
     check_choice("optimizer", name, OPTIMIZERS)

@@ -35,7 +35,7 @@ from dlcourse.collectives import ring_allreduce_bytes
 from dlcourse.data import Dataset, check_dataset, shard
 from dlcourse.launcher import device_for, launch
 from dlcourse.models import MODELS, make_model
-from dlcourse.train import OPTIMIZERS, evaluate, make_optimizer
+from dlcourse.train import check_training_settings, evaluate, make_optimizer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -62,12 +62,7 @@ class DataParallelConfig:
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
-        check_int("epochs", self.epochs, low=0)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_float("momentum", self.momentum, low=0.0, high=1.0)
-        check_int("seed", self.seed, low=0)
+        check_training_settings(self)
         check_int("average_every", self.average_every, low=1)
         if self.slow_worker is not None:
             check_int("slow_worker", self.slow_worker, low=0)
