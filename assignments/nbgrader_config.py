@@ -1,15 +1,56 @@
 """nbgrader configuration of the dlcourse assignments (source/<name>/<name>.ipynb).
 
-Run nbgrader from this folder: `nbgrader generate_assignment <name>`, `nbgrader autograde <name>`.
+Run nbgrader from this folder: `nbgrader generate_assignment <name>`, `nbgrader autograde <name>`
+(README.md has the whole cycle). The notebooks are written by build_sources.py.
 """
+
+import os
+import sys
+
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearHiddenTests,
+    Execute,
+    GetGrades,
+    IgnorePattern,
+    LimitOutput,
+    SaveAutoGrades,
+)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from regrade import IsolatedRegrade  # noqa: E402 - lives beside this file
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 
 c.CourseDirectory.course_id = "dlcourse"
-c.CourseDirectory.root = "."
-# One cell may train a small network on a few processes; nothing else sets the timeout
-# (FACTS.md: a c.Execute.timeout anywhere would silently override this one).
-c.ExecutePreprocessor.timeout = 300
-c.ClearSolutions.code_stub = {
-    "python": '# YOUR CODE HERE\nraise NotImplementedError("write your solution here")'
-}
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+
+# The one execution timeout: seconds per cell (and per call into a student's code in the
+# isolated regrade). Nothing else sets it (FACTS.md: a c.Execute.timeout anywhere would
+# silently override this one). An infinite loop in a submission ends here.
+c.ExecutePreprocessor.timeout = 120
+
+# The stub left where a solution was: the task's own NotImplementedError follows
+# `### END SOLUTION` in every solution cell, so the release raises it, naming the task.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE"}
+
+# A deleted test cell is put back from the gradebook and graded (else "needs manual grading").
+c.OverwriteCells.add_missing_cells = True
+
+# After the kernel has run the notebook, the test cells run again apart from the student's
+# code (regrade.py); a cell keeps its points only if it passes there too.
+c.Autograde.autograde_preprocessors = [
+    Execute,
+    IsolatedRegrade,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+
+# Feedback shows which tests failed, never the hidden tests' source.
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTests]
