@@ -23,10 +23,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from dlcourse import panels  # noqa: E402
+from dlcourse import viz  # noqa: E402
 from dlcourse.pipeline import simulate_schedule  # noqa: E402
 from dlcourse.sim import SimConfig, simulate  # noqa: E402
-from dlcourse.sim_decentralized import DecentralizedSimConfig  # noqa: E402, F401 (registers the policy)
+from dlcourse.sim.decentralized import DecentralizedSimConfig  # noqa: E402, F401 (registers the policy)
 
 
 def median_time(fn, repeats: int) -> float:
@@ -50,46 +50,46 @@ def main() -> None:
     rows = []
 
     # staleness explorer: S alternates between 1 and 2 (async, soft sync), N = 16
-    stal = panels.StalenessExplorer(num_workers=16)
+    stal = viz.StalenessExplorer(num_workers=16)
     rows.append(
         (
             "staleness (N=16, S)",
             median_time(lambda i: setattr(stal.softsync, "value", 1 + (i + 1) % 2), r),
             median_time(lambda i: simulate(stal.config()), r),
-            median_time(lambda i: panels.StalenessExplorer(num_workers=16, softsync=1 + i % 2), r),
+            median_time(lambda i: viz.StalenessExplorer(num_workers=16, softsync=1 + i % 2), r),
         )
     )
 
     # straggler explorer: two simulations (sync and async) per update
-    strag = panels.StragglerExplorer(num_workers=16)
+    strag = viz.StragglerExplorer(num_workers=16)
     probs = [0.1, 0.2]
 
     def strag_compute(i: int) -> None:
         for policy in ("sync", "async"):
-            simulate(panels.sim_config(None, num_workers=16, policy=policy, straggler_prob=probs[i % 2]))
+            simulate(viz.sim_config(None, num_workers=16, policy=policy, straggler_prob=probs[i % 2]))
 
     rows.append(
         (
             "stragglers (N=16, p)",
             median_time(lambda i: setattr(strag.straggler_prob, "value", probs[(i + 1) % 2]), r),
             median_time(strag_compute, r),
-            median_time(lambda i: panels.StragglerExplorer(num_workers=16, straggler_prob=probs[i % 2]), r),
+            median_time(lambda i: viz.StragglerExplorer(num_workers=16, straggler_prob=probs[i % 2]), r),
         )
     )
 
     # pipeline explorer: M alternates between 4 and 8 with K = 4
-    pipe = panels.PipelineExplorer(num_stages=4)
+    pipe = viz.PipelineExplorer(num_stages=4)
     rows.append(
         (
             "pipeline (K=4, M)",
             median_time(lambda i: setattr(pipe.num_microbatches, "value", 4 + 4 * ((i + 1) % 2)), r),
             median_time(lambda i: simulate_schedule(4, 4 + 4 * (i % 2)), r),
-            median_time(lambda i: panels.PipelineExplorer(num_stages=4, num_microbatches=4 + 4 * (i % 2)), r),
+            median_time(lambda i: viz.PipelineExplorer(num_stages=4, num_microbatches=4 + 4 * (i % 2)), r),
         )
     )
 
     # compression explorer: tau alternates between two values (each a new decentralized run)
-    comp = panels.CompressionExplorer(num_workers=16)
+    comp = viz.CompressionExplorer(num_workers=16)
     taus = [0.003, 0.01]
 
     def comp_update(i: int) -> None:
@@ -101,7 +101,7 @@ def main() -> None:
             "compression (N=16, tau)",
             median_time(comp_update, r),
             median_time(lambda i: simulate(comp.config(taus[i % 2])), r),
-            median_time(lambda i: panels.CompressionExplorer(tau=taus[i % 2], num_workers=16), r),
+            median_time(lambda i: viz.CompressionExplorer(tau=taus[i % 2], num_workers=16), r),
         )
     )
 

@@ -1,14 +1,41 @@
 """dlcourse: distributed deep learning you can run, from the lecture "Distributed Deep Learning".
 
-One lecture concept per module:
+The package is the lecture, one concept per module, in floors: each uses only those below.
 
-- :mod:`dlcourse.data` (MNIST, sharding), :mod:`dlcourse.models` (the lecture's networks),
-  :mod:`dlcourse.metrics`, :mod:`dlcourse.train` (the single-machine baseline);
-- :mod:`dlcourse.launcher` (N real processes on ``torch.distributed``).
+The rules and parts (pure functions and small classes; no processes, no clock)
+    data           MNIST offline, equal disjoint shards, the one batch order of every runtime
+    models         the lecture's CNN (Conv32-Pool-Conv64-Pool-Dense1024-Dense10), an MLP, the shared LSTM
+    metrics        accuracy, a correct macro F1, and ``run_metrics``: the metrics every run reports
+    train          single-machine SGD: the baseline every distributed run is compared with
+    staleness      tau, lambda_n = lambda / tau, soft sync (S of N), bounded staleness (SSP)
+    compression    sparse + 1-bit +-tau updates with a residual, entropy-coded indices
+    collectives    parameter averaging, all-reduce, the bytes a ring all-reduce moves
+    landscape      the loss between two replicas (is the average of two minima a minimum?)
+    environment    what this machine offers: cores, GPUs, backends
+    resources      how many real processes fit here (CPU quota, memory), said in words
 
-Later parts (data parallelism, parameter averaging, the parameter server, the staleness
-rules and the simulated cluster, model parallelism and pipelining, compressed
-decentralized SGD, plots and panels) each add a module of their own.
+The real runtime (processes on torch.distributed: gloo on CPUs, NCCL on GPUs, or torchrun)
+    launcher           start N processes from a script or a notebook cell; errors name the rank
+    worker_run         one data-parallel worker: its shard, batches, clocks, checkpoints
+    checkpoint         save and resume a run after a crash
+    data_parallel      replicas and shards: synchronous SGD written out, and PyTorch DDP
+    averaging          the lecture's parameter averaging every K steps
+    replication        multi_gpu_model with cpu_relocation: one process, one replica per device
+    parameter_server   servers and workers exchanging real messages: async SGD, soft sync, bounds
+                       (parameter_server.config: the run and its sharding; .protocol: the processes)
+    decentralized      peer-to-peer compressed updates without a server
+    model_parallel     layers on different devices or processes
+    pipeline           GPipe and 1F1B micro-batch schedules, and the bubble
+    hybrid             model parallelism inside, data parallelism across
+
+The simulated cluster (:mod:`dlcourse.sim`: the same rules, real gradients, virtual time)
+    sim.config, sim.cluster, sim.result, sim.parameter_server, sim.decentralized
+
+Figures and panels (:mod:`dlcourse.viz`; nothing above imports them)
+    viz.figure, viz.runs, viz.techniques, viz.panel, viz.stragglers, viz.staleness,
+    viz.compression, viz.pipeline
+
+The command line: :mod:`dlcourse.commands` (options -> a run) and :mod:`dlcourse.cli`.
 """
 
 __version__ = "0.1.0"

@@ -31,19 +31,17 @@ Run it: ``dlcourse train --strategy averaging --workers 4 --average-every 1``.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from dlcourse.collectives import _check_collective, broadcast_parameters, parameter_bytes
+from dlcourse.collectives import average_parameters, broadcast_parameters, parameter_bytes
 from dlcourse.data import Dataset
-from dlcourse.data_parallel import cli_run
 from dlcourse.models import make_model
 from dlcourse.train import make_optimizer
 from dlcourse.worker_run import (
@@ -59,27 +57,20 @@ from dlcourse.worker_run import (
 )
 
 __all__ = [
-    "average_parameters",
     "averaging_worker",
     "train_averaging",
     "train_reference",
     "parameter_distance",
-    "cli_averaging",
 ]
 
 
-@torch.no_grad()
-def average_parameters(model: nn.Module) -> None:
-    """Step 4: set every worker's parameters to the mean over the N workers (all-reduce)."""
-    _check_collective(model)
-    world_size = dist.get_world_size()
-    for p in model.parameters():
-        dist.all_reduce(p, op=dist.ReduceOp.SUM)
-        p.div_(world_size)
+def averaging_worker(rank, world_size, train, test, config, shard_sizes=None, average=None) -> dict[str, Any]:
+    """One worker of the parameter-averaging procedure (run it with the launcher).
 
-
-def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) -> dict[str, Any]:
-    """One worker of the parameter-averaging procedure (run it with the launcher)."""
+    ``average(model)`` is step 4, :func:`~dlcourse.collectives.average_parameters` unless a
+    student's own is given.
+    """
+    average = average_parameters if average is None else average
     # 1. randomly initialize: every worker builds the model from the same seed
     run = WorkerRun(rank, world_size, train, config, "averaging", shard_sizes, replicas_agree=False)
     model, optimizer, K = run.model, run.optimizer, config.average_every
@@ -95,28 +86,39 @@ def averaging_worker(rank, world_size, train, test, config, shard_sizes=None) ->
         run.record(loss)
         if (run.step + 1) % K == 0:  # run.step counts the steps before this one
             with run.sync(nbytes):
-                average_parameters(model)  # 4. global parameters = the average
+                average(model)  # 4. global parameters = the average
     if run.total_steps % K:
         # The data ran out between two averages. Checkpoint first: a resume with more epochs
         # must continue from the workers' own parameters, as an uninterrupted run would.
         run.save()
-        average_parameters(model)  # then end on one model
+        average(model)  # then end on one model
         run.count(nbytes)
         return run.finish(test, save=False)
     return run.finish(test)
 
 
 def train_averaging(
-    train: Dataset, num_workers: int, config: DataParallelConfig | None = None, **options: Any
+    train: Dataset,
+    num_workers: int,
+    config: DataParallelConfig | None = None,
+    *,
+    average: Callable[[nn.Module], None] | None = None,
+    **options: Any,
 ) -> DataParallelResult:
     """Parameter averaging every ``config.average_every`` steps on ``num_workers`` processes.
 
+    ``average(model)``, run in every worker process, replaces the workers' parameters by
+    their mean; by default :func:`~dlcourse.collectives.average_parameters` (a function
+    defined in a notebook works: it travels with cloudpickle).
     ``result.parameters`` holds the final (averaged) parameters. ``options`` (test,
     shard_sizes, backend, timeout, run_timeout, threads_per_worker) are those of
     :func:`dlcourse.worker_run.run_workers`; ``shard_sizes`` cuts the training data into
     contiguous shards of those sizes instead of equal ones.
     """
-    return run_workers(averaging_worker, "averaging", train, num_workers, config, **options)
+    if average is not None and not callable(average):
+        raise ValueError(f"average must be a function average(model) -> None, got {average!r}")
+    worker = averaging_worker if average is None else functools.partial(averaging_worker, average=average)
+    return run_workers(worker, "averaging", train, num_workers, config, **options)
 
 
 def train_reference(
@@ -171,8 +173,3 @@ def parameter_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     if set(a) != set(b):
         raise ValueError(f"a and b must hold the same parameters, got {sorted(a)} and {sorted(b)}")
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
-def cli_averaging(args: argparse.Namespace) -> dict[str, Any]:
-    """``dlcourse train --strategy averaging``: the lecture's procedure, plain SGD by default."""
-    return {**cli_run(train_averaging, args, "sgd"), "average_every": args.average_every}

@@ -9,42 +9,37 @@ Every run prints a short summary; ``--json PATH`` writes its metrics (at least
 ``updates``, ``bytes_sent`` and ``staleness`` with ``max``, ``mean``, ``histogram``).
 Bad arguments exit with status 2 and one line, never a traceback.
 
-Each strategy or policy lives in its own module and is registered below as
-``"module:function"``; the function takes the parsed arguments and returns the metrics.
+Each strategy or policy is a function of :mod:`dlcourse.commands` (registered below by
+name) that takes the parsed arguments and returns the metrics.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.staleness import staleness_summary
-
-# name -> "module:function(args) -> metrics dict"
+# name -> the function of dlcourse.commands that runs it: f(args) -> metrics dict
 TRAIN_STRATEGIES = {
-    "single": "dlcourse.cli:train_single",
-    "ddp": "dlcourse.data_parallel:cli_ddp",
-    "sync-sgd": "dlcourse.data_parallel:cli_sync_sgd",
-    "replicated": "dlcourse.replication:cli_replicated",
-    "averaging": "dlcourse.averaging:cli_averaging",
-    "model-parallel": "dlcourse.pipeline:train_model_parallel",
-    "pipeline": "dlcourse.pipeline:train_pipeline",
-    "hybrid": "dlcourse.hybrid:train_hybrid",
-    "decentralized": "dlcourse.decentralized:train_cli",
-    "async-ps": "dlcourse.parameter_server:train_async_ps",
+    "single": "single",
+    "ddp": "ddp",
+    "sync-sgd": "sync_sgd",
+    "replicated": "replicated",
+    "averaging": "averaging",
+    "model-parallel": "model_parallel",
+    "pipeline": "pipeline",
+    "hybrid": "hybrid",
+    "decentralized": "decentralized",
+    "async-ps": "async_ps",
 }
-SIMULATE_POLICIES: dict[str, str] = {
-    "sync": "dlcourse.sim:simulate_command",
-    "async": "dlcourse.sim:simulate_command",
-    "softsync": "dlcourse.sim:simulate_command",
-    "bounded": "dlcourse.sim:simulate_command",
-    "decentralized": "dlcourse.sim_decentralized:simulate_command",
+SIMULATE_POLICIES = {
+    "sync": "simulate",
+    "async": "simulate",
+    "softsync": "simulate",
+    "bounded": "simulate",
+    "decentralized": "simulate_decentralized",
 }
 
 
@@ -92,7 +87,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", choices=["cnn", "mlp"], default="cnn", help="network (default: the lecture's CNN)"
     )
-    p.add_argument("--epochs", type=_nonneg_int, default=1, help="passes over the training data")
+    p.add_argument("--epochs", type=_pos_int, default=1, help="passes over the training data (>= 1)")
     p.add_argument(
         "--batch-size",
         type=_pos_int,
@@ -114,6 +109,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-residual", action="store_true", help="drop what compression loses (to show why not)")
     p.add_argument("--data-source", choices=["auto", "subset", "full"], default="auto")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the metrics here")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--stages", type=_pos_int, default=2, help="pipeline / model-parallel stages K")
     train.add_argument("--microbatches", type=_pos_int, default=4, help="pipeline micro-batches M")
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
     simulate = sub.add_parser("simulate", help="run the deterministic simulated cluster")
     simulate.add_argument("--policy", choices=sorted(SIMULATE_POLICIES) or ["sync"], default="async")
@@ -181,89 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.set_defaults(model="mlp")  # the simulator's default: fast enough for widgets
     return parser
-
-
-def _resolve(spec: str):
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def training_settings(args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
-    """The settings every strategy trains with, named as :func:`dlcourse.train.fit` names them.
-
-    ``--optimizer`` falls back to the strategy's ``default_optimizer``; ``--lr`` to 1e-3 for
-    Adam and 0.1 otherwise (Adam's steps are already scaled per coordinate).
-    """
-    check_choice("default_optimizer", default_optimizer, ("sgd", "momentum", "adam"))
-    optimizer = args.optimizer or default_optimizer
-    return {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1),
-        "optimizer": optimizer,
-        "momentum": args.momentum,
-        "seed": args.seed,
-    }
-
-
-def run_metrics(
-    strategy: str,
-    test: dict[str, float],
-    *,
-    examples_per_s: float,
-    wall_s: float,
-    updates: int,
-    bytes_sent: int,
-    staleness: dict[str, Any] | None = None,
-    **details: Any,
-) -> dict[str, Any]:
-    """The metrics dict of DESIGN.md that every ``dlcourse train`` strategy returns.
-
-    ``test`` is :func:`dlcourse.train.evaluate`'s dict; ``staleness`` defaults to that of a
-    synchronous run (every update is computed from the parameters it is applied to:
-    staleness 0). ``details`` (model, workers, data_source, ...) are added as they are.
-    """
-    if not isinstance(test, dict) or not {"loss", "accuracy", "macro_f1"} <= set(test):
-        raise ValueError(f"test must be evaluate()'s dict with loss, accuracy, macro_f1; got {test!r}")
-    check_float("examples_per_s", examples_per_s, low=0.0)
-    check_float("wall_s", wall_s, low=0.0)
-    check_int("updates", updates, low=0)
-    check_int("bytes_sent", bytes_sent, low=0)
-    return {
-        "strategy": strategy,
-        **details,
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "test_macro_f1": test["macro_f1"],
-        "examples_per_s": examples_per_s,
-        "wall_s": wall_s,
-        "updates": updates,
-        "bytes_sent": bytes_sent,
-        "staleness": staleness_summary([0] * updates) if staleness is None else staleness,
-    }
-
-
-def train_single(args: argparse.Namespace) -> dict:
-    """The lecture's Keras example in PyTorch: one process, the whole batch."""
-    from dlcourse.data import load_mnist
-    from dlcourse.models import make_model
-    from dlcourse.train import evaluate, fit
-
-    split = load_mnist(args.data_source, seed=0)
-    model = make_model(args.model, seed=args.seed)
-    history = fit(model, split.train, **training_settings(args, "adam"), progress=args.progress)
-    return run_metrics(
-        "single",
-        evaluate(model, split.test),
-        examples_per_s=history.examples_per_s,
-        wall_s=history.wall_s,
-        updates=len(history.step_loss),
-        bytes_sent=0,
-        model=args.model,
-        data_source=split.source,
-        epochs=args.epochs,
-        epoch_loss=history.epoch_loss,
-    )
 
 
 def summary(metrics: dict) -> str:
@@ -332,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        metrics = _resolve(registry[name])(args)
+        from dlcourse import commands
+
+        metrics = getattr(commands, registry[name])(args)
     except ValueError as e:
         # library functions validate their arguments; a student sees one line
         print(f"dlcourse {args.command}: error: {e}", file=sys.stderr)

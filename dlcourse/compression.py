@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ import torch
 from dlcourse._validate import check_choice, check_float, check_int
 
 VARIANTS = ("full", "onebit", "sparse", "dense")
+COMPRESSIONS = VARIANTS[:3]  # what a run may choose with a tau; "dense" is the run without one
 CODERS = ("auto", "rice", "expgolomb", "gamma")
 MAGIC = b"SQ"
 VERSION = 1
@@ -69,6 +71,40 @@ def quantize(r: torch.Tensor, tau: float) -> torch.Tensor:
     _check_finite("r", r)
     tau_t = torch.tensor(tau, dtype=r.dtype)
     return torch.where(r.abs() >= tau_t, torch.sign(r) * tau_t, torch.zeros((), dtype=r.dtype))
+
+
+def sparsify(r: torch.Tensor, tau: float) -> torch.Tensor:
+    """``r`` where ``|r| >= tau``, else 0: the "sparse" variant sends full values, not +-tau."""
+    tau = check_float("tau", tau, low=0.0, low_open=True)
+    _check_finite("r", r)
+    return torch.where(r.abs() >= torch.tensor(tau, dtype=r.dtype), r, torch.zeros((), dtype=r.dtype))
+
+
+Quantizer = Callable[[torch.Tensor, float], torch.Tensor]  # quantize(r, tau) -> what is sent
+
+
+def residual_step(residual: torch.Tensor, update: torch.Tensor, tau: float, quantizer: Quantizer = quantize):
+    """One step of the residual scheme, in place on ``residual``; returns what is sent.
+
+    ``r += update; sent = quantizer(r, tau); r -= sent``: nothing of ``update`` is lost,
+    what is not sent now stays in ``r`` for a later step ("delayed, not lost"), so after
+    any number of steps ``sum(sent) + r == sum(update)``. ``quantizer`` is
+    :func:`quantize` by default; :class:`Compressor` calls this with a student's own.
+    """
+    if not isinstance(residual, torch.Tensor) or not isinstance(update, torch.Tensor):
+        raise ValueError(
+            f"residual and update must be tensors, got {type(residual).__name__}, {type(update).__name__}"
+        )
+    if residual.shape != update.shape:
+        raise ValueError(
+            f"update must have the residual's shape {tuple(residual.shape)}, got {tuple(update.shape)}"
+        )
+    residual += update
+    sent = quantizer(residual, tau)
+    if not isinstance(sent, torch.Tensor) or sent.shape != residual.shape:
+        raise ValueError(f"quantizer must return a tensor of shape {tuple(residual.shape)}, got {sent!r:.80}")
+    residual -= sent
+    return sent
 
 
 # --------------------------------------------------------------------------------------
@@ -251,6 +287,14 @@ class SparseUpdate:
     coder: str  # gap coder used ("rice", "expgolomb", "gamma"; "none" for "dense")
     k: int  # the coder's parameter
     nbytes: int  # size of the message in bytes
+
+    @torch.no_grad()
+    def add_to(self, flat: torch.Tensor) -> None:
+        """Add this update to a flat parameter vector in place (what a receiving peer does)."""
+        if self.variant == "dense":
+            flat.add_(self.values)
+        else:
+            flat.index_add_(0, torch.from_numpy(self.indices), self.values)
 
     def to_dense(self) -> torch.Tensor:
         out = torch.zeros(self.numel, dtype=self.values.dtype)
@@ -443,6 +487,7 @@ class Compressor:
     variant: str = "full"  # "full", "onebit" (no residual), "sparse" (full values), "dense" (off)
     coder: str = "auto"  # gap coder: "auto" picks the smallest of Rice and Exp-Golomb
     dtype: torch.dtype = torch.float32  # dtype of updates and of the residual
+    quantizer: Quantizer | None = None  # quantize(r, tau); None: quantize (sparsify for "sparse")
     residual: torch.Tensor = field(init=False)  # what has not been sent yet
     bytes_sent: int = field(init=False, default=0)  # total message bytes produced
     elements_sent: int = field(init=False, default=0)  # total elements sent
@@ -452,6 +497,10 @@ class Compressor:
         check_choice("variant", self.variant, VARIANTS)
         check_choice("coder", self.coder, CODERS)
         _check_dtype(self.dtype)
+        if self.quantizer is not None and not callable(self.quantizer):
+            raise ValueError(
+                f"quantizer must be a function quantize(r, tau) -> tensor, got {self.quantizer!r}"
+            )
         if self.variant != "dense" or self.tau is not None:
             self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
         self.residual = torch.zeros(self.numel if self.variant in ("full", "sparse") else 0, dtype=self.dtype)
@@ -471,35 +520,33 @@ class Compressor:
             message = encode_dense(flat)
             self.elements_sent += self.numel  # every element travels
         else:
+            rule = self.quantizer or (sparsify if self.variant == "sparse" else quantize)
             if self.variant == "onebit":
-                r = flat  # no memory: whatever is below tau this step is lost
+                sent = rule(flat, self.tau)  # no memory: whatever is below tau this step is lost
             else:
-                self.residual += flat
-                r = self.residual
-            tau_t = torch.tensor(self.tau, dtype=self.dtype)
-            idx = (r.abs() >= tau_t).nonzero().squeeze(1)
-            picked = r[idx]
+                sent = residual_step(self.residual, flat, self.tau, rule)
+            idx = sent.nonzero().squeeze(1)
             if self.variant == "sparse":
-                sent = picked.clone()
                 message = encode(
-                    idx, self.numel, tau=self.tau, values=sent, dtype=self.dtype, coder=self.coder
+                    idx, self.numel, tau=self.tau, values=sent[idx], dtype=self.dtype, coder=self.coder
                 )
             else:
-                negative = picked < 0
-                sent = torch.where(negative, -tau_t, tau_t)
+                picked = sent[idx]
+                if not bool((picked.abs() == torch.tensor(self.tau, dtype=self.dtype)).all()):
+                    raise ValueError(
+                        f"quantizer must send +-tau ({self.tau}) or 0 in variant {self.variant!r}, "
+                        f"got values {picked[:3].tolist()}"
+                    )
                 message = encode(
                     idx,
                     self.numel,
                     tau=self.tau,
-                    negative=negative.numpy(),
+                    negative=(picked < 0).numpy(),
                     dtype=self.dtype,
                     coder=self.coder,
                     variant=self.variant,
                 )
-            if self.variant != "onebit":
-                self.residual[idx] -= sent
-            self.last_sent = torch.zeros(self.numel, dtype=self.dtype)
-            self.last_sent[idx] = sent
+            self.last_sent = sent
             self.elements_sent += len(idx)
         self.bytes_sent += len(message)
         return message

@@ -281,6 +281,35 @@ def load_mnist(
     )
 
 
+def batch_order(
+    shard_length: int, batch_size: int, *, epoch: int, seed: int, worker: int
+) -> list[torch.Tensor]:
+    """Worker ``worker``'s mini-batches in ``epoch``: index tensors into its shard, in order.
+
+    The one batch order of every runtime: the simulator, the parameter server, the
+    data-parallel strategies and decentralized SGD all call it, so the same configuration
+    sees the same examples in a simulated and in a real run. A permutation of the shard
+    seeded by ``(seed, epoch, worker)`` alone (not by what ran before), cut into batches of
+    ``batch_size``; the last one is smaller when ``batch_size`` does not divide the shard.
+    """
+    check_int("shard_length", shard_length, low=1)
+    check_int("batch_size", batch_size, low=1)
+    check_int("epoch", epoch, low=0)
+    check_int("seed", seed, low=0)
+    check_int("worker", worker, low=0)
+    seed_32 = int(np.random.SeedSequence([seed, epoch, worker]).generate_state(1)[0])
+    order = torch.randperm(shard_length, generator=torch.Generator().manual_seed(seed_32))
+    return list(order.split(batch_size))
+
+
+def batch_stream(shard_length: int, batch_size: int, *, seed: int, worker: int):
+    """:func:`batch_order` of epochs 0, 1, 2, ... one after another, without end."""
+    epoch = 0
+    while True:
+        yield from batch_order(shard_length, batch_size, epoch=epoch, seed=seed, worker=worker)
+        epoch += 1
+
+
 def shard(data: Dataset, num_workers: int) -> Shards:
     """Cut ``data`` into ``num_workers`` equal, disjoint, contiguous shards.
 

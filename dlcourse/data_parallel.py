@@ -36,15 +36,11 @@ From the shell: ``dlcourse train --strategy ddp --workers 2`` (or ``sync-sgd``);
 
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import asdict
 from typing import Any
 
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dlcourse.cli import run_metrics, training_settings
 from dlcourse.collectives import (  # noqa: F401 - re-exported: the collectives this module uses
     average_gradients,
     broadcast_parameters,
@@ -52,7 +48,6 @@ from dlcourse.collectives import (  # noqa: F401 - re-exported: the collectives 
     ring_allreduce_bytes,
 )
 from dlcourse.data import Dataset
-from dlcourse.launcher import under_torchrun
 from dlcourse.worker_run import (  # noqa: F401 - re-exported: the run every strategy shares
     DTYPES,
     DataParallelConfig,
@@ -128,81 +123,3 @@ def train_ddp(
     The arguments are those of :func:`train_sync_sgd`; the result is the same up to rounding.
     """
     return run_workers(ddp_worker, "ddp", train, num_workers, config, **options)
-
-
-# ---------------------------------------------------------------------------------------
-# The command line: ``dlcourse train --strategy ddp|sync-sgd`` (and averaging's).
-
-
-def workers_from_args(args: argparse.Namespace) -> int:
-    """N: ``--workers``, or under ``torchrun`` the world size it set up (one rank per process)."""
-    return int(os.environ["WORLD_SIZE"]) if under_torchrun() else args.workers
-
-
-def config_from_args(args: argparse.Namespace, default_optimizer: str) -> DataParallelConfig:
-    """A :class:`DataParallelConfig` from ``dlcourse train``'s options."""
-    if args.slow_delay > 0 and args.slow_worker is None:
-        raise ValueError("--slow-delay needs --slow-worker RANK (which worker to slow down)")
-    return DataParallelConfig(
-        model=args.model,
-        **training_settings(args, default_optimizer),
-        average_every=args.average_every,
-        slow_worker=args.slow_worker,
-        slow_delay=args.slow_delay,
-        checkpoint_dir=str(args.checkpoint_dir) if args.checkpoint_dir is not None else None,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-    )
-
-
-def cli_run(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
-    """Run ``train_fn`` (train_ddp, train_sync_sgd, train_averaging) from the CLI's options.
-
-    Synchronous: every update has staleness 0. ``per_worker`` holds every rank's clocks.
-    """
-    from dlcourse.data import load_mnist
-
-    config = config_from_args(args, default_optimizer)
-    split = load_mnist(args.data_source, seed=0)
-    result = train_fn(
-        split.train,
-        workers_from_args(args),
-        config,
-        test=split.test,
-        backend=args.backend,
-        timeout=args.timeout,
-    )
-    return run_metrics(
-        result.strategy,
-        result.test,
-        examples_per_s=result.examples_per_s,
-        wall_s=result.wall_s,
-        updates=result.updates,
-        bytes_sent=result.bytes_sent,
-        model=args.model,
-        workers=result.num_workers,
-        data_source=split.source,
-        epochs=args.epochs,
-        per_worker=result.per_worker,
-        step_loss=result.step_loss,
-        config=asdict(config),
-    )
-
-
-def _every_step(args: argparse.Namespace) -> None:
-    if args.average_every != 1:
-        raise ValueError(
-            f"--average-every applies to --strategy averaging; {args.strategy} averages every step"
-        )
-
-
-def cli_ddp(args: argparse.Namespace) -> dict[str, Any]:
-    """``dlcourse train --strategy ddp``: DistributedDataParallel, Adam by default."""
-    _every_step(args)
-    return cli_run(train_ddp, args, "adam")
-
-
-def cli_sync_sgd(args: argparse.Namespace) -> dict[str, Any]:
-    """``dlcourse train --strategy sync-sgd``: written-out gradient averaging, Adam by default."""
-    _every_step(args)
-    return cli_run(train_sync_sgd, args, "adam")

@@ -33,7 +33,6 @@ Leave ``tau`` out (``None``) to send the updates uncompressed, for comparison.
 
 from __future__ import annotations
 
-import argparse
 import math
 import queue
 import threading
@@ -45,16 +44,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.cli import run_metrics
-from dlcourse.compression import CODERS, Compressor, read_message
-from dlcourse.data import Dataset, load_mnist, shard
+from dlcourse.collectives import TOPOLOGIES, flat_parameters, peers
+from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, read_message
+from dlcourse.data import Dataset, batch_order, load_mnist, shard
 from dlcourse.launcher import launch
+from dlcourse.metrics import run_metrics
 from dlcourse.models import make_model
 from dlcourse.staleness import staleness_summary
-from dlcourse.train import batches, evaluate
+from dlcourse.train import evaluate
 
-TOPOLOGIES = ("all", "ring")
-COMPRESSIONS = ("full", "onebit", "sparse")
 _HEADER_TAG, _PAYLOAD_TAG = 1, 2
 _FRAME_BYTES = 3 * 8  # the int64 header (origin, step, length) sent before each message
 
@@ -73,6 +71,7 @@ class DecentralizedConfig:
     batch_size: int = 50  # examples per worker step
     warmup_workers: int | None = None  # workers that train alone at first (None: all from the start)
     warmup_fraction: float = 0.0  # fraction of the first epoch during which only they train
+    quantizer: Quantizer | None = None  # a student's quantize(r, tau); None: dlcourse.compression's
     seed: int = 0  # seeds the model (same on every replica) and the shuffles (differ per rank)
 
     def __post_init__(self) -> None:
@@ -88,6 +87,10 @@ class DecentralizedConfig:
         if self.warmup_workers is not None:
             check_int("warmup_workers", self.warmup_workers, low=1)
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
+        if self.quantizer is not None and not callable(self.quantizer):
+            raise ValueError(
+                f"quantizer must be a function quantize(r, tau) -> tensor, got {self.quantizer!r}"
+            )
         check_int("seed", self.seed, low=0)
 
     @property
@@ -160,23 +163,6 @@ class DecentralizedResult:
 # One worker
 
 
-def _flat_parameters(model: torch.nn.Module) -> torch.Tensor:
-    """One flat tensor that the model's parameters are views of, so an update is one add."""
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    offset = 0
-    for p in model.parameters():
-        n = p.numel()
-        p.data = flat[offset : offset + n].view_as(p)
-        offset += n
-    return flat
-
-
-def _peers(rank: int, world_size: int, topology: str) -> list[int]:
-    if topology == "ring":
-        return [(rank + 1) % world_size] if world_size > 1 else []
-    return [r for r in range(world_size) if r != rank]
-
-
 class _Receiver(threading.Thread):
     """Receives ``expected`` messages from any peer and queues them; errors are kept for the trainer."""
 
@@ -198,121 +184,137 @@ class _Receiver(threading.Thread):
             self.error = e
 
 
-def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Dataset, timeout: float) -> dict:
-    model = make_model(config.model, seed=config.seed)  # same seed: identical replicas at the start
-    flat = _flat_parameters(model)
-    data = shard(train, world_size)[rank]
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    active = config.warmup_workers if config.warmup_workers is not None else world_size
-    warmup = int(config.warmup_fraction * steps_per_epoch) if active < world_size else 0
+class _Peer:
+    """One worker of decentralized SGD: its replica, compressor, outgoing and incoming updates."""
 
-    def steps_of(r: int) -> int:  # the late joiners skip the warm-up part of the first epoch
-        return total_steps - (warmup if r >= active else 0)
+    def __init__(self, rank: int, world_size: int, config: DecentralizedConfig, train: Dataset) -> None:
+        self.rank, self.config = rank, config
+        self.model = make_model(config.model, seed=config.seed)  # same seed: identical replicas
+        self.flat = flat_parameters(self.model)
+        self.data = shard(train, world_size)[rank]
+        steps_per_epoch = math.ceil(len(self.data) / config.batch_size)
+        total_steps = config.epochs * steps_per_epoch
+        # the first `active` workers train alone for `warmup` steps; the others join then
+        self.active = config.warmup_workers if config.warmup_workers is not None else world_size
+        self.warmup = int(config.warmup_fraction * steps_per_epoch) if self.active < world_size else 0
+        expected = sum(total_steps - (self.warmup if r >= self.active else 0) for r in range(world_size))
+        self.compressor = Compressor(
+            self.flat.numel(),
+            tau=config.tau,
+            variant=config.compressor_variant,
+            coder=config.coder,
+            quantizer=config.quantizer,
+        )
+        self.to = peers(rank, world_size, config.topology)
+        own = total_steps - (self.warmup if rank >= self.active else 0)
+        self.receiver = _Receiver(expected - own)
+        self.receiver.start()
+        self.pending: list = []  # (work, tensor) of sends in flight; tensors must live until sent
+        self.applied_from = [0] * world_size
+        self.staleness: list[int] = []
+        self.bytes_per_step: list[int] = []
+        self.bytes_sent = self.messages = self.steps_done = self.examples = 0
 
-    compressor = Compressor(
-        flat.numel(), tau=config.tau, variant=config.compressor_variant, coder=config.coder
-    )
-    peers = _peers(rank, world_size, config.topology)
-    receiver = _Receiver(sum(steps_of(r) for r in range(world_size) if r != rank))
-    receiver.start()
-    pending: list = []  # (work, tensor) of sends in flight; tensors must live until they are sent
-    applied_from = [0] * world_size
-    staleness: list[int] = []
-    bytes_sent = messages = 0
-    bytes_per_step: list[int] = []
-    steps_done = examples = 0
-
-    def send(origin: int, step: int, message: torch.Tensor) -> None:
-        nonlocal bytes_sent, messages
+    def send(self, origin: int, step: int, message: torch.Tensor) -> None:
+        """Start sending ``origin``'s update (of its step ``step``) to this worker's peers."""
         header = torch.tensor([origin, step, message.numel()], dtype=torch.int64)
-        for peer in peers:
-            if config.topology == "ring" and peer == origin:
+        for peer in self.to:
+            if self.config.topology == "ring" and peer == origin:
                 continue  # it has gone round the ring
-            pending.append((dist.isend(header, dst=peer, tag=_HEADER_TAG), header))
-            pending.append((dist.isend(message, dst=peer, tag=_PAYLOAD_TAG), message))
-            bytes_sent += message.numel() + _FRAME_BYTES
-            messages += 1
+            self.pending.append((dist.isend(header, dst=peer, tag=_HEADER_TAG), header))
+            self.pending.append((dist.isend(message, dst=peer, tag=_PAYLOAD_TAG), message))
+            self.bytes_sent += message.numel() + _FRAME_BYTES
+            self.messages += 1
 
-    def apply_arrived(block_s: float | None = None) -> int:
+    def apply_arrived(self, block_s: float | None = None) -> int:
         """Add every peer update that has arrived; with ``block_s``, wait up to that long for one."""
         count = 0
         while True:
-            if receiver.error is not None:
-                raise RuntimeError(f"rank {rank}: receiving from peers failed: {receiver.error}")
+            if self.receiver.error is not None:
+                raise RuntimeError(f"rank {self.rank}: receiving from peers failed: {self.receiver.error}")
             try:
-                origin, step, payload = (
-                    receiver.inbox.get(timeout=block_s) if block_s else receiver.inbox.get_nowait()
-                )
+                inbox = self.receiver.inbox
+                origin, step, payload = inbox.get(timeout=block_s) if block_s else inbox.get_nowait()
             except queue.Empty:
                 return count
             block_s = None
-            update = read_message(payload.numpy().tobytes())
-            with torch.no_grad():
-                if update.variant == "dense":
-                    flat.add_(update.values)
-                else:
-                    flat.index_add_(0, torch.from_numpy(update.indices), update.values)
-            staleness.append(max(0, steps_done - step))
-            applied_from[origin] += 1
+            read_message(payload.numpy().tobytes()).add_to(self.flat)
+            # updates this worker made since the origin made this one: how late it arrives
+            self.staleness.append(max(0, self.steps_done - step))
+            self.applied_from[origin] += 1
             count += 1
-            if config.topology == "ring":
-                send(origin, step, payload)
+            if self.config.topology == "ring":
+                self.send(origin, step, payload)
 
-    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    def wait_for_warmup(self, deadline: float, timeout: float) -> None:
+        """A late joiner waits until the warm-up workers have done their warm-up steps."""
+        while min(self.applied_from[r] for r in range(self.active)) < self.warmup:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {self.rank}: the warm-up workers did not finish in {timeout} s")
+            self.apply_arrived(block_s=0.1)
+
+    def step(self, idx: torch.Tensor) -> None:
+        """One SGD step on this replica; the compressed update goes to the peers."""
+        # the previous step's sends have had a whole step to finish: free their buffers
+        for work, _ in self.pending:
+            work.wait()
+        self.pending.clear()
+        loss = F.cross_entropy(self.model(self.data.X[idx]), self.data.y[idx])
+        self.model.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])
+        message = self.compressor.compress(-self.config.lr * grad)
+        with torch.no_grad():
+            self.flat += self.compressor.last_sent  # the same update the peers will apply
+        self.steps_done += 1
+        self.examples += len(idx)  # the last batch of a shard may be short
+        self.send(self.rank, self.steps_done, torch.frombuffer(bytearray(message), dtype=torch.uint8))
+        self.bytes_per_step.append(len(message))
+        self.apply_arrived()
+
+    def drain(self, deadline: float, timeout: float) -> None:
+        """Every replica must add every update: wait for the rest (bounded by the timeout)."""
+        while self.receiver.is_alive() or not self.receiver.inbox.empty():
+            if time.monotonic() > deadline:
+                missing = self.receiver.expected - sum(self.applied_from)
+                raise TimeoutError(
+                    f"rank {self.rank}: {missing} peer messages still missing after {timeout} s"
+                )
+            if self.apply_arrived(block_s=0.1):
+                deadline = time.monotonic() + timeout
+        self.apply_arrived()
+        for work, _ in self.pending:
+            work.wait()
+
+
+def _worker(rank: int, world_size: int, config: DecentralizedConfig, train: Dataset, timeout: float) -> dict:
+    peer = _Peer(rank, world_size, config, train)
+    late = rank >= peer.active  # a late joiner skips the warm-up part of the first epoch
     start = time.perf_counter()
     deadline = time.monotonic() + timeout
     for epoch in range(config.epochs):
-        for i, idx in enumerate(batches(len(data), config.batch_size, generator)):
-            if epoch == 0 and i < warmup and rank >= active:
-                continue  # not started yet: only apply the others' updates (below)
-            if epoch == 0 and warmup and rank >= active and i == warmup:
-                # join once the warm-up workers have done their warm-up steps
-                while min(applied_from[r] for r in range(active)) < warmup:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"rank {rank}: the warm-up workers did not finish in {timeout} s")
-                    apply_arrived(block_s=0.1)
-            # the previous step's sends have had a whole step to finish: free their buffers
-            for work, _ in pending:
-                work.wait()
-            pending.clear()
-            loss = F.cross_entropy(model(data.X[idx]), data.y[idx])
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-            message = compressor.compress(-config.lr * grad)
-            with torch.no_grad():
-                flat += compressor.last_sent  # the same update the peers will apply
-            steps_done += 1
-            examples += len(idx)  # the last batch of a shard may be short
-            payload = torch.frombuffer(bytearray(message), dtype=torch.uint8)
-            send(rank, steps_done, payload)
-            bytes_per_step.append(len(message))
-            apply_arrived()
+        order = batch_order(len(peer.data), config.batch_size, epoch=epoch, seed=config.seed, worker=rank)
+        for i, idx in enumerate(order):
+            if epoch == 0 and late and i < peer.warmup:
+                continue  # not started yet: only apply the others' updates (in wait_for_warmup)
+            if epoch == 0 and late and peer.warmup and i == peer.warmup:
+                peer.wait_for_warmup(deadline, timeout)
+            peer.step(idx)
             deadline = time.monotonic() + timeout  # progress was made
     wall_s = time.perf_counter() - start
-    # every replica must add every update: wait for the rest (bounded by the timeout)
-    while receiver.is_alive() or not receiver.inbox.empty():
-        if time.monotonic() > deadline:
-            missing = receiver.expected - sum(applied_from)
-            raise TimeoutError(f"rank {rank}: {missing} peer messages still missing after {timeout} s")
-        if apply_arrived(block_s=0.1):
-            deadline = time.monotonic() + timeout
-    apply_arrived()
-    for work, _ in pending:
-        work.wait()
+    peer.drain(deadline, timeout)
     dist.barrier()  # nobody leaves while a peer may still read from it
     return {
         "rank": rank,
-        "params": flat.clone(),
-        "steps": steps_done,
-        "examples": examples,
-        "bytes_sent": bytes_sent,
-        "messages": messages,
-        "elements_sent": compressor.elements_sent,
+        "params": peer.flat.clone(),
+        "steps": peer.steps_done,
+        "examples": peer.examples,
+        "bytes_sent": peer.bytes_sent,
+        "messages": peer.messages,
+        "elements_sent": peer.compressor.elements_sent,
         "wall_s": wall_s,
-        "staleness": staleness,
-        "bytes_per_step": bytes_per_step,
+        "staleness": peer.staleness,
+        "bytes_per_step": peer.bytes_per_step,
     }
 
 
@@ -363,7 +365,7 @@ def train_decentralized(
         threads_per_worker=1,
     )
     model = make_model(config.model, seed=config.seed)
-    flat = _flat_parameters(model)
+    flat = flat_parameters(model)
     with torch.no_grad():
         flat.copy_(outs[0]["params"])
     scores = evaluate(model, test)
@@ -385,27 +387,3 @@ def train_decentralized(
         bytes_per_step=outs[0]["bytes_per_step"],
         messages=sum(o["messages"] for o in outs),
     )
-
-
-def train_cli(args: argparse.Namespace) -> dict:
-    """``dlcourse train --strategy decentralized``: the CLI's entry point."""
-    named_alike = (
-        "tau",
-        "topology",
-        "model",
-        "epochs",
-        "batch_size",
-        "warmup_workers",
-        "warmup_fraction",
-        "seed",
-    )
-    config = DecentralizedConfig(
-        **{name: getattr(args, name) for name in named_alike},  # options named as the config's fields
-        variant="onebit" if args.no_residual else args.compression,
-        lr=args.lr if args.lr is not None else 0.1,
-    )
-    split = load_mnist(args.data_source, seed=0)
-    result = train_decentralized(
-        config, args.workers, train=split.train, test=split.test, timeout=args.timeout
-    )
-    return {**result.metrics(), "data_source": split.source}

@@ -173,32 +173,3 @@ def run_hybrid(
         steps=steps,
         bytes_sent=steps * (cut_bytes + ring_bytes),
     )
-
-
-def train_hybrid(args) -> dict:
-    """``dlcourse train --strategy hybrid --stages K --workers R``: metrics dict."""
-    from dlcourse.cli import run_metrics, training_settings
-    from dlcourse.data import load_mnist
-    from dlcourse.models import make_model
-    from dlcourse.train import evaluate
-
-    config = HybridConfig(num_stages=args.stages, **training_settings(args, "sgd"))
-    split = load_mnist(args.data_source, seed=0)
-    model = make_model(args.model, seed=args.seed)
-    result = run_hybrid(model, split.train.X, split.train.y, args.workers, config, timeout=args.timeout)
-    model.load_state_dict(result.state_dict)
-    return run_metrics(
-        "hybrid",
-        evaluate(model, split.test),
-        examples_per_s=result.steps * args.batch_size / result.wall_s if result.wall_s > 0 else 0.0,
-        wall_s=result.wall_s,
-        updates=result.steps,
-        bytes_sent=result.bytes_sent,
-        model=args.model,
-        stages=args.stages,
-        workers=args.workers,
-        data_source=split.source,
-        epochs=args.epochs,
-        replicas_agree=result.replicas_agree,
-        step_loss=result.step_loss,
-    )

@@ -24,7 +24,7 @@ Usage::
     result = loss_landscape(split.train[:1000], LandscapeConfig())
     result.barrier, result.midpoint_loss
 
-Drawing lives in :func:`dlcourse.plots.landscape_plot`; this module imports no display code.
+Drawing lives in :func:`dlcourse.viz.landscape_plot`; this module imports no display code.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ occurs and is never predicted scores 0, as in scikit-learn's ``zero_division=0``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dlcourse._validate import check_int
+from dlcourse._validate import check_float, check_int
+from dlcourse.staleness import staleness_summary
 
 
 def _labels(y_hat: torch.Tensor) -> torch.Tensor:
@@ -63,3 +66,40 @@ def macro_f1(y_hat: torch.Tensor, y: torch.Tensor, num_classes: int = 10) -> flo
     denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)  # 2TP + FP + FN
     f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
     return float(f1.mean())
+
+
+def run_metrics(
+    strategy: str,
+    test: dict[str, float],
+    *,
+    examples_per_s: float,
+    wall_s: float,
+    updates: int,
+    bytes_sent: int,
+    staleness: dict[str, Any] | None = None,
+    **details: Any,
+) -> dict[str, Any]:
+    """The metrics dict of DESIGN.md that every ``dlcourse train`` strategy returns.
+
+    ``test`` is :func:`dlcourse.train.evaluate`'s dict; ``staleness`` defaults to that of a
+    synchronous run (every update is computed from the parameters it is applied to:
+    staleness 0). ``details`` (model, workers, data_source, ...) are added as they are.
+    """
+    if not isinstance(test, dict) or not {"loss", "accuracy", "macro_f1"} <= set(test):
+        raise ValueError(f"test must be evaluate()'s dict with loss, accuracy, macro_f1; got {test!r}")
+    check_float("examples_per_s", examples_per_s, low=0.0)
+    check_float("wall_s", wall_s, low=0.0)
+    check_int("updates", updates, low=0)
+    check_int("bytes_sent", bytes_sent, low=0)
+    return {
+        "strategy": strategy,
+        **details,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_macro_f1": test["macro_f1"],
+        "examples_per_s": examples_per_s,
+        "wall_s": wall_s,
+        "updates": updates,
+        "bytes_sent": bytes_sent,
+        "staleness": staleness_summary([0] * updates) if staleness is None else staleness,
+    }

@@ -16,14 +16,16 @@ micro-batches' activations per stage instead of M.
   (``ScheduleGPipe`` or ``Schedule1F1B``), the reference our losses are compared with.
 - :func:`simulate_schedule`: the same schedules on a virtual clock, deterministic, for plots.
 - :class:`PipelineTimeline`: per-stage busy intervals, ``bubble_fraction``, ``peak_inflight``.
-- :func:`run_pipeline` runs one step; :func:`train_pipeline` is ``dlcourse train --strategy
-  pipeline --stages K --microbatches M`` (and ``model-parallel``, which is M = 1).
+- :func:`schedule_steps`: a whole schedule as ``(stage, micro-batch, "F"/"B")`` steps;
+  :func:`run_pipeline` runs one step with any such schedule (a student's own included);
+  :func:`train_stages` trains with GPipe steps (``dlcourse train --strategy pipeline``, and
+  ``model-parallel``, which is M = 1).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.data import Dataset, check_dataset
+from dlcourse.launcher import launch
 from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
-from dlcourse.train import batches, check_training_settings, evaluate, make_optimizer
+from dlcourse.train import batches, check_training_settings, make_optimizer
 
 SCHEDULES = ("ours", "torch-gpipe", "torch-1f1b")
 SIMULATED = ("gpipe", "1f1b")
@@ -191,6 +195,51 @@ def simulate_schedule(
     return PipelineTimeline(K, num_microbatches, schedule, intervals, simulated=True)
 
 
+Step = tuple[int, int, str]  # (stage, micro-batch, "F" or "B"): one entry of a whole schedule
+
+
+def schedule_steps(schedule: str, num_stages: int, num_microbatches: int) -> list[Step]:
+    """A whole pipeline schedule as an ordered list of ``(stage, micro-batch, "F"/"B")`` steps.
+
+    The steps in the order they start on the virtual clock of :func:`simulate_schedule`
+    (ties broken by stage), so reading the list is reading the timeline left to right.
+    """
+    timeline = simulate_schedule(num_stages, num_microbatches, schedule)
+    ordered = sorted(timeline.intervals, key=lambda i: (i.start, i.stage))
+    return [(i.stage, i.microbatch, i.kind) for i in ordered]
+
+
+def check_stage_order(order: Sequence[tuple[str, int]], num_microbatches: int) -> list[tuple[str, int]]:
+    """``order`` as a list, if it runs every micro-batch's forward and then its backward once."""
+    order = [tuple(step) for step in order]
+    want = {(kind, m) for kind in "FB" for m in range(num_microbatches)}
+    if len(order) != len(want) or set(order) != want:
+        raise ValueError(
+            f"order must hold ('F', m) and ('B', m) once for every micro-batch m < {num_microbatches}, "
+            f"got {order}"
+        )
+    if any(order.index(("B", m)) < order.index(("F", m)) for m in range(num_microbatches)):
+        raise ValueError(f"order must run each micro-batch's forward before its backward, got {order}")
+    return order
+
+
+def stage_orders(
+    steps: Sequence[Step], num_stages: int, num_microbatches: int
+) -> list[list[tuple[str, int]]]:
+    """Each stage's own order of ``("F"/"B", m)`` from a whole schedule of steps, checked."""
+    check_int("num_stages", num_stages, low=1)
+    orders: list[list[tuple[str, int]]] = [[] for _ in range(num_stages)]
+    for step in steps:
+        if not (isinstance(step, (tuple, list)) and len(step) == 3):
+            raise ValueError(f"steps must be (stage, micro-batch, 'F' or 'B') triples, got {step!r}")
+        stage, m, kind = step
+        check_int("stage", stage, low=0, high=num_stages - 1)
+        check_int("micro-batch", m, low=0, high=num_microbatches - 1)
+        check_choice("kind", kind, ("F", "B"))
+        orders[stage].append((kind, m))
+    return [check_stage_order(order, num_microbatches) for order in orders]
+
+
 # ----------------------------------------------------------------------------- our GPipe
 
 
@@ -205,8 +254,13 @@ def gpipe_step(
     in_shape: tuple[int, ...] | None = None,
     loss_fn: Callable = F.cross_entropy,
     stage_cost_s: float = 0.0,
+    order: Sequence[tuple[str, int]] | None = None,
 ) -> tuple[list[float], list[Interval]]:
-    """One GPipe step of this rank's ``stage``: M forwards, then M backwards.
+    """One pipeline step of this rank's ``stage``: GPipe's M forwards, then M backwards.
+
+    ``order`` runs this stage's forwards and backwards in another order instead, a list of
+    ``("F" | "B", micro-batch)`` (see :func:`schedule_order`, :func:`stage_orders`): 1F1B,
+    or a student's own schedule.
 
     ``prev_rank`` / ``next_rank`` are the ranks of the neighbouring stages (``None`` on the first /
     last stage). The first stage cuts ``X`` into M micro-batches; the others receive
@@ -225,7 +279,7 @@ def gpipe_step(
     if not first and in_shape is None:
         raise ValueError("in_shape must be given on every stage but the first (the shape it receives)")
     rank = dist.get_rank()
-    inputs, outputs, losses, intervals, sends = [], [], [], [], []
+    intervals, sends = [], []
     dist.barrier()  # a common origin for every stage's clock
     origin = time.perf_counter()
 
@@ -236,23 +290,29 @@ def gpipe_step(
         intervals.append(Interval(rank, m, kind, start - origin, time.perf_counter() - origin))
         return out
 
-    for m in range(M):  # ---- forward: micro-batches flow down the pipeline
-        if first:
-            x_in = X[m * micro : (m + 1) * micro]
-        else:
-            x_in = torch.empty(in_shape)
-            dist.recv(x_in, src=prev_rank)  # idle until the previous stage sends
-            x_in.requires_grad_()
-        y_hat = timed("F", m, lambda x_in=x_in: stage(x_in))
-        if last:
-            losses.append(loss_fn(y_hat, y[m * micro : (m + 1) * micro]))  # cheap next to a stage
-        else:
-            # isend: a blocking send could stall this stage until the next one is ready
-            sends.append(dist.isend(y_hat.detach().contiguous(), dst=next_rank))
-        inputs.append(x_in)
-        outputs.append(y_hat)
-
-    for m in range(M):  # ---- backward: gradients flow back up, in the same order
+    order = schedule_order("gpipe", 0, 1, M) if order is None else check_stage_order(order, M)
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    losses: dict[int, torch.Tensor] = {}
+    for kind, m in order:
+        if kind == "F":  # ---- forward: micro-batch m flows down the pipeline
+            if first:
+                x_in = X[m * micro : (m + 1) * micro]
+            else:
+                # activations arrive in the order the previous stage sent them: a stage that
+                # takes its forwards in another order than its neighbour mixes micro-batches up
+                x_in = torch.empty(in_shape)
+                dist.recv(x_in, src=prev_rank)  # idle until the previous stage sends
+                x_in.requires_grad_()
+            y_hat = timed("F", m, lambda x_in=x_in: stage(x_in))
+            if last:
+                losses[m] = loss_fn(y_hat, y[m * micro : (m + 1) * micro])  # cheap next to a stage
+            else:
+                # isend: a blocking send could stall this stage until the next one is ready
+                sends.append(dist.isend(y_hat.detach().contiguous(), dst=next_rank))
+            inputs[m], outputs[m] = x_in, y_hat
+            continue
+        # ---- backward: micro-batch m's gradient flows back up
         if last:
             timed("B", m, lambda m=m: (losses[m] / M).backward())
         else:
@@ -261,10 +321,10 @@ def gpipe_step(
             timed("B", m, lambda m=m, grad=grad: outputs[m].backward(grad))
         if not first:
             sends.append(dist.isend(inputs[m].grad.contiguous(), dst=prev_rank))
-        outputs[m] = inputs[m] = None  # micro-batch m's activations are freed here
+        del outputs[m], inputs[m]  # micro-batch m's activations are freed here
     for work in sends:
         work.wait()
-    return [loss.item() for loss in losses], intervals
+    return [losses[m].item() for m in sorted(losses)], intervals
 
 
 def stage_input_shapes(model: nn.Sequential, num_stages: int, micro_shape: tuple[int, ...]) -> list[tuple]:
@@ -282,11 +342,12 @@ def gpipe_worker(
     num_microbatches: int,
     schedule: str = "ours",
     stage_cost_s: float = 0.0,
+    orders: Sequence[Sequence[tuple[str, int]]] | None = None,
 ) -> dict:
     """Worker function: one pipeline step of ``model`` cut into ``world_size`` stages.
 
     Returns ``{"losses", "grads", "intervals"}`` for this rank (losses on the last rank;
-    intervals only for ``schedule="ours"``).
+    intervals only for ``schedule="ours"``, which runs ``orders[rank]`` when given).
     """
     stage = split_model(model, world_size)[rank]
     if schedule == "ours":
@@ -303,6 +364,7 @@ def gpipe_worker(
             next_rank=nxt,
             in_shape=in_shape,
             stage_cost_s=stage_cost_s,
+            order=None if orders is None else orders[rank],
         )
     else:
         losses, intervals = torch_pipeline_step(stage, rank, world_size, X, y, num_microbatches, schedule), []
@@ -378,18 +440,26 @@ def run_pipeline(
     num_stages: int,
     num_microbatches: int,
     *,
-    schedule: str = "ours",
+    schedule: str | Sequence[Step] = "ours",
     stage_cost_s: float = 0.0,
     timeout: float = 30.0,
 ) -> PipelineResult:
-    """One pipeline step of ``model`` over ``num_stages`` processes with M micro-batches."""
-    from dlcourse.launcher import launch
+    """One pipeline step of ``model`` over ``num_stages`` processes with M micro-batches.
+
+    ``schedule``: ``"ours"`` (our GPipe), ``"torch-gpipe"`` / ``"torch-1f1b"`` (PyTorch's),
+    or a whole schedule as ``(stage, micro-batch, "F"/"B")`` steps (:func:`schedule_steps`,
+    or a student's own) that our processes follow, each stage in its own order.
+    """
 
     _check_run(model, X, y, num_stages, num_microbatches, timeout)
+    orders = None
+    if not isinstance(schedule, str):
+        orders = stage_orders(schedule, num_stages, num_microbatches)
+        schedule = "ours"
     check_choice("schedule", schedule, SCHEDULES)
     check_float("stage_cost_s", stage_cost_s, low=0.0)
     parts = launch(
-        gpipe_worker, num_stages, model, X, y, num_microbatches, schedule, stage_cost_s,
+        gpipe_worker, num_stages, model, X, y, num_microbatches, schedule, stage_cost_s, orders,
         timeout=timeout, run_timeout=4 * timeout + 10 * num_microbatches * stage_cost_s,
     )  # fmt: skip
     timeline = None
@@ -422,7 +492,6 @@ def measure_bubble(
     Every forward and backward is padded to ``stage_cost_s`` so that stage costs are
     equal and the bubble, not the machine's noise, decides the timeline.
     """
-    from dlcourse.launcher import launch
 
     if len(microbatches) == 0:
         raise ValueError("microbatches must list at least one M, got an empty list")
@@ -507,43 +576,34 @@ def train_pipeline_worker(
     }
 
 
-def train_pipeline(args, num_microbatches: int | None = None) -> dict:
-    """``dlcourse train --strategy pipeline --stages K --microbatches M``: metrics dict."""
-    from dlcourse.cli import run_metrics, training_settings
-    from dlcourse.data import load_mnist
-    from dlcourse.launcher import launch
-    from dlcourse.models import make_model
+@dataclass
+class StagesRun:
+    """What training a pipeline on K processes did (the model itself holds the weights)."""
 
-    config = PipelineConfig(
-        num_microbatches=args.microbatches if num_microbatches is None else num_microbatches,
-        **training_settings(args, "sgd"),
-    )
-    split = load_mnist(args.data_source, seed=0)
-    model = make_model(args.model, seed=args.seed)
-    stage_bounds(len(model), args.stages)
+    steps: int  # optimizer steps (full batches)
+    wall_s: float  # seconds of the slowest stage
+    bytes_sent: int  # activations and gradients across all cuts
+    step_loss: list[float]  # mean micro-batch loss of every step (from the last stage)
+
+
+def train_stages(
+    model: nn.Sequential, train: Dataset, num_stages: int, config: PipelineConfig, *, timeout: float = 60.0
+) -> StagesRun:
+    """Train ``model`` cut into ``num_stages`` processes with GPipe steps; load the result into it.
+
+    Model parallelism is the special case ``config.num_microbatches == 1``.
+    """
+    if not isinstance(config, PipelineConfig):
+        raise ValueError(f"config must be a PipelineConfig, got {type(config).__name__}")
+    check_dataset("train", train)
+    stage_bounds(len(model), num_stages)
     parts = launch(
-        train_pipeline_worker, args.stages, model, split.train.X, split.train.y, config,
-        backend="gloo", timeout=args.timeout,
-    )  # fmt: skip
+        train_pipeline_worker, num_stages, model, train.X, train.y, config, backend="gloo", timeout=timeout
+    )
     model.load_state_dict({k: v for part in parts for k, v in part["state"].items()})
-    wall_s = max(part["wall_s"] for part in parts)
-    steps = parts[-1]["steps"]
-    return run_metrics(
-        "pipeline" if num_microbatches is None else "model-parallel",
-        evaluate(model, split.test),
-        examples_per_s=steps * args.batch_size / wall_s if wall_s > 0 else 0.0,
-        wall_s=wall_s,
-        updates=steps,
+    return StagesRun(
+        steps=parts[-1]["steps"],
+        wall_s=max(part["wall_s"] for part in parts),
         bytes_sent=sum(part["bytes_sent"] for part in parts),
-        model=args.model,
-        stages=args.stages,
-        microbatches=config.num_microbatches,
-        data_source=split.source,
-        epochs=args.epochs,
         step_loss=parts[-1]["step_loss"],
     )
-
-
-def train_model_parallel(args) -> dict:
-    """``dlcourse train --strategy model-parallel --stages K``: a pipeline of one micro-batch."""
-    return train_pipeline(args, num_microbatches=1)

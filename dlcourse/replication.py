@@ -15,21 +15,14 @@ which shows the mechanics but not the speed.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from dlcourse._validate import check_int
-from dlcourse.cli import run_metrics, training_settings
-from dlcourse.collectives import parameter_bytes
-from dlcourse.data_parallel import config_from_args
-from dlcourse.models import check_model, make_model
-from dlcourse.train import evaluate, fit
+from dlcourse.models import check_model
 
 
 class ReplicatedModel(nn.Module):
@@ -79,39 +72,3 @@ def replica_devices(num_replicas: int) -> list[str]:
     if torch.cuda.is_available() and torch.cuda.device_count() >= num_replicas:
         return [f"cuda:{i}" for i in range(num_replicas)]
     return ["cpu"] * num_replicas
-
-
-def cli_replicated(args: argparse.Namespace) -> dict[str, Any]:
-    """``dlcourse train --strategy replicated``: multi_gpu_model in one process, weights on the CPU."""
-    from dlcourse.data import load_mnist
-
-    config = config_from_args(args, "adam")
-    given = {  # options of the multi-process strategies that one process cannot honour
-        "--slow-worker": config.slow_worker is not None,
-        "--checkpoint-dir": config.checkpoint_dir is not None,
-        "--average-every": config.average_every != 1,
-    }
-    unsupported = [option for option, used in given.items() if used]
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)}: not available with --strategy replicated (one process)")
-    devices = replica_devices(args.workers)
-    split = load_mnist(args.data_source, seed=0)
-    pmodel = ReplicatedModel(make_model(config.model, seed=config.seed), devices)  # weights on the CPU
-    history = fit(pmodel, split.train, **training_settings(args, "adam"), progress=args.progress)
-    updates = len(history.step_loss)
-    return run_metrics(
-        "replicated",
-        evaluate(pmodel, split.test),
-        examples_per_s=history.examples_per_s,
-        wall_s=history.wall_s,
-        updates=updates,
-        # each step copies the weights to every replica and brings each gradient back
-        bytes_sent=2 * len(devices) * parameter_bytes(pmodel.module) * updates,
-        model=config.model,
-        workers=len(devices),
-        devices=[str(d) for d in pmodel.devices],
-        data_source=split.source,
-        epochs=config.epochs,
-        step_loss=history.step_loss,
-        config=asdict(config),
-    )

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dlcourse.collectives import ring_allreduce_bytes
-from dlcourse.data import Dataset, check_dataset, shard
+from dlcourse.data import Dataset, batch_order, check_dataset, shard
 from dlcourse.launcher import device_for, launch
 from dlcourse.models import MODELS, make_model
 from dlcourse.train import check_training_settings, evaluate, make_optimizer
@@ -131,21 +131,16 @@ def steps_per_epoch(shard_lengths: Sequence[int], batch_size: int, num_workers: 
 
 
 def worker_batches(shard_length: int, steps: int, epoch: int, seed: int, rank: int) -> list[torch.Tensor]:
-    """Index tensors of one worker's ``steps`` mini-batches in ``epoch``.
+    """Index tensors of one worker's ``steps`` equal mini-batches in ``epoch``.
 
-    A seeded shuffle of the shard cut into ``steps`` equal parts (the remainder is left
-    out). With unequal shards the bigger shard gets bigger batches, so every worker
-    finishes its shard in the same number of steps.
+    :func:`dlcourse.data.batch_order` with batches of ``shard_length // steps`` (the
+    remainder is left out). With unequal shards the bigger shard gets bigger batches, so
+    every worker finishes its shard in the same number of steps.
     """
     check_int("shard_length", shard_length, low=1)
     check_int("steps", steps, low=1, high=shard_length)
-    check_int("epoch", epoch, low=0)
-    check_int("seed", seed, low=0)
     check_int("rank", rank, low=0)
-    seed_32 = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-    order = torch.randperm(shard_length, generator=torch.Generator().manual_seed(seed_32))
-    size = shard_length // steps
-    return [order[t * size : (t + 1) * size] for t in range(steps)]
+    return batch_order(shard_length, shard_length // steps, epoch=epoch, seed=seed, worker=rank)[:steps]
 
 
 def config_or_default(config: DataParallelConfig | None) -> DataParallelConfig:

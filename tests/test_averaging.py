@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlcourse.averaging import (
-    average_parameters,
     averaging_worker,
     parameter_distance,
     train_averaging,
     train_reference,
 )
+from dlcourse.collectives import average_parameters
 from dlcourse.data_parallel import (
     DataParallelConfig,
     average_gradients,
@@ -282,3 +282,31 @@ def test_total_steps_is_every_epoch_cut_short_at_max_steps(epochs, steps, max_st
 def test_reference_and_workers_refuse_the_same_bad_config(train):
     with pytest.raises(ValueError, match="config must be a DataParallelConfig or None, got dict"):
         train_reference(train, 2, dict(BASE))
+
+
+# ------------------------------------------------------------------- a student's average
+
+
+@pytest.mark.multiprocess
+def test_train_averaging_runs_the_given_average_in_the_workers(train, no_orphans):
+    """``average=`` runs in every worker: written here it equals the library's; a wrong one does not."""
+    import torch.distributed as dist
+
+    def my_average(model):  # a notebook cell's function: it reaches the workers with cloudpickle
+        for p in model.parameters():
+            dist.all_reduce(p.data)
+            p.data /= dist.get_world_size()
+
+    def wrong_divisor(model):
+        for p in model.parameters():
+            dist.all_reduce(p.data)
+            p.data /= dist.get_world_size() + 1
+
+    config = DataParallelConfig(**{**BASE, "epochs": 1})
+    reference = train_reference(train, N, config)
+    mine = train_averaging(train, N, config, average=my_average)
+    wrong = train_averaging(train, N, config, average=wrong_divisor)
+    assert parameter_distance(mine.parameters, reference.parameters) <= TOL
+    assert parameter_distance(wrong.parameters, reference.parameters) > MEASURABLE
+    with pytest.raises(ValueError, match="average must be a function"):
+        train_averaging(train, N, config, average="mean")

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlcourse.cli import TRAIN_STRATEGIES, build_parser, run_metrics, summary, training_settings
+from dlcourse.cli import TRAIN_STRATEGIES, build_parser, summary
+from dlcourse.commands import training_settings
 from dlcourse.data_parallel import DataParallelConfig
 from dlcourse.hybrid import HybridConfig
+from dlcourse.metrics import run_metrics
 from dlcourse.pipeline import PipelineConfig
 from dlcourse.train import fit
 
@@ -130,7 +132,7 @@ def test_summary_without_per_worker_clocks_prints_no_table():
 
 def test_a_failed_run_is_reported_without_the_parents_traceback(monkeypatch, capsys):
     """A worker failure exits 1 with the rank and the worker's traceback, not the launcher's stack."""
-    from dlcourse import cli
+    from dlcourse import cli, commands
     from dlcourse.launcher import WorkerError
 
     def failing(args):
@@ -138,7 +140,7 @@ def test_a_failed_run_is_reported_without_the_parents_traceback(monkeypatch, cap
             1, "KeyError: 'shard'", "Traceback (most recent call last):\n  in worker\nKeyError: 'shard'"
         )
 
-    monkeypatch.setattr(cli, "_resolve", lambda spec: failing)
+    monkeypatch.setattr(commands, "single", failing)
     assert cli.main(["train", "--strategy", "single", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("dlcourse train: error: worker rank 1 failed: KeyError")
@@ -147,6 +149,6 @@ def test_a_failed_run_is_reported_without_the_parents_traceback(monkeypatch, cap
     def bug(args):
         raise RuntimeError("a bug in dlcourse itself")
 
-    monkeypatch.setattr(cli, "_resolve", lambda spec: bug)
+    monkeypatch.setattr(commands, "single", bug)
     with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
         cli.main(["train", "--strategy", "single", "--no-progress"])

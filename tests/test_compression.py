@@ -297,3 +297,51 @@ def test_reprs_say_what_matters():
     message = c.compress(torch.randn(5000, generator=torch.Generator().manual_seed(2)))
     assert "variant='full'" in repr(c) and "tau=1.5" in repr(c)
     assert f"nbytes={len(message):,}" in repr(read_message(message))
+
+
+# --------------------------------------------------------------------------------------
+# The residual step, and a student's quantizer inside Compressor
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    steps=st.integers(1, 12),
+    n=st.integers(1, 200),
+    tau=st.floats(1e-3, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_residual_step_conserves_every_update(steps, n, tau, seed):
+    """sum(sent) + r == sum(updates) after any number of steps: delayed, never lost."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.zeros(n, dtype=torch.float64)
+    total_sent = torch.zeros(n, dtype=torch.float64)
+    total_update = torch.zeros(n, dtype=torch.float64)
+    for _ in range(steps):
+        update = torch.randn(n, generator=g, dtype=torch.float64) * tau
+        before = r + update
+        sent = C.residual_step(r, update, tau)
+        assert set(sent.abs().unique().tolist()) <= {0.0, tau}
+        assert torch.equal(sent != 0, before.abs() >= tau)  # sent exactly where |r| reached tau
+        total_sent += sent
+        total_update += update
+    torch.testing.assert_close(total_sent + r, total_update, rtol=0, atol=1e-12)
+
+
+def test_compressor_calls_the_given_quantizer_and_checks_what_it_sends():
+    """quantizer= is what Compressor runs; one that sends other values than +-tau is refused."""
+    calls = []
+
+    def mine(r, tau):
+        calls.append(r.clone())
+        return C.quantize(r, tau)
+
+    update = torch.tensor([0.3, -0.05, -0.2, 0.01])
+    ours, theirs = Compressor(4, tau=0.1), Compressor(4, tau=0.1, quantizer=mine)
+    assert theirs.compress(update) == ours.compress(update)
+    assert len(calls) == 1 and torch.equal(theirs.residual, ours.residual)
+
+    halves = Compressor(4, tau=0.1, quantizer=lambda r, tau: r / 2)
+    with pytest.raises(ValueError, match=r"\+-tau"):
+        halves.compress(update)
+    with pytest.raises(ValueError, match="quantizer must be a function"):
+        Compressor(4, tau=0.1, quantizer="sign")

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from dlcourse import cli
 from dlcourse.compression import Compressor
-from dlcourse.data import Dataset, MnistSplit
+from dlcourse.data import Dataset, MnistSplit, batch_order, batch_stream
 from dlcourse.decentralized import DecentralizedConfig, train_decentralized
 from dlcourse.launcher import WorkerError
 from dlcourse.models import count_parameters, make_model
-from dlcourse.sim import simulate, worker_batches
-from dlcourse.sim_decentralized import DecentralizedSimConfig
-from dlcourse.train import evaluate, fit
+from dlcourse.sim import simulate
+from dlcourse.sim.decentralized import DecentralizedSimConfig
+from dlcourse.train import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,12 @@ def test_one_worker_uncompressed_is_plain_sgd(small, no_orphans):
     config = DecentralizedConfig(epochs=2, batch_size=50, lr=0.1, seed=3)
     result = train_decentralized(config, 1, train=train, test=test)
     model = make_model("mlp", seed=3)
-    # same batches: the worker's shuffle generator is seeded with seed * 1000 + rank
-    fit(model, train, epochs=2, batch_size=50, lr=0.1, optimizer="sgd", seed=3000, progress=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(2):  # the same batches: the one batch order of every runtime
+        for idx in batch_order(len(train), 50, epoch=epoch, seed=3, worker=0):
+            opt.zero_grad()
+            F.cross_entropy(model(train.X[idx]), train.y[idx]).backward()
+            opt.step()
     want = evaluate(model, test)
     assert result.updates == 16
     assert result.elements_sent == 16 * count_parameters(model)  # uncompressed: every element, every step
@@ -200,7 +204,7 @@ def test_sim_one_worker_uncompressed_is_plain_sgd(small_split):
     result = simulate(config, small_split)
     model = make_model("mlp", seed=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    stream = worker_batches(800, 100, 4, 0)
+    stream = batch_stream(800, 100, seed=4, worker=0)
     for _ in range(16):
         idx = next(stream)
         opt.zero_grad()

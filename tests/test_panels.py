@@ -10,7 +10,7 @@ import ipywidgets as W
 import numpy as np
 import pytest
 
-from dlcourse import panels
+from dlcourse import viz
 from dlcourse.data import MnistSplit
 from dlcourse.pipeline import gpipe_bubble
 from dlcourse.sim import SimConfig
@@ -34,7 +34,7 @@ def compute_bars(plot):
 
 
 def test_straggler_explorer_redraws_in_place_when_a_slider_moves(small, base):
-    panel = panels.StragglerExplorer(num_workers=8, straggler_prob=0.0, base=base, data=small)
+    panel = viz.StragglerExplorer(num_workers=8, straggler_prob=0.0, base=base, data=small)
     assert panel.updates == 1 and panel.last_error is None
     assert bytes(panel.image.value).startswith(PNG)
     collection = panel.sync_plot.collections["compute"]
@@ -64,7 +64,7 @@ def test_straggler_explorer_redraws_in_place_when_a_slider_moves(small, base):
 
 
 def test_staleness_explorer_clamps_S_when_N_drops(small, base):
-    panel = panels.StalenessExplorer(num_workers=8, softsync=6, base=base, data=small)
+    panel = viz.StalenessExplorer(num_workers=8, softsync=6, base=base, data=small)
     assert panel.result.config.policy == "softsync" and panel.result.config.softsync == 6
     updates = panel.updates
 
@@ -80,7 +80,7 @@ def test_staleness_explorer_clamps_S_when_N_drops(small, base):
 
 
 def test_staleness_explorer_histogram_follows_S(small, base):
-    panel = panels.StalenessExplorer(num_workers=8, softsync=1, base=base, data=small)
+    panel = viz.StalenessExplorer(num_workers=8, softsync=1, base=base, data=small)
     bars = panel.hist_plot.bars
     async_heights = panel.hist_plot.heights
     async_mean = panel.result.staleness_summary()["mean"]
@@ -97,14 +97,14 @@ def test_staleness_explorer_histogram_follows_S(small, base):
 
 def test_staleness_explorer_keeps_a_staleness_bound_of_0(small, base):
     """A bound of 0 (lockstep) is a valid bound, not a missing one."""
-    panel = panels.StalenessExplorer(num_workers=2, staleness_bound=0, base=base, data=small)
+    panel = viz.StalenessExplorer(num_workers=2, staleness_bound=0, base=base, data=small)
     assert panel.last_error is None, panel.last_error
     assert panel.bounded.value and panel.staleness_bound.value == 0
     assert panel.result.config.staleness_bound == 0
 
 
 def test_staleness_explorer_shows_invalid_combinations_in_the_panel(small, base):
-    panel = panels.StalenessExplorer(num_workers=4, softsync=2, base=base, data=small)
+    panel = viz.StalenessExplorer(num_workers=4, softsync=2, base=base, data=small)
     updates = panel.updates
     panel.bounded.value = True  # a bound with S = 2 is not a configuration
     assert panel.updates == updates
@@ -125,7 +125,7 @@ def test_staleness_explorer_runs_a_students_lr_rule(small, base):
         seen.append(tau)
         return lr / (1 + tau) ** 2
 
-    panel = panels.StalenessExplorer(num_workers=8, lr_policy=damped, base=base, data=small)
+    panel = viz.StalenessExplorer(num_workers=8, lr_policy=damped, base=base, data=small)
     assert panel.lr_policy.value == "yours: damped"
     assert panel.result.config.lr_policy is damped
     assert sorted(set(seen)) == sorted(set(panel.result.staleness))  # called for every applied tau
@@ -149,7 +149,7 @@ def test_staleness_explorer_overlays_a_real_run(small, base):
             "evals": [{"epoch": 0.0, "accuracy": 0.1}, {"epoch": 1.0, "accuracy": 0.5}],
         }
 
-    panel = panels.StalenessExplorer(
+    panel = viz.StalenessExplorer(
         num_workers=4, base=base, data=small, real_run=fake_real_run, real_updates=30
     )
     assert not panel.hist_plot.overlay.get_visible()
@@ -169,14 +169,14 @@ def test_a_failing_real_run_is_a_message_not_a_traceback(small, base):
     def broken(config, updates, progress):
         raise RuntimeError("worker 1 died")
 
-    panel = panels.StalenessExplorer(num_workers=2, base=base, data=small, real_run=broken)
+    panel = viz.StalenessExplorer(num_workers=2, base=base, data=small, real_run=broken)
     panel.run_for_real()
     assert "worker 1 died" in panel.last_error and "RuntimeError" in panel.message.value
 
 
 @pytest.mark.multiprocess
 def test_run_it_for_real_on_the_parameter_server(small, base, no_orphans):
-    panel = panels.StalenessExplorer(num_workers=2, softsync=1, base=base, data=small, real_updates=20)
+    panel = viz.StalenessExplorer(num_workers=2, softsync=1, base=base, data=small, real_updates=20)
     panel.run_for_real()
     assert panel.last_error is None, panel.last_error
     assert panel.progress.value == panel.progress.max > 0
@@ -200,11 +200,11 @@ def test_run_it_for_real_on_the_parameter_server(small, base, no_orphans):
 )
 def test_staleness_explorer_rejects_bad_arguments(kwargs, match, small):
     with pytest.raises(ValueError, match=match):
-        panels.StalenessExplorer(data=small, **kwargs)
+        viz.StalenessExplorer(data=small, **kwargs)
 
 
 def test_pipeline_explorer_bubble_follows_K_and_M():
-    panel = panels.PipelineExplorer(num_stages=4, num_microbatches=1)
+    panel = viz.PipelineExplorer(num_stages=4, num_microbatches=1)
     collection = panel.bubble_plot.collections["forward"]
     assert panel.bubble_plot.fraction == pytest.approx(gpipe_bubble(4, 1))
     for M in (2, 8):
@@ -218,17 +218,17 @@ def test_pipeline_explorer_bubble_follows_K_and_M():
     panel.num_stages.value = 1
     assert panel.bubble_plot.fraction == pytest.approx(0.0)
     with pytest.raises(ValueError, match="num_stages"):
-        panels.PipelineExplorer(num_stages=0)
+        viz.PipelineExplorer(num_stages=0)
     with pytest.raises(ValueError, match="schedule"):
-        panels.PipelineExplorer(schedule="zero-bubble")
+        viz.PipelineExplorer(schedule="zero-bubble")
 
 
 def test_compression_explorer_tau_and_residual(small, base):
-    panel = panels.CompressionExplorer(tau=0.003, residual=True, num_workers=4, base=base, data=small)
+    panel = viz.CompressionExplorer(tau=0.003, residual=True, num_workers=4, base=base, data=small)
     assert panel.last_error is None, panel.last_error
     r = panel.result
     assert r.config.tau == pytest.approx(0.003) and r.config.variant == "full"
-    per_step = panels.message_bytes_per_step(r)
+    per_step = viz.message_bytes_per_step(r)
     # the simulator's own byte count is the oracle: every message went to N - 1 peers
     assert sum(per_step) * 3 == pytest.approx(r.bytes_sent, rel=1e-6)
     assert len(per_step) == r.updates
@@ -247,19 +247,19 @@ def test_compression_explorer_tau_and_residual(small, base):
     panel.residual.value = True  # back to a setting already run: taken from the cache
     assert len(panel.results) == runs + 1 and panel.result.config.variant == "full"
     with pytest.raises(ValueError, match="num_workers"):
-        panels.CompressionExplorer(num_workers=1)
+        viz.CompressionExplorer(num_workers=1)
     with pytest.raises(ValueError, match="tau"):
-        panels.CompressionExplorer(tau=0.5)
+        viz.CompressionExplorer(tau=0.5)
 
 
 def test_compression_explorer_keeps_the_base_batch_size(small):
-    """The panel's default mini-batch applies only without a base, as in the other panels."""
-    panel = panels.CompressionExplorer(num_workers=2, base=SimConfig(batch_size=80), data=small)
+    """The panel's default mini-batch applies only without a base, as in the other viz."""
+    panel = viz.CompressionExplorer(num_workers=2, base=SimConfig(batch_size=80), data=small)
     assert panel.last_error is None, panel.last_error
     assert panel.result.config.batch_size == 80
     assert (
-        panels.CompressionExplorer(num_workers=2, data=small).result.config.batch_size
-        == panels.PANEL_DEFAULTS["batch_size"]
+        viz.CompressionExplorer(num_workers=2, data=small).result.config.batch_size
+        == viz.PANEL_DEFAULTS["batch_size"]
     )
 
 
@@ -273,26 +273,26 @@ def test_compression_explorer_keeps_the_base_batch_size(small):
 )
 def test_straggler_explorer_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        panels.StragglerExplorer(**kwargs)
+        viz.StragglerExplorer(**kwargs)
 
 
 def test_simulation_panels_reject_a_base_or_data_of_the_wrong_kind(small, base):
     with pytest.raises(ValueError, match="base must be a SimConfig"):
-        panels.StragglerExplorer(num_workers=2, base={"epochs": 1}, data=small)
+        viz.StragglerExplorer(num_workers=2, base={"epochs": 1}, data=small)
     with pytest.raises(ValueError, match="data must be an MnistSplit"):
-        panels.CompressionExplorer(num_workers=2, base=base, data=(small.train, small.test))
+        viz.CompressionExplorer(num_workers=2, base=base, data=(small.train, small.test))
     with pytest.raises(ValueError, match="base must be a SimConfig"):
-        panels.sim_config("fast", num_workers=2)
+        viz.sim_config("fast", num_workers=2)
     # the real run checks its arguments before any process starts
     with pytest.raises(ValueError, match="config must be a SimConfig, got dict"):
-        panels.run_for_real_default({"num_workers": 2}, 10, lambda done, total: None)
+        viz.run_for_real_default({"num_workers": 2}, 10, lambda done, total: None)
     with pytest.raises(ValueError, match="progress must be a function"):
-        panels.run_for_real_default(base, 10, progress=None)
+        viz.run_for_real_default(base, 10, progress=None)
 
 
 def test_panel_pieces_defaults_and_slider_range():
-    config = panels.sim_config(None, num_workers=3)
-    assert config.num_workers == 3 and config.batch_size == panels.PANEL_DEFAULTS["batch_size"]
-    assert panels.slider(W.IntSlider, "workers N", 4, 1, 8).continuous_update is False
+    config = viz.sim_config(None, num_workers=3)
+    assert config.num_workers == 3 and config.batch_size == viz.PANEL_DEFAULTS["batch_size"]
+    assert viz.slider(W.IntSlider, "workers N", 4, 1, 8).continuous_update is False
     with pytest.raises(ValueError, match="workers N"):
-        panels.slider(W.IntSlider, "workers N", 9, 1, 8)
+        viz.slider(W.IntSlider, "workers N", 9, 1, 8)

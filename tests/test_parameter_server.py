@@ -28,7 +28,7 @@ from dlcourse.parameter_server import (
     run_parameter_server,
     worker_schedule,
 )
-from dlcourse.ps_protocol import flatten_shard, unflatten_shard
+from dlcourse.parameter_server.protocol import flatten_shard, unflatten_shard
 
 SMALL = dict(
     model="mlp", train_examples=600, test_examples=200, batch_size=50, timeout=20.0, run_timeout=120.0

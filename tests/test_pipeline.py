@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlcourse.cli import main
@@ -25,7 +25,9 @@ from dlcourse.pipeline import (
     measure_bubble,
     run_pipeline,
     schedule_order,
+    schedule_steps,
     simulate_schedule,
+    stage_orders,
     train_pipeline_worker,
 )
 from dlcourse.train import fit
@@ -220,3 +222,46 @@ def test_bad_pipeline_input_names_the_argument():
         PipelineConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="momentum"):
         PipelineConfig(momentum=-0.1)
+
+
+# ----------------------------------------------------------------------------- a whole schedule as steps
+
+
+@given(K=st.integers(1, 5), M=st.integers(1, 8), schedule=st.sampled_from(["gpipe", "1f1b"]))
+@settings(max_examples=40, deadline=None)
+def test_schedule_steps_split_into_each_stages_order(K, M, schedule):
+    """The steps of a whole schedule, split by stage, are exactly each stage's own order."""
+    steps = schedule_steps(schedule, K, M)
+    assert len(steps) == 2 * K * M
+    assert stage_orders(steps, K, M) == [schedule_order(schedule, k, K, M) for k in range(K)]
+
+
+@pytest.mark.parametrize(
+    "steps, match",
+    [
+        ([(0, 0, "F"), (0, 0, "B")], "once for every micro-batch"),
+        ([(0, 0, "B"), (0, 1, "F"), (0, 0, "F"), (0, 1, "B")], "forward before its backward"),
+        ([(0, 0, "F"), (0, 0, "X"), (0, 1, "F"), (0, 1, "B")], "kind"),
+        ([(2, 0, "F")], "stage"),
+        (["F0"], "triples"),
+    ],
+)
+def test_a_bad_schedule_is_refused_with_the_reason(steps, match):
+    with pytest.raises(ValueError, match=match):
+        stage_orders(steps, 1 if match != "stage" else 2, 2)
+
+
+@pytest.mark.multiprocess
+def test_run_pipeline_follows_a_given_schedule_and_out_of_order_is_caught(no_orphans):
+    """1F1B as steps gives GPipe's gradients exactly; a stage that swaps two forwards does not."""
+    model = make_model("mlp", seed=0)
+    X, y = _batch(16)
+    gpipe = run_pipeline(model, X, y, num_stages=2, num_microbatches=4)
+    one_f_one_b = run_pipeline(model, X, y, 2, 4, schedule=schedule_steps("1f1b", 2, 4))
+    swapped = schedule_steps("gpipe", 2, 4)
+    first, second = [i for i, (stage, _, kind) in enumerate(swapped) if stage == 1 and kind == "F"][:2]
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    wrong = run_pipeline(model, X, y, 2, 4, schedule=swapped)
+    for name, g in gpipe.grads.items():
+        torch.testing.assert_close(one_f_one_b.grads[name], g, rtol=0, atol=0)
+    assert max(float((wrong.grads[n] - g).abs().max()) for n, g in gpipe.grads.items()) > 1e-3

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlcourse import plots
+from dlcourse import viz
 from dlcourse.landscape import (
     Landscape,
     LandscapeConfig,
@@ -60,21 +60,21 @@ def fake_landscape(n: int = 5) -> Landscape:
 
 # one default configuration per plot function
 DEFAULTS = {
-    "timeline": lambda: plots.timeline(EVENTS, [(1.1, 1.2)]),
-    "staleness_histogram": lambda: plots.staleness_histogram([0, 1, 1, 2], real={"0": 1, "1": 3}),
-    "curves": lambda: plots.curves({"sync": {"x": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.6, 0.8]}}),
-    "idle_fraction": lambda: plots.idle_fraction({"sync": [0.2, 0.5], "async": [0.0, 0.1]}),
-    "throughput": lambda: plots.throughput({"async": ([1, 2, 4], [10.0, 19.0, 37.0])}),
-    "bubble": lambda: plots.bubble([(0, "forward", 0, 1), (1, "forward", 1, 2)], microbatches=1),
-    "compression": lambda: plots.compression(
+    "timeline": lambda: viz.timeline(EVENTS, [(1.1, 1.2)]),
+    "staleness_histogram": lambda: viz.staleness_histogram([0, 1, 1, 2], real={"0": 1, "1": 3}),
+    "curves": lambda: viz.curves({"sync": {"x": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.6, 0.8]}}),
+    "idle_fraction": lambda: viz.idle_fraction({"sync": [0.2, 0.5], "async": [0.0, 0.1]}),
+    "throughput": lambda: viz.throughput({"async": ([1, 2, 4], [10.0, 19.0, 37.0])}),
+    "bubble": lambda: viz.bubble([(0, "forward", 0, 1), (1, "forward", 1, 2)], microbatches=1),
+    "compression": lambda: viz.compression(
         {"dense": [4e5] * 3, "tau": [4e3, 3e3, 2e3]}, {"residual": [0.8, 0.9]}
     ),
-    "landscape": lambda: plots.landscape_plot(fake_landscape()),
+    "landscape": lambda: viz.landscape_plot(fake_landscape()),
 }
 
 
 def test_every_plot_function_has_a_default_case():
-    assert set(DEFAULTS) == set(plots.PLOTS)
+    assert set(DEFAULTS) == set(viz.PLOTS)
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULTS))
@@ -89,7 +89,7 @@ def test_every_plot_renders_to_png(name):
 
 
 def test_timeline_draws_each_event_where_it_happened_and_updates_in_place():
-    plot = plots.timeline(EVENTS, [(1.1, 1.2)])
+    plot = viz.timeline(EVENTS, [(1.1, 1.2)])
     compute = plot.intervals("compute")
     assert compute.shape == (2, 4, 2)
     # x spans are the events' [start, end]; y centres are the worker rows
@@ -110,7 +110,7 @@ def test_timeline_reads_event_objects_and_rejects_backwards_events():
         def __init__(self, worker, kind, start, end):
             self.worker, self.kind, self.start, self.end = worker, kind, start, end
 
-    plot = plots.timeline([Event(3, "wait", 1.0, 2.0)])
+    plot = viz.timeline([Event(3, "wait", 1.0, 2.0)])
     np.testing.assert_allclose(plot.intervals("wait")[0, :, 1].mean(), 3.0)
     with pytest.raises(ValueError, match="ends before it starts"):
         plot.update([(0, "compute", 2.0, 1.0)])
@@ -122,7 +122,7 @@ def test_timeline_reads_event_objects_and_rejects_backwards_events():
     st.lists(st.integers(0, 12), min_size=1, max_size=60),
 )
 def test_staleness_bars_are_the_fractions_of_updates_per_tau(taus, real):
-    plot = plots.staleness_histogram(taus, real=real)
+    plot = viz.staleness_histogram(taus, real=real)
     counts = Counter(taus)
     expected = np.array([counts[k] for k in range(max(taus) + 1)]) / len(taus)
     np.testing.assert_allclose(plot.heights, expected)
@@ -138,7 +138,7 @@ def plt_close(plot):
 
 
 def test_staleness_accepts_the_json_summary_and_updates_in_place():
-    plot = plots.staleness_histogram({"max": 2, "mean": 1.0, "histogram": {"0": 1, "2": 1}})
+    plot = viz.staleness_histogram({"max": 2, "mean": 1.0, "histogram": {"0": 1, "2": 1}})
     np.testing.assert_allclose(plot.heights, [0.5, 0.0, 0.5])
     assert not plot.overlay.get_visible()
     bars = plot.bars
@@ -154,7 +154,7 @@ def test_curves_overlay_runs_and_drop_the_ones_that_leave():
         "sync": {"x": [1, 2, 3], "loss": [1.0, 0.5, 0.3], "accuracy": [0.5, 0.7, 0.8]},
         "async": {"x": [1, 2], "loss": [1.1, 0.7], "accuracy": [0.4, 0.6]},
     }
-    plot = plots.curves(runs, x="second")
+    plot = viz.curves(runs, x="second")
     loss_line, acc_line = plot.lines["async"]
     np.testing.assert_allclose(loss_line.get_ydata(), [1.1, 0.7])
     np.testing.assert_allclose(acc_line.get_xdata(), [1, 2])
@@ -167,13 +167,13 @@ def test_curves_overlay_runs_and_drop_the_ones_that_leave():
     assert len(set(colors)) == 3
     assert [matplotlib.colors.to_hex(line.get_color()) for line in plot.lines["local"]] == [colors[2]] * 2
     with pytest.raises(ValueError, match="x must be one of"):
-        plots.curves(runs, x="minute")
+        viz.curves(runs, x="minute")
     with pytest.raises(ValueError, match="same length"):
         plot.update({"bad": {"x": [1, 2], "loss": [1.0], "accuracy": [1.0]}})
 
 
 def test_idle_fraction_bars_and_validation():
-    plot = plots.idle_fraction({"sync": [0.1, 0.5, 0.2], "async": [0.0, 0.0, 0.1]})
+    plot = viz.idle_fraction({"sync": [0.1, 0.5, 0.2], "async": [0.0, 0.0, 0.1]})
     np.testing.assert_allclose(plot.heights("sync"), [0.1, 0.5, 0.2])
     plot.update({"sync": [0.3, 0.4]})
     np.testing.assert_allclose(plot.heights("sync"), [0.3, 0.4])
@@ -183,7 +183,7 @@ def test_idle_fraction_bars_and_validation():
 
 
 def test_throughput_lines_and_the_linear_scaling_reference():
-    plot = plots.throughput({"sync": ([1, 2, 4], [10, 18, 30]), "async": ([2, 4], [25, 45])})
+    plot = viz.throughput({"sync": ([1, 2, 4], [10, 18, 30]), "async": ([2, 4], [25, 45])})
     np.testing.assert_allclose(plot.lines["sync"].get_ydata(), [10, 18, 30])
     # linear scaling extrapolates the per-worker rate of the smallest N
     np.testing.assert_allclose(plot.ideal.get_xdata(), [1, 4])
@@ -197,23 +197,21 @@ def test_throughput_lines_and_the_linear_scaling_reference():
 def test_bubble_of_a_forward_pipeline_matches_the_gpipe_formula(K, M):
     # unit-cost forwards: stage k runs micro-batch m during [k + m, k + m + 1]
     busy = [(k, "forward", k + m, k + m + 1.0) for k in range(K) for m in range(M)]
-    plot = plots.bubble(busy, microbatches=M)
+    plot = viz.bubble(busy, microbatches=M)
     assert plot.fraction == pytest.approx((K - 1) / (M + K - 1))
-    assert plots.bubble_fraction(busy) == pytest.approx((K - 1) / (M + K - 1))
+    assert viz.bubble_fraction(busy) == pytest.approx((K - 1) / (M + K - 1))
     assert len(plot.intervals("forward")) == K * M
     plt_close(plot)
 
 
 def test_bubble_reads_per_stage_dicts_and_pipeline_letters():
-    plot = plots.bubble({0: [(0, 1), (3, 4, "B")], 1: [(1, 2, "F"), (2, 3, "B")]})
+    plot = viz.bubble({0: [(0, 1), (3, 4, "B")], 1: [(1, 2, "F"), (2, 3, "B")]})
     assert len(plot.intervals("forward")) == 2 and len(plot.intervals("backward")) == 2
     assert plot.fraction == pytest.approx(0.5)
 
 
 def test_compression_plot_lines_and_log_scale():
-    plot = plots.compression(
-        {"dense": [4e5, 4e5], "tau": [100.0, 0.0]}, {"no residual": ([1, 2], [0.5, 0.6])}
-    )
+    plot = viz.compression({"dense": [4e5, 4e5], "tau": [100.0, 0.0]}, {"no residual": ([1, 2], [0.5, 0.6])})
     assert plot.axes[0].get_yscale() == "log"
     np.testing.assert_allclose(plot.byte_lines["dense"].get_ydata(), [4e5, 4e5])
     assert plot.byte_lines["tau"].get_ydata()[1] > 0  # zero bytes stay drawable on a log axis
@@ -223,7 +221,7 @@ def test_compression_plot_lines_and_log_scale():
 
 
 def test_landscape_plot_updates_line_and_image_in_place():
-    plot = plots.landscape_plot(fake_landscape())
+    plot = viz.landscape_plot(fake_landscape())
     image = plot.image
     other = fake_landscape(9)
     other.plane_loss = np.full((3, 4), 10.0)
@@ -236,9 +234,9 @@ def test_landscape_plot_updates_line_and_image_in_place():
 
 def test_plot_functions_validate_axes():
     with pytest.raises(ValueError, match="ax must be"):
-        plots.timeline(EVENTS, ax="not axes")
+        viz.timeline(EVENTS, ax="not axes")
     with pytest.raises(ValueError, match="axes must be two"):
-        plots.curves({}, axes=[1])
+        viz.curves({}, axes=[1])
 
 
 # ---------------------------------------------------------------------------- landscape
@@ -348,37 +346,37 @@ def test_update_asks_a_live_figure_to_redraw_and_leaves_a_bare_one_alone(monkeyp
 
     fig = plt.figure()  # has a manager, like a figure shown by pyplot or ipympl
     try:
-        plot = plots.timeline(EVENTS, ax=fig.add_subplot())
+        plot = viz.timeline(EVENTS, ax=fig.add_subplot())
         calls = []
         monkeypatch.setattr(fig.canvas, "draw_idle", lambda: calls.append(1))
         plot.update(EVENTS[:2])
         assert calls == [1]
     finally:
         plt.close(fig)
-    bare = plots.timeline(EVENTS)  # a bare Figure: drawn only when rendered
+    bare = viz.timeline(EVENTS)  # a bare Figure: drawn only when rendered
     drawn = []
     monkeypatch.setattr(bare.fig.canvas, "draw_idle", lambda: drawn.append(1))
     bare.update(EVENTS[:2])
     assert drawn == []
 
 
-def test_plots_re_exports_every_figure_from_its_module():
-    from dlcourse import plot_base, plot_runs, plot_techniques
+def test_viz_re_exports_every_figure_from_its_module():
+    from dlcourse.viz import figure, runs, techniques
 
-    assert all(hasattr(plots, name) for name in plots.__all__)
-    assert plots.Plot is plot_base.Plot and plots.TimelinePlot is plot_runs.TimelinePlot
-    assert plots.LandscapePlot is plot_techniques.LandscapePlot
+    assert all(hasattr(viz, name) for name in viz.__all__)
+    assert viz.Plot is figure.Plot and viz.TimelinePlot is runs.TimelinePlot
+    assert viz.LandscapePlot is techniques.LandscapePlot
 
 
 def test_runs_that_leave_a_comparison_lose_their_artists():
-    idle = plots.idle_fraction({"sync": [0.5, 0.2], "async": [0.1, 0.0]})
+    idle = viz.idle_fraction({"sync": [0.5, 0.2], "async": [0.1, 0.0]})
     idle.update({"async": [0.1, 0.3]})
     assert list(idle.collections) == ["async"] and len(idle.ax.collections) == 1
     np.testing.assert_allclose(idle.heights("async"), [0.1, 0.3])
-    rate = plots.throughput({"sync": ([1, 2], [10, 15]), "async": ([1, 2], [10, 19])})
+    rate = viz.throughput({"sync": ([1, 2], [10, 15]), "async": ([1, 2], [10, 19])})
     rate.update({"sync": ([1, 2], [10, 15])})
     assert list(rate.lines) == ["sync"] and len(rate.ax.lines) == 2  # sync and the linear reference
-    comp = plots.compression({"dense": [8, 8], "1-bit": [1, 1]}, {"dense": [0.5], "1-bit": [0.4]})
+    comp = viz.compression({"dense": [8, 8], "1-bit": [1, 1]}, {"dense": [0.5], "1-bit": [0.4]})
     comp.update({"1-bit": [1, 2]}, {"1-bit": [0.4]})
     assert [len(ax.lines) for ax in comp.axes] == [1, 1]
     assert comp.axes[0].lines[0].get_label() == "1-bit"

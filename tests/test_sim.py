@@ -1,7 +1,7 @@
 """The simulated cluster: properties over configurations, and the lecture's claims as tests.
 
 PyTorch is the oracle: synchronous gradient averaging and sequential SGD are rebuilt with
-``torch.optim.SGD`` on exactly the simulator's mini-batches (``sim.worker_batches``).
+``torch.optim.SGD`` on exactly the simulator's mini-batches (``dlcourse.data.batch_stream``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlcourse import cli
-from dlcourse.data import MnistSplit, shard
+from dlcourse.data import MnistSplit, batch_stream, shard
 from dlcourse.models import make_model
 from dlcourse.sim import (
     POLICIES,
@@ -25,9 +25,8 @@ from dlcourse.sim import (
     SimResult,
     register_policy,
     simulate,
-    worker_batches,
 )
-from dlcourse.sim_decentralized import DecentralizedSimConfig
+from dlcourse.sim.decentralized import DecentralizedSimConfig
 
 PROPERTY = settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -85,7 +84,9 @@ def sgd_oracle(config: SimConfig, data: MnistSplit, steps: int) -> torch.Tensor:
     model = make_model(config.model, seed=config.seed)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
     shards = shard(data.train, n)
-    streams = [worker_batches(len(s), config.batch_size, config.seed, w) for w, s in enumerate(shards)]
+    streams = [
+        batch_stream(len(s), config.batch_size, seed=config.seed, worker=w) for w, s in enumerate(shards)
+    ]
     for _ in range(steps):
         opt.zero_grad()
         for w in range(n):
@@ -414,7 +415,7 @@ def test_bad_simulate_arguments(small):
     with pytest.raises(ValueError, match="num_workers"):
         simulate(SimConfig(num_workers=50), MnistSplit(small.train[:10], small.test, "subset"))
     with pytest.raises(ValueError, match="batch_size"):
-        next(worker_batches(10, 0, 0, 0))
+        next(batch_stream(10, 0, seed=0, worker=0))
 
 
 def test_cli_simulate_writes_the_metrics(tmp_path, capsys):
@@ -458,14 +459,16 @@ def test_the_lectures_cnn_runs_in_the_simulator(small):
     assert min(e.end - e.start for e in r.trace if e.kind == "push") > 1e-3
 
 
-def test_the_simulator_reads_from_sim_and_lives_in_three_modules():
-    """The split into cluster / sim_parameter_server / sim keeps ``from dlcourse.sim import ...``."""
-    from dlcourse import cluster, sim, sim_parameter_server
+def test_the_simulator_reads_from_sim_and_registers_every_family():
+    """``from dlcourse.sim import ...`` gives every public name; each family registered its policies."""
+    from dlcourse import sim
+    from dlcourse.sim import cluster, config, decentralized, parameter_server
 
-    assert sim.Cluster is cluster.Cluster and sim.worker_batches is cluster.worker_batches
-    assert sim.register_policy is cluster.register_policy and sim.POLICIES is cluster.POLICIES
+    assert sim.Cluster is cluster.Cluster and sim.SimConfig is config.SimConfig
+    assert sim.register_policy is config.register_policy and sim.POLICIES is config.POLICIES
     for name in ("sync", "async", "softsync", "bounded"):
-        assert POLICIES[name] is sim_parameter_server.run_parameter_server
+        assert POLICIES[name] is parameter_server.run_parameter_server
+    assert POLICIES["decentralized"] is decentralized.run_decentralized
     assert all(hasattr(sim, name) for name in sim.__all__)
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import ipywidgets as W
 from matplotlib.figure import Figure
 
-from dlcourse import plots
 from dlcourse._validate import check_float, check_int
-from dlcourse.panel_base import SimPanel, slider
+from dlcourse.viz.panel import SimPanel, slider
+from dlcourse.viz.runs import CurvesPlot, IdlePlot, TimelinePlot
 
 
 class StragglerExplorer(SimPanel):
@@ -44,13 +44,13 @@ class StragglerExplorer(SimPanel):
         fig = Figure(figsize=(10, 8), layout="constrained")
         grid = fig.add_gridspec(3, 2, height_ratios=[2, 2, 1.4])
         top = fig.add_subplot(grid[0, :])
-        self.sync_plot = plots.TimelinePlot(top)
+        self.sync_plot = TimelinePlot(top)
         # one time axis for both, so the longer synchronous run is visibly longer
-        self.async_plot = plots.TimelinePlot(fig.add_subplot(grid[1, :], sharex=top), legend=False)
+        self.async_plot = TimelinePlot(fig.add_subplot(grid[1, :], sharex=top), legend=False)
         top.tick_params(labelbottom=False)
         top.set_xlabel("")
-        self.idle_plot = plots.IdlePlot(fig.add_subplot(grid[2, 0]))
-        self.curves_plot = plots.CurvesPlot([fig.add_subplot(grid[2, 1])], x="second", metrics=("accuracy",))
+        self.idle_plot = IdlePlot(fig.add_subplot(grid[2, 0]))
+        self.curves_plot = CurvesPlot([fig.add_subplot(grid[2, 1])], x="second", metrics=("accuracy",))
         self.results: dict = {}
         super().__init__(
             [self.num_workers, self.straggler_prob, self.straggler_slowdown], fig, base=base, data=data

@@ -1,8 +1,8 @@
-"""What every figure of :mod:`dlcourse.plots` is made of: the Plot frame and its pieces.
+"""What every figure of :mod:`dlcourse.viz` is made of: the Plot frame and its pieces.
 
 A :class:`Plot` holds a matplotlib ``fig`` and its axes; subclasses draw their artists
 once and change only their data in ``update(...)`` (``set_verts``, ``set_data``), which is
-what makes the widget panels of :mod:`dlcourse.panels` feel immediate. A ``Plot`` shows
+what makes the widget panels of :mod:`dlcourse.viz` feel immediate. A ``Plot`` shows
 itself in a notebook (``_repr_png_``) and ``to_png()`` renders it without a display.
 Figures use ``matplotlib.figure.Figure`` directly, not pyplot, so no global state is
 touched and any backend (Agg in tests) works. The helpers below read results that may be

@@ -3,7 +3,7 @@
 Decentralized SGD where each worker sends only the entries of its update beyond +-tau,
 as one bit each, and keeps the rest as a residual for its next message (Strom, "Scalable
 distributed DNN training using commodity GPU cloud computing", Interspeech 2015;
-:mod:`dlcourse.sim_decentralized`). The panel shows the bytes of every message against
+:mod:`dlcourse.sim.decentralized`). The panel shows the bytes of every message against
 the uncompressed run, and test accuracy with or without the residual.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import ipywidgets as W
 from matplotlib.figure import Figure
 
-from dlcourse import plots
 from dlcourse._validate import check_float, check_int
-from dlcourse.panel_base import PANEL_DEFAULTS, SimPanel
+from dlcourse.viz.panel import PANEL_DEFAULTS, SimPanel
+from dlcourse.viz.techniques import CompressionPlot
 
 
 def message_bytes_per_step(result) -> list[float]:
@@ -35,7 +35,7 @@ def message_bytes_per_step(result) -> list[float]:
 class CompressionExplorer(SimPanel):
     """Decentralized SGD with 1-bit updates: the threshold tau and the residual, on or off.
 
-    Each setting runs the simulated cluster (:mod:`dlcourse.sim_decentralized`) with real
+    Each setting runs the simulated cluster (:mod:`dlcourse.sim.decentralized`) with real
     compressed messages; the uncompressed run is drawn next to it for comparison. Results
     are kept per (tau, residual), so going back to a setting is instant.
     """
@@ -69,7 +69,7 @@ class CompressionExplorer(SimPanel):
         )
         self.residual = W.Checkbox(value=residual, description="keep the residual")
         fig = Figure(figsize=(10, 3.6), layout="constrained")
-        self.compression_plot = plots.CompressionPlot(list(fig.subplots(1, 2)))
+        self.compression_plot = CompressionPlot(list(fig.subplots(1, 2)))
         self.results: dict = {}  # (tau, variant) -> SimResult; tau None is the dense run
         self.result = None
         super().__init__([self.tau, self.residual], fig, base=base, data=data)
@@ -77,7 +77,7 @@ class CompressionExplorer(SimPanel):
         self.refresh()
 
     def config(self, tau: float | None, variant: str = "full"):
-        from dlcourse.sim_decentralized import DecentralizedSimConfig
+        from dlcourse.sim.decentralized import DecentralizedSimConfig
 
         # like panel_base.sim_config: the base's fields when there is one (all but its
         # policy: this panel's is the decentralized one), else the panel defaults

@@ -17,10 +17,11 @@ from typing import Any
 import ipywidgets as W
 from matplotlib.figure import Figure
 
-from dlcourse import plots
 from dlcourse._validate import check_int
-from dlcourse.panel_base import SimPanel, slider
 from dlcourse.staleness import LR_POLICIES, LrPolicy
+from dlcourse.viz.figure import lookup
+from dlcourse.viz.panel import SimPanel, slider
+from dlcourse.viz.runs import CurvesPlot, StalenessPlot, staleness_counts
 
 # The staleness explorer's real run: f(config, updates, progress) -> result; see run_for_real
 RealRun = Callable[..., Any]
@@ -88,8 +89,8 @@ class StalenessExplorer(SimPanel):
         self.progress = W.IntProgress(value=0, min=0, max=real_updates, description="real run")
         fig = Figure(figsize=(12, 3.6), layout="constrained")
         ax_hist, ax_loss, ax_acc = fig.subplots(1, 3)
-        self.hist_plot = plots.StalenessPlot(ax_hist)
-        self.curves_plot = plots.CurvesPlot([ax_loss, ax_acc], x="epoch")
+        self.hist_plot = StalenessPlot(ax_hist)
+        self.curves_plot = CurvesPlot([ax_loss, ax_acc], x="epoch")
         self.result = None  # the last SimResult
         self.real: dict | None = None  # staleness and curve of the last real run (this config)
         controls = [
@@ -192,26 +193,26 @@ class StalenessExplorer(SimPanel):
 
 def _real_summary(outcome: Any) -> dict:
     """Staleness histogram, its mean and a test curve from a real run's metrics (dict or object)."""
-    staleness = plots.lookup(outcome, "staleness")
+    staleness = lookup(outcome, "staleness")
     if staleness is None:
         raise ValueError("the real run returned no staleness record")
-    counts = plots.staleness_counts(staleness)
+    counts = staleness_counts(staleness)
     total = counts.sum()
     mean = float((counts * range(len(counts))).sum() / total) if total else 0.0
     curve = None
-    evals = plots.lookup(outcome, "evals")
+    evals = lookup(outcome, "evals")
     if evals:
-        curve = {"x": [plots.lookup(p, "epoch") for p in evals]}
+        curve = {"x": [lookup(p, "epoch") for p in evals]}
         for key in ("loss", "accuracy"):  # a real run may record only one of them
-            values = [plots.lookup(p, key) for p in evals]
+            values = [lookup(p, key) for p in evals]
             if all(v is not None for v in values):
                 curve[key] = values
-    elif plots.lookup(outcome, "test_accuracy") is not None:
-        epochs = plots.lookup(outcome, "epochs_done", "epochs", default=1)
+    elif lookup(outcome, "test_accuracy") is not None:
+        epochs = lookup(outcome, "epochs_done", "epochs", default=1)
         curve = {
             "x": [float(epochs)],
-            "loss": [float(plots.lookup(outcome, "test_loss"))],
-            "accuracy": [float(plots.lookup(outcome, "test_accuracy"))],
+            "loss": [float(lookup(outcome, "test_loss"))],
+            "accuracy": [float(lookup(outcome, "test_accuracy"))],
         }
     histogram = {tau: int(c) for tau, c in enumerate(counts) if c}  # counts, not a list of taus
     return {"staleness": histogram, "mean": mean, "curve": curve}

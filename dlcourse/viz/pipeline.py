@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipywidgets as W
 
-from dlcourse import plots
 from dlcourse._validate import check_choice, check_int
-from dlcourse.panel_base import Panel, slider
+from dlcourse.viz.panel import Panel, slider
+from dlcourse.viz.techniques import BubblePlot
 
 
 class PipelineExplorer(Panel):
@@ -29,7 +29,7 @@ class PipelineExplorer(Panel):
         # the schedule is cheap to compute, so these sliders may follow the mouse
         self.num_stages.continuous_update = self.num_microbatches.continuous_update = True
         self.schedule = W.ToggleButtons(options=["gpipe", "1f1b"], value=schedule, description="schedule")
-        self.bubble_plot = plots.BubblePlot()
+        self.bubble_plot = BubblePlot()
         self.bubble_plot.fig.set_size_inches(10, 3.5)
         self.timeline = None
         super().__init__([self.num_stages, self.num_microbatches, self.schedule], self.bubble_plot.fig)

@@ -16,7 +16,7 @@ the rules of :mod:`dlcourse.staleness`:
   ``staleness_bound`` steps ahead of the slowest (stale synchronous parallel, Ho et al.,
   NIPS 2013); staleness is counted in that clock.
 
-This is the worked example of a policy for :class:`dlcourse.cluster.Cluster`: only the
+This is the worked example of a policy for :class:`dlcourse.sim.cluster.Cluster`: only the
 order of events is written here; time, gradients and records are the cluster's.
 """
 
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from dlcourse.cluster import Cluster, register_policy
+from dlcourse.sim.cluster import Cluster
+from dlcourse.sim.config import register_policy
 from dlcourse.staleness import BoundedStaleness, SoftSync
 
 

@@ -11,7 +11,7 @@ network is the bottleneck, smaller messages mean more steps per second. This is 
 the lesson shows traffic falling by orders of magnitude::
 
     from dlcourse.sim import simulate
-    from dlcourse.sim_decentralized import DecentralizedSimConfig
+    from dlcourse.sim.decentralized import DecentralizedSimConfig
     dense = simulate(DecentralizedSimConfig(num_workers=8, bandwidth=1e7))
     sparse = simulate(DecentralizedSimConfig(num_workers=8, bandwidth=1e7, tau=0.003))
     dense.bytes_sent / sparse.bytes_sent        # a few hundred
@@ -30,11 +30,10 @@ from dataclasses import dataclass
 import torch
 
 from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.compression import CODERS, Compressor, read_message
-from dlcourse.sim import Cluster, SimConfig, config_from_args, default_data, register_policy, simulate
-
-TOPOLOGIES = ("all", "ring")
-COMPRESSIONS = ("full", "onebit", "sparse")
+from dlcourse.collectives import TOPOLOGIES, peers
+from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, read_message
+from dlcourse.sim.cluster import Cluster
+from dlcourse.sim.config import SimConfig, register_policy
 
 
 @dataclass
@@ -48,6 +47,7 @@ class DecentralizedSimConfig(SimConfig):
     topology: str = "all"  # "all": every peer; "ring": the next rank, which forwards
     warmup_workers: int | None = None  # workers that train alone at first (None: all from the start)
     warmup_fraction: float = 0.0  # fraction of the first epoch during which only they train
+    quantizer: Quantizer | None = None  # a student's quantize(r, tau); None: dlcourse.compression's
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,24 +59,38 @@ class DecentralizedSimConfig(SimConfig):
         if self.warmup_workers is not None:
             check_int("warmup_workers", self.warmup_workers, low=1, high=self.num_workers)
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
+        if self.quantizer is not None and not callable(self.quantizer):
+            raise ValueError(
+                f"quantizer must be a function quantize(r, tau) -> tensor, got {self.quantizer!r}"
+            )
 
+    def as_dict(self) -> dict:
+        d = super().as_dict()
+        d["quantizer"] = None if self.quantizer is None else getattr(self.quantizer, "__name__", "custom")
+        return d
 
-def _extend(config: SimConfig, **decentralized) -> DecentralizedSimConfig:
-    """``config`` as a :class:`DecentralizedSimConfig`, with ``decentralized`` fields set."""
-    fields = {k: getattr(config, k) for k in SimConfig.__dataclass_fields__}
-    return DecentralizedSimConfig(**fields, **decentralized)
+    @classmethod
+    def extend(cls, config: SimConfig, **decentralized) -> DecentralizedSimConfig:
+        """``config`` as a :class:`DecentralizedSimConfig`, with ``decentralized`` fields set."""
+        if not isinstance(config, SimConfig):
+            raise ValueError(f"config must be a SimConfig, got {type(config).__name__}")
+        fields = {k: getattr(config, k) for k in SimConfig.__dataclass_fields__}
+        return cls(**fields, **decentralized)
 
 
 def run_decentralized(cluster: Cluster) -> None:
     """Policy ``decentralized``: replicas, compressed messages, no server."""
     c = cluster.config
     if not isinstance(c, DecentralizedSimConfig):  # a plain SimConfig(policy="decentralized"): the defaults
-        c = _extend(c)
+        c = DecentralizedSimConfig.extend(c)
     tau, topology, n = c.tau, c.topology, c.num_workers
     variant = "dense" if tau is None else c.variant  # uncompressed without a threshold
     steps_each = c.epochs * cluster.batches_per_shard
     replicas = [cluster.W.clone() for _ in range(n)]
-    compressors = [Compressor(cluster.W.numel(), tau=tau, variant=variant, coder=c.coder) for _ in range(n)]
+    compressors = [
+        Compressor(cluster.W.numel(), tau=tau, variant=variant, coder=c.coder, quantizer=c.quantizer)
+        for _ in range(n)
+    ]
     active = c.warmup_workers or n
     # Strom's "fewer nodes early": the others join after `warmup` steps of the first epoch
     warmup = int(c.warmup_fraction * cluster.batches_per_shard) if active < n else 0
@@ -97,7 +111,7 @@ def run_decentralized(cluster: Cluster) -> None:
         return link_free[src]
 
     def arrive(w: int, nbytes: int, update, origin: int) -> None:
-        apply(replicas[w], update)
+        update.add_to(replicas[w])
         contains[w] += 1
         nxt = (w + 1) % n
         if topology == "ring" and nxt != origin:
@@ -116,13 +130,12 @@ def run_decentralized(cluster: Cluster) -> None:
     def finish(w: int, grad: torch.Tensor, size: int, tau_w: int) -> None:
         message = compressors[w].compress(-c.lr * grad)
         update = read_message(message)  # decoded once; every receiver adds the same
-        apply(replicas[w], update)  # a worker applies what it sends, like its peers
+        update.add_to(replicas[w])  # a worker applies what it sends, like its peers
         steps[w] += 1
         contains[w] += 1
         state["finished"] += 1
-        peers = [(w + 1) % n] if topology == "ring" else [p for p in range(n) if p != w]
         sent_by = cluster.now
-        for p in peers if n > 1 else []:
+        for p in peers(w, n, topology):
             sent_by = transmit(w, p, len(message), update, w)
         if sent_by > cluster.now:
             cluster.record(w, "push", cluster.now, sent_by)
@@ -144,26 +157,4 @@ def run_decentralized(cluster: Cluster) -> None:
     cluster.final_params = replica_mean()
 
 
-@torch.no_grad()
-def apply(W: torch.Tensor, update) -> None:
-    """Add a decoded message to a replica."""
-    if update.variant == "dense":
-        W.add_(update.values)
-    else:
-        W.index_add_(0, torch.from_numpy(update.indices), update.values)
-
-
 register_policy("decentralized", run_decentralized)
-
-
-def simulate_command(args) -> dict:
-    """``dlcourse simulate --policy decentralized``: the CLI's entry point."""
-    config = _extend(
-        config_from_args(args),
-        tau=args.tau,
-        variant="onebit" if args.no_residual else getattr(args, "compression", "full"),
-        topology=getattr(args, "topology", "all"),
-    )
-    metrics = simulate(config, default_data(args.data_source)).to_json()
-    metrics["compression"] = "dense" if config.tau is None else config.variant
-    return metrics

@@ -43,7 +43,7 @@ Processes and failures
 ----------------------
 :func:`run_parameter_server` starts the k + N ranks with :func:`dlcourse.launcher.launch`;
 what each rank runs -- the wire protocol, the worker loop and the server loop -- is in
-:mod:`dlcourse.ps_protocol`. The workers are launched as ranks that *may fail*: a worker
+:mod:`dlcourse.parameter_server.protocol`. The workers are launched as ranks that *may fail*: a worker
 killed in an asynchronous mode is reported in the result (``lost_workers``, with its update
 count) while the servers finish with the others. A dead server makes the workers stop with
 :class:`ServerLost` within the timeout, and the run with one :class:`WorkerError` naming the
@@ -54,19 +54,24 @@ through the launcher's :func:`~dlcourse.launcher.report` channel.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.data import SOURCES, Dataset, shard
+from dlcourse.data import Dataset, shard
 from dlcourse.launcher import WorkerError, WorkerLost, launch, under_torchrun
-from dlcourse.models import MODELS, make_model
-from dlcourse.ps_protocol import ServerLost, load_data, rank_main, unflatten_shard, worker_schedule
-from dlcourse.staleness import LrPolicy, lr_policy_name, resolve_lr_policy, staleness_summary
+from dlcourse.models import make_model
+from dlcourse.parameter_server.config import PSConfig, assign_shards, parameter_shapes
+from dlcourse.parameter_server.protocol import (
+    ServerLost,
+    load_data,
+    rank_main,
+    unflatten_shard,
+    worker_schedule,
+)
+from dlcourse.staleness import staleness_summary
 from dlcourse.train import evaluate
 
 __all__ = [
@@ -76,113 +81,8 @@ __all__ = [
     "assign_shards",
     "parameter_shapes",
     "run_parameter_server",
-    "train_async_ps",
     "worker_schedule",
 ]
-
-DEVICES = ("cpu", "cuda")
-
-
-@dataclass
-class PSConfig:
-    """One parameter-server run: who runs, which rule, how long, and what to break."""
-
-    num_workers: int = 2  # N worker processes, each on its own shard of the training data
-    num_servers: int = 1  # k server processes, each owning about 1/k of the parameters
-    softsync: int = 1  # S: pushes the server averages per update (1 = async, N = synchronous)
-    staleness_bound: int | None = None  # b: a worker may be at most b steps ahead (None = no bound)
-    lr: float = 0.1  # lambda, the server's learning rate
-    lr_policy: str | LrPolicy = "constant"  # "constant", "staleness" or f(lr, tau) -> lambda_n
-    model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
-    batch_size: int = 50  # examples per worker step
-    epochs: int = 1  # passes of each worker over its shard (ignored when steps is set)
-    steps: int | None = None  # steps per worker; None: epochs over its shard
-    train_examples: int | None = None  # use only the first this many training examples (None: all)
-    test_examples: int | None = None  # evaluate on the first this many test examples (None: all)
-    data_source: str = "subset"  # "subset" (5,000 shipped digits), "full" or "auto"
-    seed: int = 0  # model init and every worker's shuffle
-    device: str = "cpu"  # where workers compute: "cpu" or "cuda" (server traffic stays CPU tensors on gloo)
-    snapshots: int = 10  # points of the accuracy-over-time curve (0: none)
-    slow_worker: int | None = None  # worker index slowed down (a straggler), None: none
-    slow_delay: float = 0.0  # seconds the slow worker sleeps in each step
-    kill_worker: int | None = None  # worker index that SIGKILLs itself mid-run (fault tolerance demo)
-    kill_server: int | None = None  # server index that SIGKILLs itself mid-run
-    kill_after: int = 5  # ...after this many of its own steps (worker) or applied updates (server)
-    timeout: float = 30.0  # seconds of silence from a peer before it is an error
-    run_timeout: float | None = None  # seconds for the whole run (None: no limit)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> PSConfig:
-        """Check every field; ``ValueError`` names the field, its value and what is allowed."""
-        check_int("num_workers", self.num_workers, low=1)
-        check_int("num_servers", self.num_servers, low=1)
-        check_choice("model", self.model, MODELS)
-        tensors = len(parameter_shapes(self.model))
-        if self.num_servers > tensors:
-            raise ValueError(
-                f"num_servers must be <= {tensors} (the {self.model} model has {tensors} parameter tensors, "
-                f"and servers own whole tensors), got {self.num_servers}"
-            )
-        check_int("softsync", self.softsync, low=1, high=self.num_workers)
-        if self.staleness_bound is not None:
-            check_int("staleness_bound", self.staleness_bound, low=0)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        resolve_lr_policy(self.lr_policy)
-        check_int("batch_size", self.batch_size, low=1)
-        check_int("epochs", self.epochs, low=1)
-        if self.steps is not None:
-            check_int("steps", self.steps, low=1)
-        for name in ("train_examples", "test_examples"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), low=1)
-        if self.train_examples is not None and self.train_examples < self.num_workers:
-            raise ValueError(
-                f"train_examples must be >= num_workers ({self.num_workers}), got {self.train_examples}"
-            )
-        check_choice("data_source", self.data_source, SOURCES)
-        check_int("seed", self.seed, low=0)
-        check_choice("device", self.device, DEVICES)
-        check_int("snapshots", self.snapshots, low=0)
-        for name, high in (
-            ("slow_worker", self.num_workers - 1),
-            ("kill_worker", self.num_workers - 1),
-            ("kill_server", self.num_servers - 1),
-        ):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), low=0, high=high)
-        check_float("slow_delay", self.slow_delay, low=0.0)
-        check_int("kill_after", self.kill_after, low=0)
-        check_float("timeout", self.timeout, low=0.0, low_open=True)
-        if self.run_timeout is not None:
-            check_float("run_timeout", self.run_timeout, low=0.0, low_open=True)
-        return self
-
-    @property
-    def synchronous(self) -> bool:
-        """S = N: every step waits for all N workers."""
-        return self.softsync == self.num_workers
-
-    @property
-    def gate_bound(self) -> int | None:
-        """The bound the server enforces: 0 when synchronous (each worker pushes once per step)."""
-        return 0 if self.synchronous else self.staleness_bound
-
-    @property
-    def mode(self) -> str:
-        if self.synchronous:
-            return "sync"
-        if self.staleness_bound is not None:
-            return f"bounded(b={self.staleness_bound}, S={self.softsync})"
-        return "async" if self.softsync == 1 else f"softsync(S={self.softsync})"
-
-    def __repr__(self) -> str:
-        return (
-            f"PSConfig(mode={self.mode}, num_workers={self.num_workers}, num_servers={self.num_servers}, "
-            f"lr={self.lr}, lr_policy={lr_policy_name(self.lr_policy)}, model={self.model!r}, "
-            f"batch_size={self.batch_size}, steps={self.steps}, epochs={self.epochs})"
-        )
 
 
 @dataclass
@@ -254,37 +154,6 @@ class PSResult:
             f"test_accuracy={self.test['accuracy']:.4f}, staleness mean={s['mean']:.2f} max={s['max']}, "
             f"bytes_sent={self.bytes_sent:,}, wall_s={self.wall_s:.2f}{lost})"
         )
-
-
-# ---------------------------------------------------------------------------- sharding
-
-
-def parameter_shapes(model: str) -> tuple[torch.Size, ...]:
-    """Shapes of the model's parameter tensors, in ``model.parameters()`` order."""
-    return _parameter_shapes(check_choice("model", model, MODELS))
-
-
-@functools.cache  # a run asks three times (config, validate, layout); building the CNN takes ~50 ms
-def _parameter_shapes(model: str) -> tuple[torch.Size, ...]:
-    return tuple(p.shape for p in make_model(model).parameters())
-
-
-def assign_shards(sizes: Sequence[int], num_servers: int) -> list[list[int]]:
-    """Deal tensors (by index) to servers: largest first, each to the least-loaded server.
-
-    Deterministic; with ``num_servers <= len(sizes)`` every server gets at least one tensor
-    (an empty server is the least loaded); indices within a shard ascend.
-    """
-    check_int("num_servers", num_servers, low=1, high=max(1, len(sizes)))
-    for size in sizes:
-        check_int("sizes", size, low=1)
-    shards: list[list[int]] = [[] for _ in range(num_servers)]
-    load = [0] * num_servers
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        j = min(range(num_servers), key=lambda j: (load[j], j))
-        shards[j].append(i)
-        load[j] += sizes[i]
-    return [sorted(s) for s in shards]
 
 
 # ---------------------------------------------------------------------------- public API
@@ -415,25 +284,3 @@ def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PS
         worker_stats=list(workers),
         shard_staleness=[s["taus"] for s in servers],
     )
-
-
-def train_async_ps(args) -> dict:
-    """``dlcourse train --strategy async-ps``: the CLI's entry (arguments checked before spawning)."""
-    config = PSConfig(
-        num_workers=args.workers,
-        num_servers=args.servers,
-        softsync=1 if args.softsync is None else args.softsync,
-        staleness_bound=args.staleness_bound,
-        lr=0.1 if args.lr is None else args.lr,
-        lr_policy=args.lr_policy,
-        model=args.model,
-        batch_size=args.batch_size,
-        epochs=max(1, args.epochs),
-        seed=args.seed,
-        data_source=args.data_source,
-        slow_worker=args.slow_worker,
-        slow_delay=args.slow_delay,
-        timeout=args.timeout,
-    )
-    result = run_parameter_server(config, progress=bool(getattr(args, "progress", False)))
-    return result.metrics()

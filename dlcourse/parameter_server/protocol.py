@@ -5,7 +5,8 @@ centralized asynchronous SGD: Dean et al., "Large Scale Distributed Deep Network
 Li et al., "Scaling Distributed Machine Learning with the Parameter Server", OSDI 2014).
 :func:`rank_main` is the function the launcher starts on every rank: ranks ``0 .. k-1`` run
 a server loop (:class:`_Server`), ranks ``k .. k+N-1`` a worker loop (:func:`_worker`). The
-configuration, the results and the command line live in :mod:`dlcourse.parameter_server`.
+configuration is :mod:`dlcourse.parameter_server.config`; the results are assembled in
+:mod:`dlcourse.parameter_server`.
 
 Wire protocol
 -------------
@@ -44,21 +45,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from dlcourse._validate import check_int
-from dlcourse.data import Dataset, load_mnist, shard
+from dlcourse.data import Dataset, batch_order, load_mnist, shard
 from dlcourse.launcher import device_for, report
 from dlcourse.models import make_model
+from dlcourse.parameter_server.config import PSConfig
 from dlcourse.staleness import BoundedStaleness, SoftSync
-from dlcourse.train import batches
-
-if TYPE_CHECKING:
-    from dlcourse.parameter_server import PSConfig
 
 # message kinds (header[0]) and tags
 HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
@@ -103,16 +100,14 @@ def load_data(config: PSConfig) -> tuple[Dataset, Dataset]:
 def worker_schedule(data: Dataset, config: PSConfig, worker: int) -> list[torch.Tensor]:
     """The mini-batch indices worker ``worker`` uses, in order (into its own shard).
 
-    Each epoch is a permutation of the shard seeded by ``(seed, worker, epoch)``, so a
-    single-process reference can replay exactly the same batches.
+    :func:`dlcourse.data.batch_order`, epoch after epoch: the simulator's order too, so a
+    simulated run and a single-process reference replay exactly the same batches.
     """
     check_int("worker", worker, low=0, high=config.num_workers - 1)
-    n = len(data)
     out: list[torch.Tensor] = []
     epoch = 0
     while True:
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + worker * 1_009 + epoch)
-        out += list(batches(n, config.batch_size, g))
+        out += batch_order(len(data), config.batch_size, epoch=epoch, seed=config.seed, worker=worker)
         epoch += 1
         if config.steps is None and epoch >= config.epochs:
             return out

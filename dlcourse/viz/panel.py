@@ -1,7 +1,7 @@
 """The frame every widget panel shares: controls, a status line, a message line, a figure.
 
-How the explorers of :mod:`dlcourse.panels` stay fast: each builds its matplotlib figure
-once (:mod:`dlcourse.plots`) and on a change only replaces the artists' data, then shows
+How the explorers of :mod:`dlcourse.viz` stay fast: each builds its matplotlib figure
+once (:mod:`dlcourse.viz`) and on a change only replaces the artists' data, then shows
 the figure as a PNG in an ``Image`` widget (this works in JupyterLab, Notebook, Binder and
 VS Code without the ipympl extension). Sliders whose change costs a simulation use
 ``continuous_update=False``, so they recompute once on release. A status line says what

@@ -1,6 +1,6 @@
 """Pictures of a training run: timeline, staleness, curves, idle time, throughput.
 
-The lecture's questions about a distributed run, each a :class:`~dlcourse.plot_base.Plot`
+The lecture's questions about a distributed run, each a :class:`~dlcourse.viz.figure.Plot`
 that redraws in place: who computes and who waits (the timeline and the "last executor"
 effect of synchronous SGD; Dean et al., NIPS 2012), how stale the applied gradients were
 (Zhang et al., IJCAI 2016), test loss and accuracy per epoch or per (virtual) second, the
@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.lines import Line2D
 
-from dlcourse.plot_base import (
+from dlcourse.viz.figure import (
     KIND_COLORS,
     TIMELINE_KINDS,
     Plot,

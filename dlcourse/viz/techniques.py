@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from dlcourse.plot_base import PIPELINE_KINDS, Plot, drop_missing, lookup, new_axes_pair
-from dlcourse.plot_runs import TimelinePlot, trace_events
+from dlcourse.viz.figure import PIPELINE_KINDS, Plot, drop_missing, lookup, new_axes_pair
+from dlcourse.viz.runs import TimelinePlot, trace_events
 
 # ---------------------------------------------------------------------------------------
 # Pipeline bubble

@@ -3,8 +3,9 @@
 The discrete-event engine under :func:`dlcourse.sim.simulate` (Dean et al., "Large Scale
 Distributed Deep Networks", NIPS 2012, is the cluster it models). A :class:`Cluster` holds
 N workers, each with its own shard of the training data and its own seeded stream of
-mini-batches (:func:`worker_batches`); it computes **real** gradients of a real model,
-while **time** is simulated: compute times drawn from a seeded lognormal with stragglers,
+mini-batches (:func:`dlcourse.data.batch_stream`, the order every runtime shares); it
+computes **real** gradients of a real model, while **time** is simulated: compute times
+drawn from a seeded lognormal with stragglers,
 message time ``latency + bytes / bandwidth``, and the server's time to apply an update
 split over k server shards. Events run in virtual-time order, so the same config and seed
 give the same run on every machine.
@@ -13,8 +14,8 @@ A policy is a function ``run(cluster) -> None`` that drives the events with
 :meth:`Cluster.schedule`, :meth:`Cluster.gradient`, :meth:`Cluster.compute_time`,
 :meth:`Cluster.message_time` and records what happened (``record*``, :meth:`Cluster.applied`);
 ``register_policy("name", run)`` makes ``SimConfig(policy="name")`` run it.
-:mod:`dlcourse.sim_parameter_server` (sync, async, softsync, bounded) is the worked
-example, :mod:`dlcourse.sim_decentralized` a policy without a server.
+:mod:`dlcourse.sim.parameter_server` (sync, async, softsync, bounded) is the worked
+example, :mod:`dlcourse.sim.decentralized` a policy without a server.
 """
 
 from __future__ import annotations
@@ -23,19 +24,17 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlcourse._validate import check_int
-from dlcourse.data import Dataset, shard
+from dlcourse.collectives import flat_parameters
+from dlcourse.data import Dataset, batch_stream, shard
 from dlcourse.models import make_model
+from dlcourse.sim.config import SimConfig
 from dlcourse.train import evaluate
-
-if TYPE_CHECKING:  # sim.py imports this module; the config is only a type here
-    from dlcourse.sim import SimConfig
 
 KINDS = ("pull", "compute", "push", "wait")  # what a worker does in a TraceEvent interval
 
@@ -59,20 +58,6 @@ class EvalPoint(NamedTuple):
     macro_f1: float
 
 
-def worker_batches(shard_size: int, batch_size: int, seed: int, worker: int):
-    """Worker ``worker``'s endless stream of mini-batch index tensors into its shard.
-
-    Each pass over the shard is a fresh permutation from a generator seeded by
-    ``(seed, worker)``; the last batch of a pass may be smaller. Tests use this to
-    rebuild the exact batches with plain PyTorch.
-    """
-    check_int("shard_size", shard_size, low=1)
-    check_int("batch_size", batch_size, low=1)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + worker)
-    while True:
-        yield from torch.randperm(shard_size, generator=generator).split(batch_size)
-
-
 class Cluster:
     """The machinery every policy shares: virtual clock, timing, workers' gradients, records.
 
@@ -92,11 +77,7 @@ class Cluster:
         self.model = make_model(config.model, seed=config.seed)
         # the model's parameters become views of one flat vector, so loading any flat
         # parameter vector into the model is a single copy
-        self._flat = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
-        offset = 0
-        for p in self.model.parameters():
-            p.data = self._flat[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
+        self._flat = flat_parameters(self.model)
         self._params = list(self.model.parameters())
         self.W = self._flat.clone()  # the server's parameters
         self.final_params: torch.Tensor | None = None  # set by a policy without a single W
@@ -105,7 +86,8 @@ class Cluster:
         self.epoch_examples = len(self.shards[0]) * n
         self.total_steps = config.epochs * n * self.batches_per_shard  # gradients in the whole run
         self._batches = [
-            worker_batches(len(s), config.batch_size, config.seed, w) for w, s in enumerate(self.shards)
+            batch_stream(len(s), config.batch_size, seed=config.seed, worker=w)
+            for w, s in enumerate(self.shards)
         ]
         # one timing RNG per worker: a worker's times do not depend on event order
         self._rngs = [np.random.default_rng([config.seed, w]) for w in range(n)]
@@ -220,16 +202,3 @@ class Cluster:
             f"Cluster(policy={self.config.policy!r}, num_workers={self.config.num_workers}, "
             f"now={self.now:.3f}, updates={self.updates}/{self.total_steps})"
         )
-
-
-# policy name -> run(cluster); sim_parameter_server registers sync, async, softsync, bounded
-POLICIES: dict[str, Callable[[Cluster], None]] = {}
-
-
-def register_policy(name: str, run: Callable[[Cluster], None]) -> None:
-    """Make ``SimConfig(policy=name)`` run ``run(cluster)`` (see the module docstring)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not callable(run):
-        raise ValueError(f"run must be a function run(cluster) -> None, got {run!r}")
-    POLICIES[name] = run

@@ -1,0 +1,362 @@
+"""What each ``dlcourse`` command runs: parsed arguments in, the run's metrics dict out.
+
+One function per strategy of ``dlcourse train`` and per family of ``dlcourse simulate``,
+named after it (``ddp(args)``, ``async_ps(args)``, ``simulate(args)``, ...). Each turns the
+options into the library's configuration, calls the library, and returns the metrics of
+:func:`dlcourse.metrics.run_metrics`. The parser, the summary and the exit codes are
+:mod:`dlcourse.cli`'s. Library modules are imported inside the functions, so that
+``dlcourse --help`` and a bad option answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+from typing import Any
+
+from dlcourse._validate import check_choice
+
+# ---------------------------------------------------------------------------- shared
+
+
+def training_settings(args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
+    """The settings every strategy trains with, named as :func:`dlcourse.train.fit` names them.
+
+    ``--optimizer`` falls back to the strategy's ``default_optimizer``; ``--lr`` to 1e-3 for
+    Adam and 0.1 otherwise (Adam's steps are already scaled per coordinate).
+    """
+    check_choice("default_optimizer", default_optimizer, ("sgd", "momentum", "adam"))
+    optimizer = args.optimizer or default_optimizer
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr if args.lr is not None else (1e-3 if optimizer == "adam" else 0.1),
+        "optimizer": optimizer,
+        "momentum": args.momentum,
+        "seed": args.seed,
+    }
+
+
+def _data(args: argparse.Namespace):
+    from dlcourse.data import load_mnist
+
+    return load_mnist(args.data_source, seed=0)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def single(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy single``: the lecture's Keras example in PyTorch, one process, Adam."""
+    from dlcourse.metrics import run_metrics
+    from dlcourse.models import make_model
+    from dlcourse.train import evaluate, fit
+
+    split = _data(args)
+    model = make_model(args.model, seed=args.seed)
+    history = fit(model, split.train, **training_settings(args, "adam"), progress=args.progress)
+    return run_metrics(
+        "single",
+        evaluate(model, split.test),
+        examples_per_s=history.examples_per_s,
+        wall_s=history.wall_s,
+        updates=len(history.step_loss),
+        bytes_sent=0,
+        model=args.model,
+        data_source=split.source,
+        epochs=args.epochs,
+        epoch_loss=history.epoch_loss,
+    )
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """N: ``--workers``, or under ``torchrun`` the world size it set up (one rank per process)."""
+    from dlcourse.launcher import under_torchrun
+
+    return int(os.environ["WORLD_SIZE"]) if under_torchrun() else args.workers
+
+
+def _data_parallel_config(args: argparse.Namespace, default_optimizer: str):
+    """A :class:`~dlcourse.worker_run.DataParallelConfig` from ``dlcourse train``'s options."""
+    from dlcourse.data_parallel import DataParallelConfig
+
+    if args.slow_delay > 0 and args.slow_worker is None:
+        raise ValueError("--slow-delay needs --slow-worker RANK (which worker to slow down)")
+    return DataParallelConfig(
+        model=args.model,
+        **training_settings(args, default_optimizer),
+        average_every=args.average_every,
+        slow_worker=args.slow_worker,
+        slow_delay=args.slow_delay,
+        checkpoint_dir=str(args.checkpoint_dir) if args.checkpoint_dir is not None else None,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
+
+
+def _data_parallel(train_fn, args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
+    """Run ``train_fn`` (train_ddp, train_sync_sgd, train_averaging) from the options.
+
+    Synchronous: every update has staleness 0. ``per_worker`` holds every rank's clocks.
+    """
+    from dlcourse.metrics import run_metrics
+
+    config = _data_parallel_config(args, default_optimizer)
+    split = _data(args)
+    result = train_fn(
+        split.train, _workers(args), config, test=split.test, backend=args.backend, timeout=args.timeout
+    )
+    return run_metrics(
+        result.strategy,
+        result.test,
+        examples_per_s=result.examples_per_s,
+        wall_s=result.wall_s,
+        updates=result.updates,
+        bytes_sent=result.bytes_sent,
+        model=args.model,
+        workers=result.num_workers,
+        data_source=split.source,
+        epochs=args.epochs,
+        per_worker=result.per_worker,
+        step_loss=result.step_loss,
+        config=asdict(config),
+    )
+
+
+def _every_step(args: argparse.Namespace) -> None:
+    if args.average_every != 1:
+        raise ValueError(
+            f"--average-every applies to --strategy averaging; {args.strategy} averages every step"
+        )
+
+
+def ddp(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy ddp``: DistributedDataParallel, Adam by default."""
+    from dlcourse.data_parallel import train_ddp
+
+    _every_step(args)
+    return _data_parallel(train_ddp, args, "adam")
+
+
+def sync_sgd(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy sync-sgd``: the gradient all-reduce written out, Adam by default."""
+    from dlcourse.data_parallel import train_sync_sgd
+
+    _every_step(args)
+    return _data_parallel(train_sync_sgd, args, "adam")
+
+
+def averaging(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy averaging``: the lecture's parameter averaging every K steps, plain SGD."""
+    from dlcourse.averaging import train_averaging
+
+    return {**_data_parallel(train_averaging, args, "sgd"), "average_every": args.average_every}
+
+
+def replicated(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy replicated``: multi_gpu_model in one process, weights on the CPU."""
+    from dlcourse.collectives import parameter_bytes
+    from dlcourse.metrics import run_metrics
+    from dlcourse.models import make_model
+    from dlcourse.replication import ReplicatedModel, replica_devices
+    from dlcourse.train import evaluate, fit
+
+    config = _data_parallel_config(args, "adam")
+    given = {  # options of the multi-process strategies that one process cannot honour
+        "--slow-worker": config.slow_worker is not None,
+        "--checkpoint-dir": config.checkpoint_dir is not None,
+        "--average-every": config.average_every != 1,
+    }
+    unsupported = [option for option, used in given.items() if used]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not available with --strategy replicated (one process)")
+    devices = replica_devices(args.workers)
+    split = _data(args)
+    pmodel = ReplicatedModel(make_model(config.model, seed=config.seed), devices)  # weights on the CPU
+    history = fit(pmodel, split.train, **training_settings(args, "adam"), progress=args.progress)
+    updates = len(history.step_loss)
+    return run_metrics(
+        "replicated",
+        evaluate(pmodel, split.test),
+        examples_per_s=history.examples_per_s,
+        wall_s=history.wall_s,
+        updates=updates,
+        # each step copies the weights to every replica and brings each gradient back
+        bytes_sent=2 * len(devices) * parameter_bytes(pmodel.module) * updates,
+        model=config.model,
+        workers=len(devices),
+        devices=[str(d) for d in pmodel.devices],
+        data_source=split.source,
+        epochs=config.epochs,
+        step_loss=history.step_loss,
+        config=asdict(config),
+    )
+
+
+def pipeline(args: argparse.Namespace, num_microbatches: int | None = None) -> dict[str, Any]:
+    """``--strategy pipeline --stages K --microbatches M``: GPipe on K processes, plain SGD."""
+    from dlcourse.metrics import run_metrics
+    from dlcourse.models import make_model
+    from dlcourse.pipeline import PipelineConfig, train_stages
+    from dlcourse.train import evaluate
+
+    config = PipelineConfig(
+        num_microbatches=args.microbatches if num_microbatches is None else num_microbatches,
+        **training_settings(args, "sgd"),
+    )
+    split = _data(args)
+    model = make_model(args.model, seed=args.seed)
+    run = train_stages(model, split.train, args.stages, config, timeout=args.timeout)
+    return run_metrics(
+        "pipeline" if num_microbatches is None else "model-parallel",
+        evaluate(model, split.test),
+        examples_per_s=run.steps * args.batch_size / run.wall_s if run.wall_s > 0 else 0.0,
+        wall_s=run.wall_s,
+        updates=run.steps,
+        bytes_sent=run.bytes_sent,
+        model=args.model,
+        stages=args.stages,
+        microbatches=config.num_microbatches,
+        data_source=split.source,
+        epochs=args.epochs,
+        step_loss=run.step_loss,
+    )
+
+
+def model_parallel(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy model-parallel --stages K``: a layer group per process, one micro-batch."""
+    return pipeline(args, num_microbatches=1)
+
+
+def hybrid(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy hybrid --stages K --workers R``: K pipeline stages times R data-parallel replicas."""
+    from dlcourse.hybrid import HybridConfig, run_hybrid
+    from dlcourse.metrics import run_metrics
+    from dlcourse.models import make_model
+    from dlcourse.train import evaluate
+
+    config = HybridConfig(num_stages=args.stages, **training_settings(args, "sgd"))
+    split = _data(args)
+    model = make_model(args.model, seed=args.seed)
+    result = run_hybrid(model, split.train.X, split.train.y, args.workers, config, timeout=args.timeout)
+    model.load_state_dict(result.state_dict)
+    return run_metrics(
+        "hybrid",
+        evaluate(model, split.test),
+        examples_per_s=result.steps * args.batch_size / result.wall_s if result.wall_s > 0 else 0.0,
+        wall_s=result.wall_s,
+        updates=result.steps,
+        bytes_sent=result.bytes_sent,
+        model=args.model,
+        stages=args.stages,
+        workers=args.workers,
+        data_source=split.source,
+        epochs=args.epochs,
+        replicas_agree=result.replicas_agree,
+        step_loss=result.step_loss,
+    )
+
+
+def _variant(args: argparse.Namespace) -> str:
+    """The compression variant: ``--no-residual`` is the one-bit variant without residual."""
+    return "onebit" if args.no_residual else args.compression
+
+
+def decentralized(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy decentralized``: peers exchange compressed updates, no server."""
+    from dlcourse.decentralized import DecentralizedConfig, train_decentralized
+
+    named_alike = (
+        "tau",
+        "topology",
+        "model",
+        "epochs",
+        "batch_size",
+        "warmup_workers",
+        "warmup_fraction",
+        "seed",
+    )
+    config = DecentralizedConfig(
+        **{name: getattr(args, name) for name in named_alike},  # options named as the config's fields
+        variant=_variant(args),
+        lr=args.lr if args.lr is not None else 0.1,
+    )
+    split = _data(args)
+    result = train_decentralized(
+        config, args.workers, train=split.train, test=split.test, timeout=args.timeout
+    )
+    return {**result.metrics(), "data_source": split.source}
+
+
+def async_ps(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy async-ps``: k server processes, N workers (arguments checked before spawning)."""
+    from dlcourse.parameter_server import PSConfig, run_parameter_server
+
+    config = PSConfig(
+        num_workers=args.workers,
+        num_servers=args.servers,
+        softsync=1 if args.softsync is None else args.softsync,
+        staleness_bound=args.staleness_bound,
+        lr=0.1 if args.lr is None else args.lr,
+        lr_policy=args.lr_policy,
+        model=args.model,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        data_source=args.data_source,
+        slow_worker=args.slow_worker,
+        slow_delay=args.slow_delay,
+        timeout=args.timeout,
+    )
+    result = run_parameter_server(config, progress=bool(args.progress))
+    return result.metrics()
+
+
+# ---------------------------------------------------------------------------- simulate
+
+
+def sim_config(args: argparse.Namespace):
+    """The :class:`~dlcourse.sim.SimConfig` of ``dlcourse simulate``'s options."""
+    from dlcourse.sim import SimConfig
+
+    return SimConfig(
+        num_workers=args.workers,
+        policy=args.policy,
+        softsync=args.softsync,
+        staleness_bound=args.staleness_bound,
+        lr=args.lr if args.lr is not None else 0.1,
+        lr_policy=args.lr_policy,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        compute_mean=args.compute_mean,
+        compute_spread=args.compute_spread,
+        straggler_prob=args.straggler_prob,
+        straggler_slowdown=args.straggler_slowdown,
+        bandwidth=args.bandwidth,
+        latency=args.latency,
+        apply_time=args.apply_time,
+        servers=args.servers,
+        evals_per_epoch=args.evals_per_epoch,
+        seed=args.seed,
+    )
+
+
+def simulate(args: argparse.Namespace) -> dict[str, Any]:
+    """``dlcourse simulate --policy sync|async|softsync|bounded``: the simulated parameter server."""
+    from dlcourse.sim import default_data, simulate
+
+    return simulate(sim_config(args), default_data(args.data_source)).to_json()
+
+
+def simulate_decentralized(args: argparse.Namespace) -> dict[str, Any]:
+    """``dlcourse simulate --policy decentralized``: compressed peer-to-peer SGD, simulated."""
+    from dlcourse.sim import DecentralizedSimConfig, default_data, simulate
+
+    config = DecentralizedSimConfig.extend(
+        sim_config(args), tau=args.tau, variant=_variant(args), topology=args.topology
+    )
+    metrics = simulate(config, default_data(args.data_source)).to_json()
+    metrics["compression"] = "dense" if config.tau is None else config.variant
+    return metrics

@@ -1,0 +1,109 @@
+"""What decides a simulation: :class:`SimConfig`, and the registry of policies.
+
+A policy is a function ``run(cluster) -> None`` on a :class:`dlcourse.sim.cluster.Cluster`;
+``register_policy("name", run)`` makes ``SimConfig(policy="name")`` run it. Importing
+:mod:`dlcourse.sim` registers every policy of the package (sync, async, softsync, bounded,
+decentralized), so a config can name any of them whatever was imported first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.staleness import LrPolicy, lr_policy_name, resolve_lr_policy
+
+# policy name -> run(cluster); dlcourse.sim.parameter_server registers sync, async, softsync, bounded
+POLICIES: dict[str, Callable[..., None]] = {}
+
+
+def register_policy(name: str, run: Callable[..., None]) -> None:
+    """Make ``SimConfig(policy=name)`` run ``run(cluster)`` (see the module docstring)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(run):
+        raise ValueError(f"run must be a function run(cluster) -> None, got {run!r}")
+    POLICIES[name] = run
+
+
+@dataclass
+class SimConfig:
+    """Everything that decides a simulation; same config, same result."""
+
+    num_workers: int = 4  # N, workers that each own one shard of the training data
+    policy: str = "async"  # "sync", "async", "softsync", "bounded" (or a registered one)
+    softsync: int | None = None  # S, updates the server collects before applying (policy "softsync")
+    staleness_bound: int | None = None  # max steps ahead of the slowest worker (policy "bounded")
+    lr: float = 0.1  # lambda, the server's learning rate (plain SGD)
+    lr_policy: str | LrPolicy = "constant"  # lambda_n: "constant", "staleness" or f(lr, tau)
+    model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
+    epochs: int = 1  # passes over the training data (counted in examples applied)
+    batch_size: int = 100  # examples per worker step
+    compute_mean: float = 1.0  # mean virtual seconds a worker needs for one gradient
+    compute_spread: float = 0.1  # relative spread of that time (sigma of a mean-one lognormal)
+    worker_speeds: tuple[float, ...] | None = None  # relative speed per worker (2.0 = twice as fast)
+    straggler_prob: float = 0.0  # chance that a step takes straggler_slowdown times longer
+    straggler_slowdown: float = 4.0  # how much longer a straggling step takes
+    bandwidth: float = 1e9  # bytes per second of every link
+    latency: float = 1e-4  # seconds per message, on top of bytes / bandwidth
+    apply_time: float = 0.01  # server seconds to apply one update with one shard
+    servers: int = 1  # k server shards, each owning 1/k of the parameters (apply_time / k each)
+    evals_per_epoch: int = 4  # test-set evaluations per epoch (the curves' points)
+    seed: int = 0  # seeds the model, the shuffles and the timing
+
+    def __post_init__(self) -> None:
+        check_int("num_workers", self.num_workers, low=1)
+        check_choice("policy", self.policy, POLICIES)
+        if self.softsync is not None:
+            check_int("softsync", self.softsync, low=1, high=self.num_workers)
+        if self.staleness_bound is not None:
+            check_int("staleness_bound", self.staleness_bound, low=0)
+        if self.policy == "softsync" and self.softsync is None:
+            raise ValueError("softsync (S) is required for policy 'softsync': an integer in [1, num_workers]")
+        if self.policy == "bounded" and self.staleness_bound is None:
+            raise ValueError("staleness_bound is required for policy 'bounded': an integer >= 0")
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        resolve_lr_policy(self.lr_policy)
+        check_choice("model", self.model, ("mlp", "cnn"))
+        check_int("epochs", self.epochs, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("compute_mean", self.compute_mean, low=0.0, low_open=True)
+        check_float("compute_spread", self.compute_spread, low=0.0, high=3.0)
+        if self.worker_speeds is not None:
+            self.worker_speeds = tuple(self.worker_speeds)
+            if len(self.worker_speeds) != self.num_workers:
+                raise ValueError(
+                    f"worker_speeds must give one speed per worker ({self.num_workers}), "
+                    f"got {len(self.worker_speeds)}"
+                )
+            for s in self.worker_speeds:
+                check_float("worker_speeds", s, low=0.0, low_open=True)
+        check_float("straggler_prob", self.straggler_prob, low=0.0, high=1.0)
+        check_float("straggler_slowdown", self.straggler_slowdown, low=1.0)
+        check_float("bandwidth", self.bandwidth, low=0.0, low_open=True)
+        check_float("latency", self.latency, low=0.0)
+        check_float("apply_time", self.apply_time, low=0.0)
+        check_int("servers", self.servers, low=1)
+        check_int("evals_per_epoch", self.evals_per_epoch, low=1)
+        check_int("seed", self.seed, low=0)
+
+    @property
+    def effective_softsync(self) -> int:
+        """S as the server uses it: N for sync, 1 for async and bounded."""
+        if self.policy == "sync":
+            return self.num_workers
+        if self.policy == "softsync":
+            return self.softsync
+        return 1
+
+    @property
+    def effective_bound(self) -> int | None:
+        """The staleness bound the gate enforces (only policy "bounded" has one)."""
+        return self.staleness_bound if self.policy == "bounded" else None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_policy"] = lr_policy_name(self.lr_policy)
+        d["worker_speeds"] = list(self.worker_speeds) if self.worker_speeds is not None else None
+        return d
