@@ -49,6 +49,15 @@ class Panel:
             + list(extra or [])
             + [self.status, self.message, self.image]
         )
+        # stable CSS classes for selectors (tests/test_browser.py): a control is named by its
+        # attribute, e.g. the N slider ``self.num_workers`` is ``dlcourse-slider-num_workers``
+        self.widget.add_class("dlcourse-panel")
+        self.status.add_class("dlcourse-status")
+        self.message.add_class("dlcourse-message")
+        self.image.add_class("dlcourse-figure")
+        names = {id(w): name for name, w in vars(self).items() if isinstance(w, W.Widget)}
+        for control in controls:
+            control.add_class(f"dlcourse-slider-{names.get(id(control), 'control')}")
 
     def _watch(self, *widgets: W.Widget) -> None:
         for w in widgets:
