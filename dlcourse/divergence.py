@@ -1,7 +1,8 @@
-"""Divergence: a run whose loss (or parameters) stopped being finite, said in words.
+"""Divergence: a run whose loss (or parameters) blew up, said in words.
 
 Every runtime calls :func:`check_finite` on its loss (and, where a value crosses a process
-boundary, on gradients or parameters). A non-finite value raises :class:`Diverged`: which
+boundary, on gradients or parameters). A non-finite value, or a loss above
+:data:`LOSS_LIMIT`, raises :class:`Diverged`: which
 runtime, at which update / epoch / step, on which worker, the value, and what to try. A
 diverged run is a *result*, not a crash: the CLI exits 1 with one line and writes
 ``"diverged": true`` with where into the JSON; a panel shows the sentence as its message.
@@ -18,7 +19,7 @@ import re
 
 import torch
 
-__all__ = ["Diverged", "check_finite", "find_diverged", "hint_for"]
+__all__ = ["LOSS_LIMIT", "Diverged", "check_finite", "find_diverged", "hint_for"]
 
 # what to try, per runtime: the lecture's remedies for each kind of run
 _ASYNC_HINT = (
@@ -31,6 +32,13 @@ _HINTS = {
     "decentralized": "a lower --lr, or fewer workers starting at once (--warmup-workers)",
 }
 _DEFAULT_HINT = "a lower --lr (or --optimizer sgd instead of adam / momentum)"
+
+# A mean cross-entropy above this is a blown-up model, even while it is still finite: an
+# untrained 10-class model has ln 10 = 2.3, and 50 means the right class gets probability
+# below e^-50 on average. The lecture's small models stay finite for a long time at a huge
+# lr (the MLP at lr 100 reaches 1e9 without overflowing), so "not finite" alone would let
+# such a run finish and print accuracy 0.1; this catches it within a few updates.
+LOSS_LIMIT = 50.0
 
 
 def hint_for(runtime: str) -> str:
@@ -72,8 +80,9 @@ class Diverged(RuntimeError):
         self.hint = hint or hint_for(runtime)
         self.partial = None
         on = f" on worker {self.worker}" if self.worker is not None else ""
+        above = f" (above the limit {LOSS_LIMIT:g})" if math.isfinite(self.value) else ""
         super().__init__(
-            f"{runtime} diverged at {where} {self.index}{on}: the {what} is {self.value}; "
+            f"{runtime} diverged at {where} {self.index}{on}: the {what} is {self.value:.4g}{above}; "
             f"the run stopped there. Try {self.hint}."
         )
 
@@ -129,12 +138,16 @@ def check_finite(
     what: str = "loss",
     hint: str | None = None,
 ):
-    """Return ``value`` if it is finite; else raise :class:`Diverged` saying where.
+    """Return ``value`` if it is finite (and a loss at most :data:`LOSS_LIMIT`); else raise
+    :class:`Diverged` saying where.
 
     ``value``: a loss (a number or a one-element tensor), a tensor (gradient, parameters)
     or a list of tensors. The keywords are :class:`Diverged`'s fields.
     """
     bad = _first_bad(value)
+    if bad is None and what == "loss":
+        loss = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        bad = loss if loss > LOSS_LIMIT else None
     if bad is not None:
         raise Diverged(runtime, where, index, worker=worker, value=bad, what=what, hint=hint)
     return value
@@ -142,7 +155,8 @@ def check_finite(
 
 _PATTERN = re.compile(
     r"(?P<runtime>[\w -]+?) diverged at (?P<where>\w+) (?P<index>\d+)(?: on worker (?P<worker>\d+))?: "
-    r"the (?P<what>\w+) is (?P<value>[-\w.]+); the run stopped there\. Try (?P<hint>.*?)\.(?:$|\n)",
+    r"the (?P<what>\w+) is (?P<value>[-+\w.]+)(?: \(above the limit [\d.e+]+\))?; "
+    r"the run stopped there\. Try (?P<hint>.*?)\.(?:$|\n)",
     re.MULTILINE,
 )
 

@@ -32,11 +32,13 @@ Adding a policy: write ``run(cluster: Cluster) -> None`` and ``register_policy("
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import torch
 
 from dlcourse.data import MnistSplit, load_mnist
+from dlcourse.divergence import Diverged
 from dlcourse.sim.cluster import KINDS, Cluster, EvalPoint, TraceEvent
 from dlcourse.sim.config import POLICIES, SimConfig, register_policy
 from dlcourse.sim.decentralized import DecentralizedSimConfig  # importing a family registers its policies
@@ -96,13 +98,19 @@ def simulate(config: SimConfig, data: MnistSplit | None = None) -> SimResult:
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread avoids thread start-up per op
+    diverged = None
     try:
         cluster = Cluster(config, data.train, data.test)
         POLICIES[config.policy](cluster)
+    except Diverged as e:  # the run stops there; what it recorded so far goes with the error
+        diverged = e
+        cluster.evals[:] = [p for p in cluster.evals if math.isfinite(p.loss)]
     finally:
         torch.set_num_threads(threads)
     final = cluster.final_params if cluster.final_params is not None else cluster.W
-    if cluster.evals[-1].epoch < cluster.examples / cluster.epoch_examples or len(cluster.evals) == 1:
+    if diverged is None and (
+        cluster.evals[-1].epoch < cluster.examples / cluster.epoch_examples or len(cluster.evals) == 1
+    ):
         cluster.evaluate_now(final)
     virtual_s = cluster.now
     waits = [0.0] * config.num_workers
@@ -114,7 +122,7 @@ def simulate(config: SimConfig, data: MnistSplit | None = None) -> SimResult:
         for w in range(config.num_workers)
     ]
     busy = sum(e - s for s, e in cluster.server_busy)
-    return SimResult(
+    result = SimResult(
         config=config,
         **{name: getattr(cluster, name) for name in _RECORDED},
         virtual_s=virtual_s,
@@ -124,3 +132,7 @@ def simulate(config: SimConfig, data: MnistSplit | None = None) -> SimResult:
         data_source=getattr(data, "source", "custom"),
         real_s=time.perf_counter() - start,
     )
+    if diverged is not None:
+        diverged.partial = result  # a panel draws the curves up to the divergence
+        raise diverged
+    return result

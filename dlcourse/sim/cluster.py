@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from dlcourse.collectives import flat_parameters
 from dlcourse.data import Dataset, batch_stream, shard
+from dlcourse.divergence import check_finite
 from dlcourse.models import make_model
 from dlcourse.sim.config import SimConfig
 from dlcourse.train import evaluate
@@ -157,9 +158,17 @@ class Cluster:
         with torch.no_grad():
             self._flat.copy_(params)
         loss = F.cross_entropy(self.model(data.X[idx]), data.y[idx])
+        # a non-finite loss or gradient stops the run: Diverged names the update and worker
+        where = {
+            "runtime": f"simulate {self.config.policy}",
+            "index": len(self.step_loss) + 1,
+            "worker": worker,
+        }
+        check_finite(loss, **where)
         grads = torch.autograd.grad(loss, self._params)
         self.step_loss.append(loss.item())
-        return torch.cat([g.reshape(-1) for g in grads]), len(idx)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        return check_finite(flat, what="gradient", **where), len(idx)
 
     # -- records -------------------------------------------------------------------------
     def record(self, worker: int, kind: str, start: float, end: float) -> None:
