@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dlcourse.data import Dataset, shard
+from dlcourse.divergence import find_diverged
 from dlcourse.launcher import WorkerError, WorkerLost, launch, under_torchrun
 from dlcourse.models import make_model
 from dlcourse.parameter_server.config import PSConfig, assign_shards, parameter_shapes
@@ -213,6 +214,9 @@ def run_parameter_server(
             on_message=(lambda rank, message: progress(*message)) if progress else None,
         )
     except WorkerError as e:
+        diverged = find_diverged(e)  # a blown-up run is a result in words, not a crash
+        if diverged is not None:
+            raise diverged from None
         raise _explain(config, e) from None
     finally:
         if bar is not None:
@@ -254,6 +258,12 @@ def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PS
     servers = values[:k]
     # a lost worker's statistics are gone with it
     workers = [None if isinstance(w, WorkerLost) else w for w in values[k:]]
+    for w in values[k:]:  # a worker whose loss blew up stopped itself: the run diverged
+        diverged = (
+            find_diverged(WorkerError(0, w.reason, w.worker_traceback)) if isinstance(w, WorkerLost) else None
+        )
+        if diverged is not None:
+            raise diverged
     model = _assemble(config, layout, [s["shard"] for s in servers])
     curve = []
     common = set.intersection(*({v for v, _, _ in s["snapshots"]} for s in servers)) if servers else set()

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from dlcourse._validate import check_int
 from dlcourse.data import Dataset, batch_order, load_mnist, shard
+from dlcourse.divergence import check_finite
 from dlcourse.launcher import device_for, report
 from dlcourse.models import make_model
 from dlcourse.parameter_server.config import PSConfig
@@ -183,7 +184,11 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
             time.sleep(config.slow_delay)  # the straggler
         X, y = data.X[idx].to(device), data.y[idx].to(device)
         loss = F.cross_entropy(model(X), y)
+        # a blown-up loss or gradient is never pushed: the worker stops, saying where (Diverged)
+        where = {"runtime": "async-ps", "where": "step", "index": step + 1, "worker": n}
+        check_finite(loss, **where)
         grads = torch.autograd.grad(loss, params)
+        check_finite(list(grads), what="gradient", **where)
         stats["compute_s"] += time.perf_counter() - t
         last = step == len(schedule) - 1
         t = time.perf_counter()
@@ -238,8 +243,7 @@ class _Server:
         self.shard = flatten_shard(params, layout[j])
         self.rule = SoftSync(self.N, config.softsync, config.lr, config.lr_policy, reduce="mean")
         self.gate = BoundedStaleness(self.N, config.gate_bound)
-        self.clocked = config.gate_bound is not None  # staleness in the gate's clock, as staleness.py says
-        # (worker, gradient, pulled, now) of the pushes in the soft-sync group not yet applied
+        # (worker, gradient, pulled version, pulled clock) of the pushes in the soft-sync group not yet applied
         self.group: list[tuple[int, torch.Tensor, int, int]] = []
         self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
         # Holding a worker until its own push is applied makes S = N exactly synchronous SGD.
@@ -251,6 +255,7 @@ class _Server:
         self.lost: dict[int, int] = {}
         self.received = [0] * self.N
         self.taus: list[int] = []
+        self.clock_lags: list[int] = []  # the gate's clock lag of each applied update (SSP's own view)
         self.times: list[float] = []  # seconds since start at which each tau's update was applied
         self.bytes = 0
         self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
@@ -275,11 +280,26 @@ class _Server:
     def _apply_group(self) -> None:
         # sum in worker order, not arrival order: runs are reproducible and shards agree bitwise
         taus = None
-        for _worker, grad, pulled, now in sorted(self.group, key=lambda g: g[0]):
-            taus = self.rule.receive([self.shard], [grad], pulled, clock=now if self.clocked else None)
+        # staleness in versions for every rule (dlcourse.staleness); the gate's clock lag apart
+        clock = self.gate.clock
+        for _worker, grad, pulled, pulled_clock in sorted(self.group, key=lambda g: g[0]):
+            taus = self.rule.receive([self.shard], [grad], pulled)
+            self.clock_lags.append(clock - pulled_clock)
         if taus is None:  # fewer than S, and nobody else can push: apply them rather than wait forever
             taus = self.rule.flush([self.shard])
+        workers = sorted(g[0] for g in self.group)
+        for w in workers:  # the gate counts applied steps: SSP's guarantee is about what a pull sees
+            self.gate.finish(w)
         self.group.clear()
+        # parameters that stopped being finite stop the run (the server is a required rank)
+        check_finite(
+            self.shard,
+            runtime="async-ps",
+            where="update",
+            index=self.rule.version,
+            worker=workers[-1] if len(workers) == 1 else None,
+            what="parameters",
+        )
         self.taus += taus
         self.times += [time.perf_counter() - self.start] * len(taus)
         v = self.rule.version
@@ -337,10 +357,7 @@ class _Server:
             else:  # PUSH or LAST
                 self.bytes += HEADER_LEN * 8 + payload.numel() * 4
                 self.received[worker] += 1
-                pulled = int(header[3] if self.clocked else header[2])
-                now = self.gate.clock if self.clocked else self.rule.version
-                self.group.append((worker, payload, pulled, now))
-                self.gate.finish(worker)
+                self.group.append((worker, payload, int(header[2]), int(header[3])))
                 (self.waiting.add if kind == PUSH else self.done.add)(worker)
                 if len(self.group) == self.config.softsync:
                     self._apply_group()
@@ -363,6 +380,7 @@ class _Server:
             "pid": os.getpid(),
             "shard": self.shard,
             "taus": self.taus,
+            "clock_lags": self.clock_lags,
             "received": self.received,
             "lost": self.lost,
             "bytes": self.bytes,
