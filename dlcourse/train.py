@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from dlcourse import metrics
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.data import Dataset, check_dataset
+from dlcourse.divergence import check_finite
 from dlcourse.models import check_model
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -121,11 +122,15 @@ def fit(
     seed: int = 0,
     eval_data: Dataset | None = None,
     progress: bool = True,
+    runtime: str = "single",
 ) -> History:
     """Train ``model`` on ``data`` with mini-batch ``optimizer``; return its :class:`History`.
 
     The shuffle order comes from ``seed``, so two runs from the same initial model give
     identical losses on the CPU. ``progress`` shows a tqdm bar (a widget in notebooks).
+    A loss that blows up (non-finite, or above :data:`dlcourse.divergence.LOSS_LIMIT`) stops
+    training with :class:`~dlcourse.divergence.Diverged` naming the update; ``runtime`` is
+    the name its message gives the run (``"single"``, ``"replicated"``).
     """
     check_model(model)
     check_dataset("data", data)
@@ -153,6 +158,7 @@ def fit(
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            check_finite(losses[-1], runtime=runtime, index=len(history.step_loss) + len(losses))
             if progress:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         history.wall_s += time.perf_counter() - start

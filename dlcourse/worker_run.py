@@ -33,7 +33,8 @@ from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dlcourse.collectives import ring_allreduce_bytes
 from dlcourse.data import Dataset, batch_order, check_dataset, shard
-from dlcourse.launcher import device_for, launch
+from dlcourse.divergence import check_finite, find_diverged
+from dlcourse.launcher import WorkerError, device_for, launch
 from dlcourse.models import MODELS, make_model
 from dlcourse.train import check_training_settings, evaluate, make_optimizer
 
@@ -248,8 +249,10 @@ class WorkerRun:
         self.wall_s = time.perf_counter() - start
 
     def record(self, loss: torch.Tensor) -> None:
-        """Remember this step's training loss (call once per step)."""
+        """Remember this step's training loss (call once per step); a loss that blew up stops
+        the run with :class:`~dlcourse.divergence.Diverged` naming the update and worker."""
         self.losses.append(loss.item())
+        check_finite(self.losses[-1], runtime=self.strategy, index=self.step + 1, worker=self.rank)
 
     @contextlib.contextmanager
     def sync(self, nbytes: int = 0, kind: str = "allreduce"):
@@ -421,16 +424,22 @@ def run_workers(
     if config.resume:
         fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
         load_checkpoint(config.checkpoint_dir, strategy=strategy, fingerprint=fingerprint)
-    outputs = launch(
-        worker,
-        num_workers,
-        train,
-        test,
-        config,
-        shard_sizes,
-        backend=backend,
-        timeout=timeout,
-        run_timeout=run_timeout,
-        threads_per_worker=threads_per_worker,
-    )
+    try:
+        outputs = launch(
+            worker,
+            num_workers,
+            train,
+            test,
+            config,
+            shard_sizes,
+            backend=backend,
+            timeout=timeout,
+            run_timeout=run_timeout,
+            threads_per_worker=threads_per_worker,
+        )
+    except WorkerError as e:
+        diverged = find_diverged(e)  # a worker's loss blew up: say so, not how the launcher saw it
+        if diverged is None:
+            raise
+        raise diverged from None
     return collect(strategy, outputs)
