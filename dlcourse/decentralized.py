@@ -47,7 +47,8 @@ from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.collectives import TOPOLOGIES, flat_parameters, peers
 from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, read_message
 from dlcourse.data import Dataset, batch_order, load_mnist, shard
-from dlcourse.launcher import launch
+from dlcourse.divergence import check_finite, find_diverged
+from dlcourse.launcher import WorkerError, launch
 from dlcourse.metrics import run_metrics
 from dlcourse.models import make_model
 from dlcourse.staleness import staleness_summary
@@ -260,6 +261,8 @@ class _Peer:
             work.wait()
         self.pending.clear()
         loss = F.cross_entropy(self.model(self.data.X[idx]), self.data.y[idx])
+        # a replica whose loss blew up stops the run (Diverged: this worker's step)
+        check_finite(loss, runtime="decentralized", where="step", index=self.steps_done + 1, worker=self.rank)
         self.model.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])
@@ -353,17 +356,23 @@ def train_decentralized(
         test = split.test if test is None else test
     if len(train) < num_workers:
         raise ValueError(f"train must hold at least num_workers ({num_workers}) examples, got {len(train)}")
-    outs = launch(
-        _worker,
-        num_workers,
-        config,
-        train,
-        timeout,
-        backend="gloo",  # any-source receive is gloo's; NCCL has none (messages are small anyway)
-        timeout=timeout,
-        run_timeout=run_timeout,
-        threads_per_worker=1,
-    )
+    try:
+        outs = launch(
+            _worker,
+            num_workers,
+            config,
+            train,
+            timeout,
+            backend="gloo",  # any-source receive is gloo's; NCCL has none (messages are small anyway)
+            timeout=timeout,
+            run_timeout=run_timeout,
+            threads_per_worker=1,
+        )
+    except WorkerError as e:
+        diverged = find_diverged(e)  # a replica's loss blew up: say where, not how the launcher saw it
+        if diverged is None:
+            raise
+        raise diverged from None
     model = make_model(config.model, seed=config.seed)
     flat = flat_parameters(model)
     with torch.no_grad():
