@@ -35,7 +35,8 @@ from torch import nn
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.data import Dataset, check_dataset
-from dlcourse.launcher import launch
+from dlcourse.divergence import check_finite, find_diverged
+from dlcourse.launcher import WorkerError, launch
 from dlcourse.model_parallel import split_model, stage_bounds, stage_shapes
 from dlcourse.train import batches, check_training_settings, make_optimizer
 
@@ -564,8 +565,10 @@ def train_pipeline_worker(
             )
             opt.step()
             steps += 1
-            if losses:
+            if losses:  # the last stage: a loss that blew up stops the run (Diverged)
                 step_loss.append(sum(losses) / len(losses))
+                runtime = "model-parallel" if config.num_microbatches == 1 else "pipeline"
+                check_finite(step_loss[-1], runtime=runtime, index=steps, worker=rank)
             bytes_sent += bytes_per_step
     return {
         "state": {k: v.clone() for k, v in stage.state_dict().items()},
@@ -597,9 +600,22 @@ def train_stages(
         raise ValueError(f"config must be a PipelineConfig, got {type(config).__name__}")
     check_dataset("train", train)
     stage_bounds(len(model), num_stages)
-    parts = launch(
-        train_pipeline_worker, num_stages, model, train.X, train.y, config, backend="gloo", timeout=timeout
-    )
+    try:
+        parts = launch(
+            train_pipeline_worker,
+            num_stages,
+            model,
+            train.X,
+            train.y,
+            config,
+            backend="gloo",
+            timeout=timeout,
+        )
+    except WorkerError as e:
+        diverged = find_diverged(e)  # the last stage's loss blew up: say where
+        if diverged is None:
+            raise
+        raise diverged from None
     model.load_state_dict({k: v for part in parts for k, v in part["state"].items()})
     return StagesRun(
         steps=parts[-1]["steps"],
