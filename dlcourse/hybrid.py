@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dlcourse._validate import check_float, check_int
+from dlcourse.divergence import check_finite, find_diverged
 from dlcourse.model_parallel import split_model, stage_bounds
 from dlcourse.pipeline import gpipe_step, stage_input_shapes
 from dlcourse.train import batches, check_training_settings, make_optimizer
@@ -102,6 +103,8 @@ def hybrid_worker(
                 loss = torch.tensor(losses[0])
                 dist.all_reduce(loss, group=stage_groups[s])
                 step_loss.append(loss.item() / R)
+                # every last stage sees the same mean: a loss that blew up stops the run (Diverged)
+                check_finite(step_loss[-1], runtime="hybrid", index=steps, worker=rank)
     return {
         "replica": replica,
         "stage": s,
@@ -140,7 +143,7 @@ def run_hybrid(
     timeout: float = 30.0,
 ) -> HybridResult:
     """Train ``model`` on ``(X, y)`` with K stages x ``num_replicas`` replicas (K * R processes)."""
-    from dlcourse.launcher import launch
+    from dlcourse.launcher import WorkerError, launch
 
     config = config or HybridConfig()
     if not isinstance(model, nn.Sequential):
@@ -153,7 +156,13 @@ def run_hybrid(
         raise ValueError(f"X and y must have the same length >= batch_size, got {len(X)} and {len(y)}")
     check_float("timeout", timeout, low=0.0, low_open=True)
     K, R = config.num_stages, num_replicas
-    parts = launch(hybrid_worker, K * R, model, X, y, config, backend="gloo", timeout=timeout)
+    try:
+        parts = launch(hybrid_worker, K * R, model, X, y, config, backend="gloo", timeout=timeout)
+    except WorkerError as e:
+        diverged = find_diverged(e)  # the loss blew up: say where, not how the launcher saw it
+        if diverged is None:
+            raise
+        raise diverged from None
     state = {k: v for part in parts[:K] for k, v in part["state"].items()}
     agree = all(torch.equal(part["state"][k], state[k]) for part in parts[K:] for k in part["state"])
     steps = parts[0]["steps"]
