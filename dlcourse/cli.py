@@ -96,13 +96,25 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(split over the N workers), hybrid (over the R replicas), pipeline and model-parallel (into "
         "M micro-batches); each worker's own batch for async-ps, decentralized and simulate",
     )
-    p.add_argument("--lr", type=_pos_float, default=None, help="learning rate (default depends on optimizer)")
+    p.add_argument(
+        "--lr",
+        type=_pos_float,
+        default=None,
+        help="learning rate lambda (default: 1e-3 with Adam, 0.1 otherwise; see --optimizer, --lr-policy)",
+    )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of model init, shuffles and timing")
     p.add_argument("--workers", type=_pos_int, default=2, help="number of workers N")
     p.add_argument("--servers", type=_pos_int, default=1, help="parameter-server shards k")
     p.add_argument("--softsync", type=_pos_int, default=None, help="updates S the server collects (1..N)")
     p.add_argument("--staleness-bound", type=_nonneg_int, default=None, help="max steps ahead of the slowest")
-    p.add_argument("--lr-policy", choices=["constant", "staleness"], default="constant")
+    p.add_argument(
+        "--lr-policy",
+        choices=["constant", "staleness"],
+        default=None,
+        help="the server's lr per update: constant lambda, or lambda / tau for a gradient tau versions "
+        "stale (Zhang et al. 2016). Default: staleness for train --strategy async-ps (the lecture's CNN "
+        "at a constant 0.1 diverged in about 1 run of 5 there), constant for simulate (the MLP)",
+    )
     p.add_argument(
         "--tau", type=_pos_float, default=None, help="quantization threshold for compressed updates"
     )
@@ -110,7 +122,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-source", choices=["auto", "subset", "full"], default="auto")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the metrics here")
     p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar (training steps, parameter-server or simulated updates)",
     )
 
 
@@ -121,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train on real processes (torch.distributed)")
     train.add_argument("--strategy", choices=sorted(TRAIN_STRATEGIES), default="single")
     _common(train)
-    train.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default=None)
+    train.add_argument(
+        "--optimizer",
+        choices=["sgd", "momentum", "adam"],
+        default=None,
+        help="default: adam (lr 1e-3) for single, ddp, sync-sgd, replicated; plain sgd (lr 0.1) for "
+        "averaging, pipeline, model-parallel, hybrid, decentralized; async-ps is plain SGD on the server",
+    )
     train.add_argument("--momentum", type=_nonneg_float, default=0.9)
     train.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
     train.add_argument(
@@ -198,8 +219,25 @@ def summary(metrics: dict) -> str:
     staleness = metrics.get("staleness")
     if staleness:
         lines.append(f"{'staleness':>16}: mean {staleness['mean']:.2f}, max {staleness['max']}")
+    lines += _worker_events(metrics)
     lines += _per_worker_lines(metrics.get("per_worker") or [])
     return "\n".join(lines)
+
+
+def _worker_events(metrics: dict) -> list[str]:
+    """Lines for the workers a run lost (with the updates each contributed) or slowed on purpose."""
+    lines = []
+    lost = metrics.get("lost_workers") or {}
+    for worker, updates in sorted(lost.items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            f"{'lost worker':>16}: worker {worker} after {updates} updates (the others finished without it)"
+        )
+    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    slow = metrics.get("slow_worker", config.get("slow_worker"))
+    delay = metrics.get("slow_delay", config.get("slow_delay")) or 0.0
+    if slow is not None and delay > 0:
+        lines.append(f"{'slowed':>16}: worker {slow}, {delay:g} s added to each of its steps (on purpose)")
+    return lines
 
 
 # per-worker clocks, in the order a step spends them; wait_s is where a fast worker idles
@@ -254,8 +292,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlcourse {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (RuntimeError, TimeoutError) as e:
+        from dlcourse.divergence import find_diverged
         from dlcourse.launcher import WorkerError  # imported late: `--help` stays free of torch
 
+        diverged = find_diverged(e)
+        if diverged is not None:
+            # a run that blew up is a result: one line, exit 1, and the JSON says where
+            print(f"dlcourse {args.command}: {diverged}", file=sys.stderr)
+            if args.json is not None:
+                metrics = _diverged_metrics(args, name, diverged)
+                args.json.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+                print(f"dlcourse {args.command}: metrics so far: {args.json}", file=sys.stderr)
+            return 1
         if not isinstance(e, (WorkerError, TimeoutError)):
             raise
         # a failed run, not a bad argument: the worker's own traceback is the useful part,
@@ -268,6 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
         print(f"{'metrics':>16}: {args.json}")
     return 0
+
+
+def _diverged_metrics(args: argparse.Namespace, name: str, diverged) -> dict:
+    """The JSON of a run that diverged: its settings, ``"diverged": true``, where, and the
+    simulator's curves up to there (what it recorded before it stopped)."""
+    metrics = {}
+    partial = getattr(diverged, "partial", None)
+    if partial is not None and hasattr(partial, "to_json"):
+        try:
+            metrics = partial.to_json()
+        except Exception:  # noqa: BLE001 - the partial record is a bonus; the divergence is the result
+            metrics = {}
+    key = "strategy" if args.command == "train" else "policy"
+    settings = {"model": args.model, "workers": args.workers, "epochs": args.epochs, "seed": args.seed}
+    return {key: name, **settings, "lr": args.lr, **metrics, **diverged.as_dict()}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ from dlcourse._validate import check_choice
 
 # ---------------------------------------------------------------------------- shared
 
+# --strategy async-ps's --lr-policy unless one is given: lambda / tau keeps the default CNN at
+# lr 0.1 from diverging (benchmarks/async_ps_seeds.py runs it for seeds 0-9)
+ASYNC_PS_LR_POLICY = "staleness"
+
 
 def training_settings(args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
     """The settings every strategy trains with, named as :func:`dlcourse.train.fit` names them.
@@ -174,7 +178,9 @@ def replicated(args: argparse.Namespace) -> dict[str, Any]:
     devices = replica_devices(args.workers)
     split = _data(args)
     pmodel = ReplicatedModel(make_model(config.model, seed=config.seed), devices)  # weights on the CPU
-    history = fit(pmodel, split.train, **training_settings(args, "adam"), progress=args.progress)
+    history = fit(
+        pmodel, split.train, **training_settings(args, "adam"), progress=args.progress, runtime="replicated"
+    )
     updates = len(history.step_loss)
     return run_metrics(
         "replicated",
@@ -299,7 +305,8 @@ def async_ps(args: argparse.Namespace) -> dict[str, Any]:
         softsync=1 if args.softsync is None else args.softsync,
         staleness_bound=args.staleness_bound,
         lr=0.1 if args.lr is None else args.lr,
-        lr_policy=args.lr_policy,
+        # the default that converges: the CNN at a constant 0.1 diverged in about 1 run of 5
+        lr_policy=args.lr_policy or ASYNC_PS_LR_POLICY,
         model=args.model,
         batch_size=args.batch_size,
         epochs=args.epochs,
@@ -310,7 +317,8 @@ def async_ps(args: argparse.Namespace) -> dict[str, Any]:
         timeout=args.timeout,
     )
     result = run_parameter_server(config, progress=bool(args.progress))
-    return result.metrics()
+    slowed = {"slow_worker": args.slow_worker, "slow_delay": args.slow_delay} if args.slow_delay > 0 else {}
+    return {**result.metrics(), "lr_policy": str(config.lr_policy), **slowed}
 
 
 # ---------------------------------------------------------------------------- simulate
@@ -326,7 +334,7 @@ def sim_config(args: argparse.Namespace):
         softsync=args.softsync,
         staleness_bound=args.staleness_bound,
         lr=args.lr if args.lr is not None else 0.1,
-        lr_policy=args.lr_policy,
+        lr_policy=args.lr_policy or "constant",
         model=args.model,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -343,20 +351,54 @@ def sim_config(args: argparse.Namespace):
     )
 
 
+def _simulate(config, args: argparse.Namespace):
+    """``simulate(config)`` on ``--data-source``, with a tqdm bar of the updates unless ``--no-progress``.
+
+    The bar counts what :meth:`dlcourse.sim.Cluster.applied` records (the policy reports
+    every update there); it wraps this one run's cluster and leaves the policy as it is.
+    """
+    from dlcourse.sim import POLICIES, default_data, simulate
+
+    data = default_data(args.data_source)
+    if not args.progress:
+        return simulate(config, data)
+    from tqdm.auto import tqdm
+
+    policy = POLICIES[config.policy]
+
+    def with_bar(cluster) -> None:
+        bar = tqdm(total=cluster.total_steps, desc=f"simulate {config.policy}", unit="update", leave=False)
+        applied = cluster.applied
+
+        def counted(taus, examples, params) -> None:
+            bar.update(len(taus))
+            applied(taus, examples, params)
+
+        cluster.applied = counted
+        try:
+            policy(cluster)
+        finally:
+            bar.close()
+
+    POLICIES[config.policy] = with_bar
+    try:
+        return simulate(config, data)
+    finally:
+        POLICIES[config.policy] = policy
+
+
 def simulate(args: argparse.Namespace) -> dict[str, Any]:
     """``dlcourse simulate --policy sync|async|softsync|bounded``: the simulated parameter server."""
-    from dlcourse.sim import default_data, simulate
-
-    return simulate(sim_config(args), default_data(args.data_source)).to_json()
+    return _simulate(sim_config(args), args).to_json()
 
 
 def simulate_decentralized(args: argparse.Namespace) -> dict[str, Any]:
     """``dlcourse simulate --policy decentralized``: compressed peer-to-peer SGD, simulated."""
-    from dlcourse.sim import DecentralizedSimConfig, default_data, simulate
+    from dlcourse.sim import DecentralizedSimConfig
 
     config = DecentralizedSimConfig.extend(
         sim_config(args), tau=args.tau, variant=_variant(args), topology=args.topology
     )
-    metrics = simulate(config, default_data(args.data_source)).to_json()
+    metrics = _simulate(config, args).to_json()
     metrics["compression"] = "dense" if config.tau is None else config.variant
     return metrics
