@@ -106,3 +106,59 @@ def make_model(name: str, *, seed: int | None = None) -> nn.Module:
         check_int("seed", seed, low=0)
         torch.manual_seed(seed)
     return MnistCNN() if name == "cnn" else MLP()
+
+
+# -- FLOPs: what a gradient costs, counted from the layers ---------------------------------
+
+# layers that only move data (no arithmetic worth counting)
+_FREE_LAYERS = (nn.Flatten, nn.Identity, nn.Dropout)
+
+
+def _forward_flops(layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, bool]:
+    """``(FLOPs of layer's forward pass on one example, has weights)``; a multiply-add counts 2."""
+    out = y[0].numel()
+    if isinstance(layer, nn.Linear):
+        rows = out // layer.out_features  # a Linear applied to every row of a (..., in) input
+        return rows * (
+            2 * layer.in_features * layer.out_features + (layer.out_features if layer.bias is not None else 0)
+        ), True
+    if isinstance(layer, nn.Conv2d):
+        kh, kw = layer.kernel_size
+        per_output = 2 * (layer.in_channels // layer.groups) * kh * kw + (1 if layer.bias is not None else 0)
+        return out * per_output, True
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
+        return out * k[0] * k[1], False  # one comparison (or addition) per window element
+    if isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
+        return x[0].numel(), False
+    if isinstance(layer, _FREE_LAYERS):
+        return 0, False
+    raise ValueError(f"flops_per_example cannot count a {type(layer).__name__} layer")
+
+
+def flops_per_example(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)) -> int:
+    """Forward + backward FLOPs of one training example, counted layer by layer.
+
+    Forward: a multiply-add counts 2 FLOPs (Linear ``2 in out``, Conv2d ``2 C_in k_h k_w``
+    per output value, biases 1 per output); ReLU one per value, max-pooling one comparison per
+    window element. Backward: a layer with weights computes two products of its forward
+    size (the gradient with respect to its input and to its weights), so it costs 2x its
+    forward; a layer without weights costs 1x. So a gradient costs about 3x the forward pass
+    (the usual rule of thumb). The lecture's CNN: 28,896,286 (about 29 MFLOP); the MLP: 305,246.
+    Only the layers of :class:`MnistCNN` and :class:`MLP` (Linear, Conv2d, pooling, ReLU,
+    Flatten) are counted; another layer raises ``ValueError``.
+    """
+    check_model(model)
+    counts: list[tuple[int, bool]] = []
+    hooks = [
+        m.register_forward_hook(lambda layer, args, y: counts.append(_forward_flops(layer, args[0], y)))
+        for m in model.modules()
+        if len(list(m.children())) == 0
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(f * (3 if weighted else 2) for f, weighted in counts)

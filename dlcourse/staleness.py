@@ -1,8 +1,20 @@
 """The update rules of asynchronous SGD and the three ways the lecture tames stale gradients.
 
-A worker pulls the parameters at server version ``v_pull``, computes a gradient dW_n,
-and pushes it; by the time it is applied the server is at version ``v_now``. Its
-**staleness** is ``tau = v_now - v_pull`` (the lecture's "stale gradient problem").
+**Staleness, one definition for every rule.** A worker pulls the parameters at server
+version ``v_pull``, computes a gradient dW_n, and pushes it; the server applies it when it
+is at version ``v_now`` (the version *before* the step that contains this update). Its
+staleness is ``tau = v_now - v_pull``: the server versions applied between the pull and the
+application of the update (the lecture's "stale gradient problem"). A version is one
+change of the parameters, so a soft-sync step of S updates is one version. The same
+``tau`` feeds lambda_n whatever the rule (async, soft sync, bounded staleness), so the
+simulator, the real server and a student's rule all see the same number.
+
+How it relates to the papers: Zhang et al. 2016 count the update itself, so their tau is
+ours + 1 (their n-softsync mean is N/S, ours N/S - 1 in steady state; async with N equal
+workers: theirs N, ours N - 1). Ho et al. 2013 count in **clocks** (a worker's clock is the
+number of its steps applied; the server clock is the smallest of them): that is a second,
+separately named figure here, the **clock lag** (:class:`BoundedStaleness`), never used as
+tau.
 
 1. **Staleness-scaled learning rate** (lambda_n): scale each update by its staleness,
    ``lambda_n = lambda / max(1, tau)`` by default (Zhang, Gupta, Lian, Liu, "Staleness-aware
@@ -16,9 +28,13 @@ and pushes it; by the time it is applied the server is at version ``v_now``. Its
 3. **Bounded staleness** (stale synchronous parallel, Ho et al., "More Effective
    Distributed ML via a Stale Synchronous Parallel Parameter Server", NIPS 2013): a worker
    may start its step ``c`` only while ``c - min_n c_n <= bound``, where ``c_n`` counts the
-   steps worker n has finished; the fast workers wait. Staleness is then counted in the
-   server's clock (``min_n c_n``, the steps every worker has finished), which is what makes
-   it provably at most ``bound``: bound 0 is synchronous, no bound is asynchronous.
+   steps of worker n that the server has applied; the fast workers wait. A worker starting
+   clock c then sees every update of clocks < c - bound (SSP's guarantee), its clock lag is
+   at most ``bound``, and with S = 1 its staleness tau is at most ``(2 bound + 1)(N - 1)``
+   versions (every other worker can have steps c - bound .. c + bound applied while it
+   computes step c). Bound 0 is *clock-synchronous* (nobody starts clock c before every
+   step of clock c - 1 is applied) but not synchronous SGD: each gradient is still applied
+   alone, at its own tau <= N - 1.
 
 These rules are pure: the simulator (:mod:`dlcourse.sim`) and the real parameter server
 call the same functions, and a student's own rule plugs into both.
@@ -120,8 +136,7 @@ class SoftSync:
 
     ``receive(params, grads, pulled_version)`` records one update; when S have arrived it
     applies them with :func:`apply_updates`, advances ``version`` and returns the list of
-    their staleness values (else ``None``). With ``clock`` supplied by the caller
-    (bounded staleness), staleness is measured in that clock instead of ``version``.
+    their staleness values (else ``None``): versions, whatever gate the caller runs.
     """
 
     def __init__(
@@ -145,15 +160,14 @@ class SoftSync:
         params: Sequence[torch.Tensor],
         grads: Sequence[torch.Tensor],
         pulled_version: int,
-        clock: int | None = None,
     ) -> list[int] | None:
         """Record worker's update ``grads``, computed from ``pulled_version``; apply at the S-th.
 
         Returns the staleness of each applied update when this one completes a batch,
-        else ``None``. Staleness is fixed on arrival, in ``version`` or in ``clock``.
+        else ``None``: ``tau = version - pulled_version``, fixed on arrival (the versions
+        applied since the pull; the step that applies this update is not counted).
         """
-        now = self.version if clock is None else clock
-        tau = staleness(now, pulled_version)
+        tau = staleness(self.version, pulled_version)
         self._pending.append((grads, tau))
         if len(self._pending) < self.softsync:
             return None
@@ -192,9 +206,13 @@ class SoftSync:
 class BoundedStaleness:
     """Stale-synchronous-parallel gate: who may start their next step.
 
-    ``clocks[n]`` counts the steps worker n has finished. Worker n may start its next step
-    while ``clocks[n] - min(clocks) <= bound``; ``bound=None`` never blocks (async).
-    ``clock`` (= ``min(clocks)``) is the server clock in which staleness is measured.
+    ``clocks[n]`` counts the steps of worker n the server has applied (call :meth:`finish`
+    when one is applied, not when it is sent: then a worker allowed to start clock c sees
+    every update of clocks < c - bound). Worker n may start its next step while
+    ``clocks[n] - min(clocks) <= bound``; ``bound=None`` never blocks (async).
+    ``clock`` (= ``min(clocks)``) is the server clock of SSP: the **clock lag** of an update
+    is ``clock`` when it is applied minus ``clock`` when its worker pulled (at most
+    ``bound``). It is a separate figure from the staleness tau, which counts versions.
     A worker that has left the run (:meth:`retire`) no longer counts in that minimum.
     """
 
@@ -220,7 +238,7 @@ class BoundedStaleness:
         return self.bound is None or self.clocks[worker] - self.clock <= self.bound
 
     def finish(self, worker: int) -> None:
-        """Worker ``worker`` finished (pushed) one step."""
+        """One step of worker ``worker`` has been applied by the server."""
         check_int("worker", worker, low=0, high=self.num_workers - 1)
         self.clocks[worker] += 1
 

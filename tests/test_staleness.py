@@ -211,14 +211,18 @@ def test_softsync_reports_staleness_and_scales_each_update(seed, n, data, lr, po
         assert torch.equal(a, b)
 
 
-def test_softsync_measures_staleness_in_a_given_clock_and_flushes():
+def test_softsync_counts_staleness_in_versions_only_and_flushes():
+    """One staleness for every rule: tau is versions, there is no other clock to pass."""
     server = SoftSync(4, softsync=3, lr=0.5)
+    server.version = 4
     W = [torch.zeros(2)]
-    assert server.receive(W, [torch.ones(2)], pulled_version=0, clock=4) is None
+    assert server.receive(W, [torch.ones(2)], pulled_version=0) is None
     assert server.pending == 1 and server.flush(W) == [4]
     torch.testing.assert_close(W[0], torch.full((2,), -0.5))
-    assert server.version == 1 and server.pending == 0 and server.flush(W) is None
-    assert "softsync=3" in repr(server) and "version=1" in repr(server)
+    assert server.version == 5 and server.pending == 0 and server.flush(W) is None
+    assert "softsync=3" in repr(server) and "version=5" in repr(server)
+    with pytest.raises(TypeError):
+        server.receive(W, [torch.ones(2)], pulled_version=0, clock=4)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ simulator calls:
 - **synchronous** (S = N): every worker pushes once per step and waits for the new
   parameters -- parameter averaging every step;
 - **bounded staleness** b: a worker more than b steps ahead of the slowest waits for its
-  parameters (:class:`~dlcourse.staleness.BoundedStaleness`); staleness is then counted in
-  that clock and never exceeds b;
+  parameters (:class:`~dlcourse.staleness.BoundedStaleness`); staleness is still counted in
+  versions (as for every rule), and the gate's **clock lag** (at most b) is reported apart
+  (``PSResult.clock_lag``);
 - the learning rate of each update comes from ``lr_policy``: ``"constant"``,
   ``"staleness"`` (lambda / tau) or a student's function ``f(lr, tau)``, which travels to the
   server process with cloudpickle and runs there.
@@ -106,6 +107,7 @@ class PSResult:
     server_pids: list[int] = field(default_factory=list)  # process ids of the servers
     worker_stats: list[dict | None] = field(default_factory=list)  # steps, compute_s, wait_s; None if lost
     shard_staleness: list[list[int]] = field(default_factory=list)  # tau per applied update, per server
+    clock_lag: list[int] = field(default_factory=list)  # server 0: the gate's clock lag of each update
 
     @property
     def updates(self) -> int:
@@ -293,4 +295,5 @@ def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PS
         server_pids=[s["pid"] for s in servers],
         worker_stats=list(workers),
         shard_staleness=[s["taus"] for s in servers],
+        clock_lag=servers[0]["clock_lags"],
     )

@@ -32,7 +32,7 @@ class PSConfig:
     lr: float = 0.1  # lambda, the server's learning rate
     lr_policy: str | LrPolicy = "constant"  # "constant", "staleness" or f(lr, tau) -> lambda_n
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
-    batch_size: int = 50  # examples per worker step
+    batch_size: int = 100  # examples per worker step (as SimConfig and the CLI)
     epochs: int = 1  # passes of each worker over its shard (ignored when steps is set)
     steps: int | None = None  # steps per worker; None: epochs over its shard
     train_examples: int | None = None  # use only the first this many training examples (None: all)

@@ -243,7 +243,7 @@ class _Server:
         self.shard = flatten_shard(params, layout[j])
         self.rule = SoftSync(self.N, config.softsync, config.lr, config.lr_policy, reduce="mean")
         self.gate = BoundedStaleness(self.N, config.gate_bound)
-        # (worker, gradient, pulled version, pulled clock) of the pushes in the soft-sync group not yet applied
+        # (worker, gradient, pulled version, pulled clock) of the soft-sync group's pushes not yet applied
         self.group: list[tuple[int, torch.Tensor, int, int]] = []
         self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
         # Holding a worker until its own push is applied makes S = N exactly synchronous SGD.

@@ -3,9 +3,11 @@
 A deterministic discrete-event simulation of N workers and a parameter server (Dean et
 al., "Large Scale Distributed Deep Networks", NIPS 2012). Every worker computes a *real*
 gradient of a real model on its own shard's mini-batches, from the parameters it last
-pulled; only **time** is simulated: compute times drawn from a seeded RNG, stragglers,
-message time ``latency + bytes / bandwidth`` (a message carries all parameters), and the
-server's time to apply an update, split over k server shards. The same config and seed
+pulled; only **time** is simulated: compute time from the model's FLOPs, the batch and the
+device speed, with a seeded spread and stragglers; message time ``latency + bytes /
+bandwidth`` on links that queue (a message carries all parameters; each server shard has
+one link that every worker shares); and the server's time to apply an update, split over k
+server shards. The same config and seed
 give the same parameters, trace and curves on every machine, fast enough for widgets::
 
     from dlcourse.sim import SimConfig, simulate
@@ -71,7 +73,11 @@ def default_data(source: str = "subset") -> MnistSplit:
 _RECORDED = (
     "trace",
     "server_busy",
+    "link_busy",
     "staleness",
+    "clock_lag",
+    "pull_log",
+    "apply_log",
     "evals",
     "step_loss",
     "examples",
@@ -122,12 +128,14 @@ def simulate(config: SimConfig, data: MnistSplit | None = None) -> SimResult:
         for w in range(config.num_workers)
     ]
     busy = sum(e - s for s, e in cluster.server_busy)
+    links = [sum(e - s for s, e in intervals) for intervals in cluster.link_busy]
     result = SimResult(
         config=config,
         **{name: getattr(cluster, name) for name in _RECORDED},
         virtual_s=virtual_s,
         idle_fraction=idle,
         server_utilization=busy / virtual_s if virtual_s > 0 else 0.0,
+        link_utilization=[b / virtual_s if virtual_s > 0 else 0.0 for b in links],
         params=final.clone(),
         data_source=getattr(data, "source", "custom"),
         real_s=time.perf_counter() - start,

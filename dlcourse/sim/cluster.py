@@ -4,11 +4,19 @@ The discrete-event engine under :func:`dlcourse.sim.simulate` (Dean et al., "Lar
 Distributed Deep Networks", NIPS 2012, is the cluster it models). A :class:`Cluster` holds
 N workers, each with its own shard of the training data and its own seeded stream of
 mini-batches (:func:`dlcourse.data.batch_stream`, the order every runtime shares); it
-computes **real** gradients of a real model, while **time** is simulated: compute times
-drawn from a seeded lognormal with stragglers,
-message time ``latency + bytes / bandwidth``, and the server's time to apply an update
-split over k server shards. Events run in virtual-time order, so the same config and seed
-give the same run on every machine.
+computes **real** gradients of a real model, while **time** is simulated:
+
+- compute: the model's forward+backward FLOPs per example (:func:`dlcourse.models.flops_per_example`)
+  times the batch, divided by ``device_flops``, then a seeded lognormal spread, per-worker
+  speeds and stragglers (``compute_mean`` replaces the FLOPs-based mean when set);
+- network: every worker has its own link, and every server shard has **one** link shared by
+  all messages to and from it (:meth:`Cluster.server_message`): messages queue there, first
+  come first served, ``bytes / bandwidth`` each, then ``latency``. A central server is a
+  bottleneck on a slow network; k shards give k links;
+- the server's time to apply an update, split over the k shards.
+
+Events run in virtual-time order, so the same config and seed give the same run on every
+machine.
 
 A policy is a function ``run(cluster) -> None`` that drives the events with
 :meth:`Cluster.schedule`, :meth:`Cluster.gradient`, :meth:`Cluster.compute_time`,
@@ -20,6 +28,7 @@ example, :mod:`dlcourse.sim.decentralized` a policy without a server.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
@@ -33,11 +42,18 @@ import torch.nn.functional as F
 from dlcourse.collectives import flat_parameters
 from dlcourse.data import Dataset, batch_stream, shard
 from dlcourse.divergence import check_finite
-from dlcourse.models import make_model
+from dlcourse.models import flops_per_example, make_model
 from dlcourse.sim.config import SimConfig
 from dlcourse.train import evaluate
 
 KINDS = ("pull", "compute", "push", "wait")  # what a worker does in a TraceEvent interval
+SERVER_MEMORY_BANDWIDTH = 1e10  # bytes/s: applying an update streams W, the gradient and W back
+
+
+@functools.cache
+def model_flops(model: str) -> int:
+    """:func:`~dlcourse.models.flops_per_example` of a model by name (counted once per process)."""
+    return flops_per_example(make_model(model))
 
 
 class TraceEvent(NamedTuple):
@@ -83,6 +99,22 @@ class Cluster:
         self.W = self._flat.clone()  # the server's parameters
         self.final_params: torch.Tensor | None = None  # set by a policy without a single W
         self.param_bytes = self.W.numel() * self.W.element_size()
+        k = config.servers
+        # server shard j owns W[shard_bounds[j]:shard_bounds[j+1]] and has its own link
+        self.shard_bounds = [round(j * self.W.numel() / k) for j in range(k + 1)]
+        self.shard_bytes = [
+            (b - a) * self.W.element_size() for a, b in zip(self.shard_bounds, self.shard_bounds[1:])
+        ]
+        self._link_free = [0.0] * k
+        self.flops_per_example = model_flops(config.model)
+        self._seconds_per_example = (
+            self.flops_per_example / config.device_flops if config.compute_mean is None else None
+        )
+        self._apply_s = (
+            config.apply_time
+            if config.apply_time is not None
+            else 3 * self.param_bytes / SERVER_MEMORY_BANDWIDTH
+        ) / k
         self.batches_per_shard = math.ceil(len(self.shards[0]) / config.batch_size)
         self.epoch_examples = len(self.shards[0]) * n
         self.total_steps = config.epochs * n * self.batches_per_shard  # gradients in the whole run
@@ -101,6 +133,10 @@ class Cluster:
         # records
         self.trace: list[TraceEvent] = []
         self.server_busy: list[tuple[float, float]] = []
+        self.link_busy: list[list[tuple[float, float]]] = [[] for _ in range(k)]  # per server shard
+        self.clock_lag: list[int] = []  # SSP's clock view of each applied update (policy "bounded")
+        self.pull_log: list[tuple[int, int, int]] = []  # (worker, its step, updates applied) per pull
+        self.apply_log: list[tuple[int, int]] = []  # (worker, its step) of each update, in order applied
         self.staleness: list[int] = []
         self.step_loss: list[float] = []
         self.evals: list[EvalPoint] = []
@@ -129,10 +165,18 @@ class Cluster:
             callback(*args)
 
     # -- time ----------------------------------------------------------------------------
-    def compute_time(self, worker: int) -> float:
-        """Virtual seconds of worker's next gradient: mean / speed, lognormal spread, stragglers."""
+    def compute_time(self, worker: int, examples: int | None = None) -> float:
+        """Virtual seconds of worker's gradient on ``examples`` (default: a full batch).
+
+        ``flops_per_example x examples / device_flops`` (or ``compute_mean``) / speed,
+        then a lognormal spread and stragglers.
+        """
         rng = self._rngs[worker]
-        t = self.config.compute_mean / self._speeds[worker]
+        if self._seconds_per_example is None:
+            t = self.config.compute_mean / self._speeds[worker]
+        else:
+            examples = self.config.batch_size if examples is None else examples
+            t = self._seconds_per_example * examples / self._speeds[worker]
         if self._sigma > 0:  # a mean-one lognormal: always positive, spread ~ sigma
             t *= math.exp(self._sigma * rng.standard_normal() - 0.5 * self._sigma**2)
         if self.config.straggler_prob > 0 and rng.random() < self.config.straggler_prob:
@@ -145,10 +189,35 @@ class Cluster:
         self.bytes_sent += nbytes
         return self.config.latency + nbytes / self.config.bandwidth
 
+    def server_message(self) -> float:
+        """A message of all parameters between a worker and the k server shards, sent now.
+
+        Returns when it has fully arrived. Each shard's part queues on that shard's link
+        (shared by every worker: first come, first served) for ``bytes / bandwidth``; the
+        worker's own link carries all parts, so the message takes at least
+        ``all bytes / bandwidth``; then ``latency``. Counts the bytes.
+        """
+        now = self.now
+        bandwidth = self.config.bandwidth
+        done = now + self.param_bytes / bandwidth  # the worker's own link
+        for j, nbytes in enumerate(self.shard_bytes):
+            start = self._link_free[j] if self._link_free[j] > now else now
+            end = start + nbytes / bandwidth
+            self._link_free[j] = end
+            busy = self.link_busy[j]
+            if busy and busy[-1][1] >= start:  # back to back: one interval (small records)
+                busy[-1] = (busy[-1][0], end)
+            else:
+                busy.append((start, end))
+            if end > done:
+                done = end
+        self.bytes_sent += self.param_bytes
+        return done + self.config.latency
+
     @property
     def apply_time(self) -> float:
         """Server seconds per update: the k shards apply their 1/k of it in parallel."""
-        return self.config.apply_time / self.config.servers
+        return self._apply_s
 
     # -- real gradients ------------------------------------------------------------------
     def gradient(self, worker: int, params: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -4,6 +4,13 @@ A policy is a function ``run(cluster) -> None`` on a :class:`dlcourse.sim.cluste
 ``register_policy("name", run)`` makes ``SimConfig(policy="name")`` run it. Importing
 :mod:`dlcourse.sim` registers every policy of the package (sync, async, softsync, bounded,
 decentralized), so a config can name any of them whatever was imported first.
+
+The timing model's defaults (what they assume is in the README's simulator section): a
+worker computes at ``device_flops`` = 10 GFLOP/s (a CPU node; one thread of PyTorch here
+reaches about 28 GFLOP/s on the CNN), so a gradient of the lecture's CNN on a batch of 100
+takes 0.29 s and one of the MLP 3 ms; every link moves ``bandwidth`` = 1 GB/s (about
+10 Gbit Ethernet) after ``latency`` = 0.1 ms; the server applies an update at the speed of
+streaming W, the gradient and W back through 10 GB/s of memory (CNN 1.3 ms, MLP 0.06 ms).
 """
 
 from __future__ import annotations
@@ -34,21 +41,22 @@ class SimConfig:
     num_workers: int = 4  # N, workers that each own one shard of the training data
     policy: str = "async"  # "sync", "async", "softsync", "bounded" (or a registered one)
     softsync: int | None = None  # S, updates the server collects before applying (policy "softsync")
-    staleness_bound: int | None = None  # max steps ahead of the slowest worker (policy "bounded")
+    staleness_bound: int | None = None  # b: max steps ahead of the slowest worker (policy "bounded")
     lr: float = 0.1  # lambda, the server's learning rate (plain SGD)
     lr_policy: str | LrPolicy = "constant"  # lambda_n: "constant", "staleness" or f(lr, tau)
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
     epochs: int = 1  # passes over the training data (counted in examples applied)
     batch_size: int = 100  # examples per worker step
-    compute_mean: float = 1.0  # mean virtual seconds a worker needs for one gradient
+    device_flops: float = 1e10  # FLOP/s of a worker: a gradient takes flops_per_example x batch / this
+    compute_mean: float | None = None  # override: mean virtual seconds per gradient (None: from FLOPs)
     compute_spread: float = 0.1  # relative spread of that time (sigma of a mean-one lognormal)
     worker_speeds: tuple[float, ...] | None = None  # relative speed per worker (2.0 = twice as fast)
     straggler_prob: float = 0.0  # chance that a step takes straggler_slowdown times longer
     straggler_slowdown: float = 4.0  # how much longer a straggling step takes
-    bandwidth: float = 1e9  # bytes per second of every link
+    bandwidth: float = 1e9  # bytes per second of every link: one per worker, one per server shard
     latency: float = 1e-4  # seconds per message, on top of bytes / bandwidth
-    apply_time: float = 0.01  # server seconds to apply one update with one shard
-    servers: int = 1  # k server shards, each owning 1/k of the parameters (apply_time / k each)
+    apply_time: float | None = None  # server seconds per update, one shard (None: 3 x bytes at 1e10 B/s)
+    servers: int = 1  # k server shards, each owning 1/k of the parameters and its own link
     evals_per_epoch: int = 4  # test-set evaluations per epoch (the curves' points)
     seed: int = 0  # seeds the model, the shuffles and the timing
 
@@ -68,7 +76,9 @@ class SimConfig:
         check_choice("model", self.model, ("mlp", "cnn"))
         check_int("epochs", self.epochs, low=1)
         check_int("batch_size", self.batch_size, low=1)
-        check_float("compute_mean", self.compute_mean, low=0.0, low_open=True)
+        check_float("device_flops", self.device_flops, low=0.0, low_open=True)
+        if self.compute_mean is not None:
+            check_float("compute_mean", self.compute_mean, low=0.0, low_open=True)
         check_float("compute_spread", self.compute_spread, low=0.0, high=3.0)
         if self.worker_speeds is not None:
             self.worker_speeds = tuple(self.worker_speeds)
@@ -83,7 +93,8 @@ class SimConfig:
         check_float("straggler_slowdown", self.straggler_slowdown, low=1.0)
         check_float("bandwidth", self.bandwidth, low=0.0, low_open=True)
         check_float("latency", self.latency, low=0.0)
-        check_float("apply_time", self.apply_time, low=0.0)
+        if self.apply_time is not None:
+            check_float("apply_time", self.apply_time, low=0.0)
         check_int("servers", self.servers, low=1)
         check_int("evals_per_epoch", self.evals_per_epoch, low=1)
         check_int("seed", self.seed, low=0)

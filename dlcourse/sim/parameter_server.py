@@ -1,20 +1,25 @@
 """The parameter server on the simulated cluster: policies sync, async, softsync, bounded.
 
 N workers and one parameter server (Dean et al., "Large Scale Distributed Deep Networks",
-NIPS 2012), split into k shards that each own 1/k of the parameters. One worker step:
-**pull** the parameters (the server answers once this worker's own last update is applied:
-"read your writes"), **compute** a real gradient, **push** it; then the next step starts
-at once. The server applies arriving updates one at a time, first come first served, with
-the rules of :mod:`dlcourse.staleness`:
+NIPS 2012), split into k shards that each own 1/k of the parameters and one network link.
+One worker step: **pull** the parameters (the server answers once this worker's own last
+update is applied: "read your writes"), **compute** a real gradient, **push** it; then the
+next step starts at once. Pulls and pushes queue on the server shards' links
+(:meth:`~dlcourse.sim.cluster.Cluster.server_message`). The server applies arriving updates
+one at a time, first come first served, with the rules of :mod:`dlcourse.staleness`:
 
 - ``async``: every update is applied on arrival (S = 1); staleness grows with N.
 - ``softsync``: the server collects S updates, then applies their mean (Zhang et al.,
   IJCAI 2016); a worker whose update waits in an unfinished batch waits with it.
 - ``sync``: S = N, so each step averages one gradient from every worker, all computed
   from the same parameters: synchronous data parallelism and its "last executor" effect.
-- ``bounded``: async, but a worker may start a step only while it is at most
-  ``staleness_bound`` steps ahead of the slowest (stale synchronous parallel, Ho et al.,
-  NIPS 2013); staleness is counted in that clock.
+- ``bounded``: async, but a worker may start its step c only while c is at most
+  ``staleness_bound`` ahead of the slowest worker's applied steps (stale synchronous
+  parallel, Ho et al., NIPS 2013). The gate counts *applied* steps and is consulted when
+  the pull is served, so a worker starting clock c sees every update of clocks < c - b.
+
+Staleness tau is counted in server versions for every policy (:mod:`dlcourse.staleness`);
+the gate's clock lag is recorded apart (``clock_lag``, policy ``bounded``).
 
 This is the worked example of a policy for :class:`dlcourse.sim.cluster.Cluster`: only the
 order of events is written here; time, gradients and records are the cluster's.
@@ -38,93 +43,105 @@ def run_parameter_server(cluster: Cluster) -> None:
     k = c.servers
     # shard j owns W[bounds[j]:bounds[j+1]] and runs its own soft-sync rule; all shards
     # see the same updates in the same order, so they stay at the same version
-    bounds = [round(j * cluster.W.numel() / k) for j in range(k + 1)]
+    bounds = cluster.shard_bounds
     shards = [SoftSync(n, S, c.lr, c.lr_policy) for _ in range(k)]
     W_parts = [[cluster.W[bounds[j] : bounds[j + 1]]] for j in range(k)]
     state = {"started": 0, "server_free": 0.0}
+    steps = [0] * n  # steps each worker has started (its SSP clock once they are applied)
     outstanding = [0] * n  # this worker's updates pushed but not yet applied
-    blocked_since: list[float | None] = [None] * n  # pull waiting for own update / the gate
-    gate_waiting: list[int] = []
-    batch: list[tuple[int, int]] = []  # (worker, examples) of the updates in the server's batch
+    blocked_since: list[float | None] = [None] * n  # since when w wants its next pull
+    gated: list[int] = []  # workers held back by the SSP gate (their own updates are applied)
+    batch: list[tuple[int, int, int, int]] = []  # (worker, step, examples, pulled clock) in the batch
 
-    def ready(w: int) -> None:  # worker w may start its next step now
-        if state["started"] >= cluster.total_steps:
-            cluster.done_at[w] = cluster.now
-            return
-        if gate is not None and not gate.may_start(w):
-            gate_waiting.append(w)  # SSP: too far ahead of the slowest; wait for it
-            blocked_since[w] = cluster.now
-            return
-        state["started"] += 1
+    def want(w: int) -> None:  # w is ready for its next step (its push arrived, or the start)
+        blocked_since[w] = cluster.now
+        try_start(w)
+
+    def try_start(w: int) -> None:
         # read your writes: the pull waits until w's own last update is in W. With S = 1
         # this is what makes N = 1 plain SGD; with S = N, every worker of a step then
         # starts from the same parameters (synchronous SGD)
         if outstanding[w]:
-            if blocked_since[w] is None:
-                blocked_since[w] = cluster.now
-        else:
-            serve_pull(w)
+            return  # tried again when its update is applied
+        if gate is not None and not gate.may_start(w):
+            gated.append(w)  # SSP: too far ahead of the slowest; tried again when the clock moves
+            return
+        serve_pull(w)
 
     def serve_pull(w: int) -> None:  # the server sends W; w computes from this snapshot
         now = cluster.now
-        if blocked_since[w] is not None:
-            cluster.record(w, "wait", blocked_since[w], now)
-            blocked_since[w] = None
-        pulled = gate.clock if gate is not None else shards[0].version
+        since, blocked_since[w] = blocked_since[w], None
+        if state["started"] >= cluster.total_steps:
+            return  # nothing left to do: w is done since its last push arrived
+        state["started"] += 1
+        if since is not None:
+            cluster.record(w, "wait", since, now)
+        step = steps[w]
+        steps[w] += 1
+        pulled = shards[0].version
+        clock = gate.clock if gate is not None else 0
+        cluster.pull_log.append((w, step, cluster.updates))
         grad, size = cluster.gradient(w, cluster.W)  # real gradient; only its timing is simulated
-        t1 = now + cluster.message_time()
-        t2 = t1 + cluster.compute_time(w)
-        t3 = t2 + cluster.message_time()
+        t1 = cluster.server_message()
+        t2 = t1 + cluster.compute_time(w, size)
         cluster.record(w, "pull", now, t1)
         cluster.record(w, "compute", t1, t2)
-        cluster.record(w, "push", t2, t3)
-        cluster.schedule(t3, arrive, w, grad, size, pulled)
+        cluster.schedule(t2, push, w, step, grad, size, pulled, clock)
 
-    def arrive(w: int, grad: torch.Tensor, size: int, pulled: int) -> None:
+    def push(w: int, step: int, grad: torch.Tensor, size: int, pulled: int, clock: int) -> None:
+        t3 = cluster.server_message()  # queues on the server's link from now, not from the pull
+        cluster.record(w, "push", cluster.now, t3)
+        cluster.schedule(t3, arrive, w, step, grad, size, pulled, clock)
+
+    def arrive(w: int, step: int, grad: torch.Tensor, size: int, pulled: int, clock: int) -> None:
         outstanding[w] += 1
-        clock = None
-        if gate is not None:
-            clock = gate.clock  # staleness in the SSP clock, before this step counts
-            gate.finish(w)
+        cluster.done_at[w] = cluster.now
         start = max(cluster.now, state["server_free"])
         end = start + cluster.apply_time
         state["server_free"] = end
         cluster.record_server(start, end)
-        cluster.schedule(end, apply, w, grad, size, pulled, clock)
-        if gate is not None and gate_waiting:
-            for v in sorted(gate_waiting):  # wake, in worker order, those now allowed
-                if gate.may_start(v):
-                    gate_waiting.remove(v)
-                    cluster.record(v, "wait", blocked_since[v], cluster.now)
-                    blocked_since[v] = None
-                    ready(v)
-        ready(w)
+        cluster.schedule(end, apply, w, step, grad, size, pulled, clock)
+        want(w)
 
-    def apply(w: int, grad: torch.Tensor, size: int, pulled: int, clock: int | None) -> None:
+    def apply(w: int, step: int, grad: torch.Tensor, size: int, pulled: int, clock: int) -> None:
         taus = None
         for j in range(k):
-            taus = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled, clock)
-        batch.append((w, size))
+            taus = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled)
+        batch.append((w, step, size, clock))
         if taus is not None:
             finish_batch(taus)
 
     def finish_batch(taus: list[int]) -> None:
         members = list(batch)
         batch.clear()
-        cluster.applied(taus, sum(s for _, s in members), cluster.W)
-        for w, _ in members:
+        cluster.apply_log.extend((w, step) for w, step, _, _ in members)
+        clock_before = 0
+        if gate is not None:
+            clock_before = gate.clock
+            cluster.clock_lag.extend(clock_before - pulled for _, _, _, pulled in members)
+            for w, _, _, _ in members:
+                gate.finish(w)  # the gate counts applied steps
+        cluster.applied(taus, sum(size for _, _, size, _ in members), cluster.W)
+        for w, _, _, _ in members:
             outstanding[w] -= 1
-            if outstanding[w] == 0 and blocked_since[w] is not None and w not in gate_waiting:
-                serve_pull(w)
+        for w, _, _, _ in members:
+            if blocked_since[w] is not None:
+                try_start(w)
+        if gated and gate.clock > clock_before:  # the slowest moved: the gate may let some go
+            waiting = sorted(gated)
+            gated.clear()
+            for v in waiting:
+                try_start(v)
 
     for w in range(n):
-        cluster.schedule(0.0, ready, w)
+        cluster.schedule(0.0, want, w)
     cluster.run_events()
     if batch:  # fewer than S left at the end: apply them rather than drop them
         taus = None
         for j in range(k):
             taus = shards[j].flush(W_parts[j])
         finish_batch(taus)
+        cluster.run_events()
 
 
 for _policy in ("sync", "async", "softsync", "bounded"):  # they differ only in S and the bound

@@ -20,7 +20,11 @@ class SimResult:
     config: SimConfig  # the run's configuration
     trace: list[TraceEvent]  # every worker interval, in the order they were scheduled
     server_busy: list[tuple[float, float]]  # (start, end) of each update the server applied
-    staleness: list[int]  # tau of every applied update, in the order applied
+    link_busy: list[list[tuple[float, float]]]  # per server shard: (start, end) its link was sending
+    staleness: list[int]  # tau of every applied update (server versions since its pull), in order applied
+    clock_lag: list[int]  # policy "bounded": the SSP clock lag of every applied update (else empty)
+    pull_log: list[tuple[int, int, int]]  # (worker, its step, updates applied by then) of every pull
+    apply_log: list[tuple[int, int]]  # (worker, its step) of every applied update, in order
     evals: list[EvalPoint]  # test metrics at epoch 0, evals_per_epoch times per epoch, and the end
     step_loss: list[float]  # training loss of every gradient computed, in order of computing
     virtual_s: float  # virtual seconds from the first pull to the last applied update
@@ -29,7 +33,8 @@ class SimResult:
     server_steps: int  # times the server changed the parameters (its version)
     bytes_sent: int  # bytes of all pulls and pushes
     idle_fraction: list[float]  # per worker: share of virtual time spent waiting (or done early)
-    server_utilization: float  # share of virtual time the server was busy
+    server_utilization: float  # share of virtual time the server was busy applying updates (its CPU)
+    link_utilization: list[float]  # per server shard: share of virtual time its link was sending
     params: torch.Tensor  # final parameters, flat (torch.nn.utils.vector_to_parameters loads them)
     data_source: str  # "subset" or "full" (or "custom" for data passed in)
     real_s: float  # host seconds the simulation took
@@ -99,6 +104,8 @@ class SimResult:
             "staleness": self.staleness_summary(),
             "idle_fraction": self.idle_fraction,
             "server_utilization": self.server_utilization,
+            "server_link_utilization": self.link_utilization,
+            "clock_lag": staleness_summary(self.clock_lag) if self.clock_lag else None,
             "epoch_loss": self.epoch_curve("loss"),
             "epoch_accuracy": self.epoch_curve("accuracy"),
             "evals": [p._asdict() for p in self.evals],
@@ -107,6 +114,7 @@ class SimResult:
         if trace:
             out["trace"] = [e._asdict() for e in self.trace]
             out["server_busy"] = [list(b) for b in self.server_busy]
+            out["link_busy"] = [[list(b) for b in link] for link in self.link_busy]
         return out
 
     def __repr__(self) -> str:
