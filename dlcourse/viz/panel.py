@@ -42,6 +42,7 @@ class Panel:
         self.image = W.Image(format="png")
         self.updates = 0  # completed redraws (the tests and the benchmark count them)
         self.last_error: str | None = None
+        self.diverged = None  # the Diverged of the last refresh's run, if it blew up (see SimPanel)
         self.last_seconds = 0.0  # time of the last refresh
         self._hold = False  # True while one change sets several widgets: recompute once
         self.widget = W.VBox(
@@ -78,13 +79,16 @@ class Panel:
         """Recompute for the current settings and redraw in place; errors go to the message line."""
         self.status.value = f"<i>computing: {html.escape(self.describe())} ...</i>"
         start = time.perf_counter()
+        self.diverged = None
         try:
             done = self.compute()
         except Exception as e:  # a student sees one line in the panel, never a traceback
-            self.show_error(e, status="not computed: change the settings")
+            self.show_error(self.diverged or e, status="not computed: change the settings")
             return
         self.last_error = None
         self.message.value = ""
+        if self.diverged is not None:  # the curves stop where the run blew up; the message says so
+            self.show_error(self.diverged, status="")
         self.image.value = self._png()  # draws the figure once, with every artist's new data
         if self.updates == 0:
             # keep the layout the first render computed: constrained layout costs more than
@@ -176,7 +180,15 @@ class SimPanel(Panel):
         return sim_config(self.base, **changes)
 
     def simulate(self, config):
-        """Run ``config`` on the panel's data."""
+        """Run ``config`` on the panel's data. A run that diverges returns what it recorded up to
+        there (its curves stop) and the panel shows the divergence as its message."""
+        from dlcourse.divergence import Diverged
         from dlcourse.sim import simulate
 
-        return simulate(config, self.data)
+        try:
+            return simulate(config, self.data)
+        except Diverged as e:
+            if e.partial is None:
+                raise
+            self.diverged = e
+            return e.partial
