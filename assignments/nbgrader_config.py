@@ -20,7 +20,7 @@ from nbgrader.preprocessors import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from regrade import IsolatedRegrade  # noqa: E402 - lives beside this file
+from regrade import IsolatedRegrade, StartRegrade  # noqa: E402 - lives beside this file
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 
@@ -39,9 +39,10 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE"}
 # A deleted test cell is put back from the gradebook and graded (else "needs manual grading").
 c.OverwriteCells.add_missing_cells = True
 
-# After the kernel has run the notebook, the test cells run again apart from the student's
-# code (regrade.py); a cell keeps its points only if it passes there too.
+# The test cells also run apart from the student's code (regrade.py), side by side with the
+# kernel; a cell keeps its points only if it passes in both.
 c.Autograde.autograde_preprocessors = [
+    StartRegrade,
     Execute,
     IsolatedRegrade,
     IgnorePattern,

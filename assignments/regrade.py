@@ -9,8 +9,10 @@ A test cell that passed in the kernel but not in the judge gets an error output,
 nbgrader's SaveAutoGrades gives it 0 points and the feedback says why. It can only take
 points away.
 
-The judge gets ``ExecutePreprocessor.timeout`` seconds per call into the student's code
-(the one timeout of ``nbgrader_config.py``) and a bound on the whole notebook.
+``StartRegrade`` (before nbgrader's Execute) starts the judge on the restored notebook, so
+that it runs while the kernel executes the notebook; ``IsolatedRegrade`` (after Execute)
+collects its verdicts. The judge gets ``ExecutePreprocessor.timeout`` seconds per call into
+the student's code (the one timeout of ``nbgrader_config.py``) and a bound on the notebook.
 """
 
 from __future__ import annotations
@@ -34,43 +36,81 @@ def _failed(cell) -> bool:
     )
 
 
-class IsolatedRegrade(NbGraderPreprocessor):
-    """Re-run the test cells against the student's functions in a sandbox; fail what fails there."""
+def _tests(nb):
+    return [
+        c
+        for c in nb.cells
+        if c.cell_type == "code"
+        and c.metadata.get("nbgrader", {}).get("grade")
+        and not c.metadata["nbgrader"].get("solution")
+    ]
 
-    def _timeout(self) -> float:
-        # the one execution timeout, ExecutePreprocessor.timeout (nbgrader's Execute reads it too)
-        value = self.config.get("ExecutePreprocessor", {}).get("timeout", 60)
-        return float(value or 60)
+
+def _timeout(config) -> float:
+    # the one execution timeout, ExecutePreprocessor.timeout (nbgrader's Execute reads it too)
+    value = config.get("ExecutePreprocessor", {}).get("timeout", 60)
+    return float(value or 60)
+
+
+class _Judge:
+    """The judge process of one notebook, started before the kernel runs it."""
+
+    def __init__(self, nb: NotebookNode, cwd: str, timeout: float):
+        self.tmp = tempfile.TemporaryDirectory(prefix="dlcourse-regrade-")
+        path = os.path.join(self.tmp.name, "notebook.ipynb")
+        self.out = os.path.join(self.tmp.name, "verdicts.json")
+        nbformat.write(nb, path)
+        self.limit = timeout * (len(_tests(nb)) + 2) + 60
+        self.proc = subprocess.Popen(
+            [sys.executable, GRADING, "judge", path, self.out, str(timeout)],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def verdicts(self) -> dict:
+        try:
+            self.proc.wait(self.limit)
+            with open(self.out) as f:
+                return json.load(f)
+        except (subprocess.TimeoutExpired, OSError, ValueError) as e:
+            self.proc.kill()
+            return {"__error__": {"ok": False, "message": f"the regrade did not finish: {e}"}}
+        finally:
+            self.tmp.cleanup()
+
+
+_running: dict[str, _Judge] = {}  # notebook path -> its judge, from StartRegrade to IsolatedRegrade
+
+
+def _key(resources: dict) -> str:
+    meta = resources.get("metadata", {})
+    return os.path.join(meta.get("path") or os.getcwd(), meta.get("name", ""))
+
+
+class StartRegrade(NbGraderPreprocessor):
+    """Start the judge on the restored notebook while the kernel executes it (they run side by side)."""
 
     def preprocess(self, nb: NotebookNode, resources: dict):
-        tests = [
-            c
-            for c in nb.cells
-            if c.cell_type == "code"
-            and c.metadata.get("nbgrader", {}).get("grade")
-            and not c.metadata["nbgrader"].get("solution")
-        ]
+        if _tests(nb):
+            cwd = resources.get("metadata", {}).get("path") or os.getcwd()
+            _running[_key(resources)] = _Judge(nb, cwd, _timeout(self.config))
+        return nb, resources
+
+
+class IsolatedRegrade(NbGraderPreprocessor):
+    """Fail in the notebook every test cell that failed in the judge (started by StartRegrade)."""
+
+    def preprocess(self, nb: NotebookNode, resources: dict):
+        tests = _tests(nb)
         if not tests:
             return nb, resources
-        timeout = self._timeout()
-        cwd = resources.get("metadata", {}).get("path") or os.getcwd()
-        with tempfile.TemporaryDirectory(prefix="dlcourse-regrade-") as tmp:
-            path, out = os.path.join(tmp, "notebook.ipynb"), os.path.join(tmp, "verdicts.json")
-            nbformat.write(nb, path)
-            try:
-                subprocess.run(
-                    [sys.executable, GRADING, "judge", path, out, str(timeout)],
-                    cwd=cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    timeout=timeout * (len(tests) + 2) + 60,
-                    check=False,
-                )
-                with open(out) as f:
-                    verdicts = json.load(f)
-            except (subprocess.TimeoutExpired, OSError, ValueError) as e:
-                verdicts = {"__error__": {"ok": False, "message": f"the regrade did not finish: {e}"}}
+        judge = _running.pop(_key(resources), None)
+        if judge is None:  # StartRegrade was not configured: judge now
+            cwd = resources.get("metadata", {}).get("path") or os.getcwd()
+            judge = _Judge(nb, cwd, _timeout(self.config))
+        verdicts = judge.verdicts()
         trouble = verdicts.get("__error__", {}).get("message", "")
         for cell in tests:
             grade_id = cell.metadata["nbgrader"]["grade_id"]

@@ -1,0 +1,142 @@
+"""The four nbgrader assignments, graded by the real nbgrader pipeline in a temporary course.
+
+For every assignment, one ``nbgrader autograde`` call grades: the reference solution (full
+marks), the release as given (0, no crash), every negative control (loses exactly the
+points its row in ``assignments/negative_controls`` names) and every gaming submission of
+``assignments/gaming`` (no more than the release). The release has no solution and no
+hidden test, ``nbgrader validate --invert`` says every test fails on it, the feedback names
+failed tests without the hidden tests' source, and the committed sources and release equal
+what ``build_sources.py`` and ``generate_assignment`` produce today.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "assignments"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import build_sources  # noqa: E402
+from gaming import GAMES, LIBRARY_CALLS, library_calls  # noqa: E402
+from grading_helpers import NAMES, Course, patched  # noqa: E402
+from negative_controls import CONTROLS  # noqa: E402
+
+
+def _strip(nb: nbformat.NotebookNode) -> str:
+    nb = nbformat.from_dict(nb)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    return nbformat.writes(nb)
+
+
+def test_sources_equal_the_builder(tmp_path):
+    build_sources.build(tmp_path)
+    for name in NAMES:
+        want = (tmp_path / name / f"{name}.ipynb").read_text()
+        got = (ROOT / "assignments" / "source" / name / f"{name}.ipynb").read_text()
+        assert got == want, f"{name}: run python assignments/build_sources.py"
+        assert (ROOT / "assignments" / "source" / name / "grading.py").read_text() == (
+            ROOT / "assignments" / "grading.py"
+        ).read_text()
+
+
+def test_every_task_names_itself_in_its_stub():
+    for name, cells in build_sources.ASSIGNMENTS.items():
+        for c in cells:
+            if c.metadata.get("nbgrader", {}).get("solution"):
+                assert 'raise NotImplementedError("A' in c.source.split("### END SOLUTION")[-1], (name, c.id)
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    course = Course(tmp_path_factory.mktemp("course"))
+    for name in NAMES:
+        course.generate(name)
+    return course
+
+
+@pytest.mark.slow
+def test_release_is_committed_as_generated(released):
+    for name in NAMES:
+        committed = ROOT / "assignments" / "release" / name
+        generated = released.path / "release" / name
+        assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in generated.iterdir())
+        for p in generated.iterdir():
+            assert (committed / p.name).read_text() == p.read_text(), f"regenerate {committed / p.name}"
+
+
+@pytest.mark.slow
+def test_release_has_no_solution_and_no_hidden_test(released):
+    for name in NAMES:
+        text = (released.path / "release" / name / f"{name}.ipynb").read_text()
+        for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "hidden_test(", "_hidden"):
+            assert marker not in text, (name, marker)
+        assert text.count('raise NotImplementedError(\\"A') >= 4
+
+
+@pytest.mark.slow
+def test_validate_invert_says_every_test_fails_on_the_release(released):
+    for name in NAMES:
+        proc = released.nbgrader(
+            "validate", "--invert", str(released.path / "release" / name / f"{name}.ipynb"), check=False
+        )
+        out = proc.stdout + proc.stderr
+        assert "NOTEBOOK PASSED ON" in out or "passed" in out.lower(), out[-2000:]
+        assert "failed" not in out.lower().replace("passed", ""), out[-2000:]
+
+
+def _grade(tmp_path, name: str, extra_students: dict, timeout: int | None = None):
+    course = Course(tmp_path / "course", timeout=timeout)
+    course.generate(name)
+    source, release = course.source_notebook(name), course.release_notebook(name)
+    course.submit("reference", name, source)
+    course.submit("release", name, release)
+    for student, make in extra_students.items():
+        course.submit(student, name, make(release, source))
+    course.autograde(name)
+    return course, course.scores(name), course.max_scores(name)
+
+
+def _controls(name):
+    return {
+        f"control{i}": (lambda rel, src, row=row: patched(src, row[1], row[2], row[3]))
+        for i, row in enumerate(CONTROLS[name])
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_release_and_negative_controls(tmp_path, name):
+    course, scores, max_scores = _grade(tmp_path, name, _controls(name))
+    assert scores["reference"] == max_scores, "the reference solution earns full marks"
+    assert set(scores["release"].values()) == {0.0}, "the release as given earns 0"
+    for i, (label, _, _, _, loses) in enumerate(CONTROLS[name]):
+        lost = {k for k, v in scores[f"control{i}"].items() if v < max_scores[k]}
+        assert lost == set(loses), f"negative control {label!r} lost {sorted(lost)}, expected {loses}"
+        assert all(scores[f"control{i}"][k] in (0.0, max_scores[k]) for k in max_scores)
+    # feedback: failed tests are named, hidden tests' source is not shown
+    course.nbgrader("generate_feedback", name, "--force")
+    html = (course.path / "feedback" / "control0" / name / f"{name}.html").read_text()
+    assert "hidden test failed" in html or "IsolatedRegradeError" in html
+    assert "_hidden" not in html and "BEGIN HIDDEN TESTS" not in html
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_gaming_earns_no_more_than_the_release(tmp_path, name):
+    games = dict(GAMES)
+    games["library_calls"] = lambda rel, src: library_calls(name, src)
+    course, scores, max_scores = _grade(tmp_path, name, games, timeout=30)
+    release_total = sum(scores["release"].values())
+    for student in GAMES:
+        got = scores[student]
+        assert sum(got.values()) <= release_total, f"{student} earned {got}"
+    # a function that just calls the library's reference earns nothing for its task
+    for cell_id in LIBRARY_CALLS[name]:
+        assert scores["library_calls"][f"test_{cell_id}"] == 0.0, (cell_id, scores["library_calls"])
