@@ -102,7 +102,9 @@ def write_lab_settings(settings: Path) -> None:
 class LabServer:
     """``jupyter lab`` on a free loopback port, token on; ``stop()`` ends its process group."""
 
-    def __init__(self, root: Path, env: dict[str, str], work: Path, *, pin: bool = True) -> None:
+    def __init__(
+        self, root: Path, env: dict[str, str], work: Path, *, pin: bool = True, bin_dir: Path = BIN
+    ) -> None:
         self.root, self.port, self.token = root, free_port(), secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
         settings, workspaces = work / "lab-settings", work / "lab-workspaces"
@@ -112,7 +114,7 @@ class LabServer:
         self.pinned = one_cpu() if pin else []
         cmd = [
             *self.pinned,
-            str(BIN / "jupyter"),
+            str(bin_dir / "jupyter"),
             "lab",
             "--no-browser",
             "--ip=127.0.0.1",
