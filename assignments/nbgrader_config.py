@@ -12,7 +12,6 @@ from nbgrader.preprocessors import (
     AssignLatePenalties,
     CheckCellMetadata,
     ClearHiddenTests,
-    Execute,
     GetGrades,
     IgnorePattern,
     LimitOutput,
@@ -20,7 +19,7 @@ from nbgrader.preprocessors import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from regrade import IsolatedRegrade, StartRegrade  # noqa: E402 - lives beside this file
+from regrade import IsolatedRegrade, SafeExecute, StartRegrade  # noqa: E402 - lives beside this file
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 
@@ -43,7 +42,7 @@ c.OverwriteCells.add_missing_cells = True
 # kernel; a cell keeps its points only if it passes in both.
 c.Autograde.autograde_preprocessors = [
     StartRegrade,
-    Execute,
+    SafeExecute,  # nbgrader's Execute; a kernel killed by the student's code fails its cells only
     IsolatedRegrade,
     IgnorePattern,
     ClearMetadataPreprocessor,

@@ -24,8 +24,9 @@ import sys
 import tempfile
 
 import nbformat
+from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode
-from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 GRADING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grading.py")
 
@@ -34,6 +35,36 @@ def _failed(cell) -> bool:
     return any(
         o.output_type == "error" or (o.output_type == "stream" and o.name == "stderr") for o in cell.outputs
     )
+
+
+class SafeExecute(Execute):
+    """nbgrader's Execute, except that a kernel that dies fails the cells it did not finish.
+
+    A student's ``os._exit`` (or a crash) kills the kernel; plain Execute then raises and
+    nbgrader gives up on the whole notebook ("error processing assignment"). Here the
+    cells that had finished keep their outputs, every other code cell gets an error, and
+    grading goes on.
+    """
+
+    def preprocess(self, nb: NotebookNode, resources=None, km=None):
+        self.record_timing = True  # a cell that finished has the time of the kernel's reply
+        for cell in nb.cells:
+            cell.get("metadata", {}).pop("execution", None)  # never trust a submission's own timings
+        try:
+            return super().preprocess(nb, resources, km)
+        except DeadKernelError as e:
+            for cell in nb.cells:
+                finished = "shell.execute_reply" in cell.get("metadata", {}).get("execution", {})
+                if cell.cell_type == "code" and not finished:
+                    cell.outputs.append(
+                        NotebookNode(
+                            output_type="error",
+                            ename="DeadKernelError",
+                            evalue=f"the kernel died before this cell finished: {e}",
+                            traceback=[],
+                        )
+                    )
+            return nb, resources
 
 
 def _tests(nb):

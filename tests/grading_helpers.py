@@ -66,8 +66,8 @@ class Course:
         shutil.copy(self.path / "release" / name / "grading.py", folder / "grading.py")
         nbformat.write(nb, folder / f"{name}.ipynb")
 
-    def autograde(self, name: str) -> subprocess.CompletedProcess:
-        return self.nbgrader("autograde", name, "--force")
+    def autograde(self, name: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.nbgrader("autograde", name, "--force", check=check)
 
     def scores(self, name: str) -> dict[str, dict[str, float]]:
         from nbgrader.api import Gradebook
