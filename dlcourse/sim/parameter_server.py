@@ -51,7 +51,8 @@ def run_parameter_server(cluster: Cluster) -> None:
     outstanding = [0] * n  # this worker's updates pushed but not yet applied
     blocked_since: list[float | None] = [None] * n  # since when w wants its next pull
     gated: list[int] = []  # workers held back by the SSP gate (their own updates are applied)
-    batch: list[tuple[int, int, int, int]] = []  # (worker, step, examples, pulled clock) in the batch
+    # (worker, step, examples, pulled clock, gradient, pulled version) of the updates in the batch
+    batch: list[tuple[int, int, int, int, torch.Tensor, int]] = []
 
     def want(w: int) -> None:  # w is ready for its next step (its push arrived, or the start)
         blocked_since[w] = cluster.now
@@ -104,16 +105,23 @@ def run_parameter_server(cluster: Cluster) -> None:
         want(w)
 
     def apply(w: int, step: int, grad: torch.Tensor, size: int, pulled: int, clock: int) -> None:
-        taus = None
-        for j in range(k):
-            taus = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled)
-        batch.append((w, step, size, clock))
-        if taus is not None:
-            finish_batch(taus)
+        batch.append((w, step, size, clock, grad, pulled))
+        if len(batch) == S:
+            finish_batch()
 
-    def finish_batch(taus: list[int]) -> None:
-        members = list(batch)
+    def finish_batch() -> None:
+        # the rule sums in worker order, not arrival order (as the real server does): the
+        # numbers of a synchronous run do not depend on its timing
+        members = sorted(batch, key=lambda m: m[0])
         batch.clear()
+        taus = None
+        for _, _, _, _, grad, pulled in members:
+            for j in range(k):
+                taus = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled)
+        if taus is None:  # fewer than S left at the end: apply them rather than drop them
+            for j in range(k):
+                taus = shards[j].flush(W_parts[j])
+        members = [m[:4] for m in members]
         cluster.apply_log.extend((w, step) for w, step, _, _ in members)
         clock_before = 0
         if gate is not None:
@@ -136,11 +144,8 @@ def run_parameter_server(cluster: Cluster) -> None:
     for w in range(n):
         cluster.schedule(0.0, want, w)
     cluster.run_events()
-    if batch:  # fewer than S left at the end: apply them rather than drop them
-        taus = None
-        for j in range(k):
-            taus = shards[j].flush(W_parts[j])
-        finish_batch(taus)
+    if batch:  # fewer than S left at the end
+        finish_batch()
         cluster.run_events()
 
 
