@@ -163,17 +163,37 @@ def test_sync_equals_parameter_averaging_and_shards_equal_one_server(mnist, no_o
 
 
 @pytest.mark.multiprocess
+def test_real_sync_gives_the_simulators_parameters(mnist, no_orphans):
+    """Real == simulated: S = N = 2, the same configuration, seed and batch order give the same
+    parameters, so the same test loss within 1e-5. Batch size 100 is passed to both (it is
+    also both libraries' and the CLI's default)."""
+    from dlcourse.data import MnistSplit
+    from dlcourse.sim import SimConfig, simulate
+
+    common = dict(model="mlp", epochs=1, lr=0.1, batch_size=100, seed=0)
+    real = run_parameter_server(
+        PSConfig(**common, num_workers=2, softsync=2, train_examples=600, test_examples=200, snapshots=0)
+    )
+    data = MnistSplit(mnist.train[:600], mnist.test[:200], "subset")
+    sim = simulate(SimConfig(**common, num_workers=2, policy="sync", evals_per_epoch=1), data)
+    assert sim.updates == real.updates == 2 * 3 and real.versions == sim.server_steps == 3
+    assert abs(real.test["loss"] - sim.test.loss) < 1e-5
+    flat = torch.cat([p.reshape(-1) for p in real.parameters])
+    torch.testing.assert_close(flat, sim.params, rtol=0, atol=1e-6)
+
+
+@pytest.mark.multiprocess
 def test_every_update_staleness_is_recorded_and_bounded(no_orphans):
     # worker 0 is slow: without a bound its gradients would be several updates stale
     config = PSConfig(**SMALL, num_workers=3, staleness_bound=1, steps=20, slow_worker=0, slow_delay=0.03)
     bounded = run_parameter_server(config)
     assert bounded.updates_per_worker == [20, 20, 20] and len(bounded.update_times) == 60
-    for taus in bounded.shard_staleness:
-        assert len(taus) == 60 and max(taus) <= 1
+    for taus in bounded.shard_staleness:  # staleness in versions, as for every rule
+        assert len(taus) == 60 and max(taus) <= (2 * 1 + 1) * (3 - 1)
+    assert len(bounded.clock_lag) == 60 and max(bounded.clock_lag) <= 1  # the gate's own figure
     free = run_parameter_server(PSConfig(**SMALL, num_workers=3, steps=20, slow_worker=0, slow_delay=0.03))
-    assert len(free.staleness) == 60
-    assert max(free.staleness) > 1  # the bound is what kept it at 1 above
-    assert free.staleness_summary()["histogram"] and free.bytes_sent > 0
+    assert len(free.staleness) == 60 and free.bytes_sent > 0
+    assert max(free.staleness) > 1  # the slow worker's gradients: others pushed meanwhile
 
 
 @pytest.mark.multiprocess
@@ -214,7 +234,7 @@ def test_bounded_staleness_survives_a_killed_worker(no_orphans):
     assert time.monotonic() - start < 90
     assert result.lost_workers == {1: 5}
     assert result.updates_per_worker == [20, 5, 20]
-    assert result.staleness_summary()["max"] <= 1
+    assert max(result.clock_lag) <= 1
 
 
 @pytest.mark.multiprocess
@@ -263,11 +283,12 @@ def test_cli_writes_the_metrics(tmp_path, no_orphans):
     argv += ["--softsync", "2", "--lr-policy", "staleness", "--no-progress", "--json", str(path)]
     assert main(argv) == 0
     metrics = json.loads(path.read_text())
-    # 1,333 examples per worker in batches of 100: 14 steps each, 42 pushes, in groups of S = 2
-    # (at the end a group that can no longer fill is applied as it is: a version or two more)
+    # 1,333 examples per worker in batches of 100: 14 steps each, 42 pushes, in groups of S = 2;
+    # a group that can no longer fill is applied as it is, so a version applies 1 or 2 pushes
+    # (how many groups end short depends on timing: no tighter range is promised)
     seen = {k: metrics[k] for k in ("updates", "versions", "servers", "staleness", "test_accuracy", "wall_s")}
-    assert metrics["updates"] == 42 and 21 <= metrics["versions"] <= 24 and metrics["servers"] == 2, seen
-    assert sum(metrics["staleness"]["histogram"].values()) == 42 and metrics["staleness"]["max"] >= 0, seen
+    assert metrics["updates"] == 42 and 21 <= metrics["versions"] <= 42 and metrics["servers"] == 2, seen
+    assert sum(metrics["staleness"]["histogram"].values()) == 42, seen
     assert metrics["test_accuracy"] > 0.6 and metrics["bytes_sent"] > 0, seen
 
 
