@@ -19,7 +19,7 @@ from nbgrader.preprocessors import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from regrade import IsolatedRegrade, SafeExecute, StartRegrade  # noqa: E402 - lives beside this file
+from regrade import IsolatedRegrade, SafeExecute, ScrubTracebacks, StartRegrade  # noqa: E402 - beside this file
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 
@@ -44,6 +44,7 @@ c.Autograde.autograde_preprocessors = [
     StartRegrade,
     SafeExecute,  # nbgrader's Execute; a kernel killed by the student's code fails its cells only
     IsolatedRegrade,
+    ScrubTracebacks,  # a traceback could show the hidden tests' lines: feedback gets one line
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,

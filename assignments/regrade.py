@@ -159,3 +159,19 @@ class IsolatedRegrade(NbGraderPreprocessor):
                 )
             )
         return nb, resources
+
+
+class ScrubTracebacks(NbGraderPreprocessor):
+    """Tracebacks in test cells become one line, ``ename: evalue``.
+
+    IPython's traceback shows the lines around the failing one, which in a test cell can be
+    the hidden tests (restored at autograde); the feedback must not show them. The error
+    stays an error, so the grade does not change.
+    """
+
+    def preprocess(self, nb: NotebookNode, resources: dict):
+        for cell in _tests(nb):
+            for output in cell.outputs:
+                if output.output_type == "error":
+                    output.traceback = [f"{output.ename}: {output.evalue}"]
+        return nb, resources

@@ -126,9 +126,14 @@ def test_reference_release_and_negative_controls(tmp_path, name):
         assert all(scores[f"control{i}"][k] in (0.0, max_scores[k]) for k in max_scores)
     # feedback: failed tests are named, hidden tests' source is not shown
     course.nbgrader("generate_feedback", name, "--force")
-    html = (course.path / "feedback" / "control0" / name / f"{name}.html").read_text()
-    assert "hidden test failed" in html or "IsolatedRegradeError" in html
-    assert "_hidden" not in html and "BEGIN HIDDEN TESTS" not in html
+    for i, (label, _, _, _, loses) in enumerate(CONTROLS[name]):
+        html = (course.path / "feedback" / f"control{i}" / name / f"{name}.html").read_text()
+        for grade_id in loses:  # "test_a2_3" -> the cell's docstring starts "A2.3:"
+            task = grade_id.removeprefix("test_").upper().replace("_", ".", 1).replace("_", ".")
+            assert f"{task}:" in html, (label, task)
+        assert "Error" in html or "hidden test failed" in html, label
+        for hidden in ("_hidden", "BEGIN HIDDEN TESTS", "_reference_round", "rng_for("):
+            assert hidden not in html, (label, hidden)
 
 
 # Every game on A2 (no process launches in its visible tests: the cheapest to grade); on the
