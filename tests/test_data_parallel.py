@@ -81,8 +81,10 @@ def test_last_executor_every_step_waits_for_the_slowest_worker(runs, name):
     assert slow["delay_s"] == DELAY and fast["delay_s"] == 0.0
     assert fast["step_s"] >= 0.8 * DELAY and slow["step_s"] >= DELAY
     if name == "sync-slow":  # with the all-reduce written out, the wait shows where it is spent
-        assert fast["sync_s"] >= 0.6 * DELAY  # the fast worker waits in the all-reduce ...
-        assert slow["compute_s"] >= DELAY  # ... while the slow one computes (and sleeps)
+        assert slow["compute_s"] >= DELAY  # the slow one computes (and sleeps) ...
+        # ... while the fast worker waits in the all-reduce for most of the difference (relative:
+        # a loaded machine slows both computes, and the wait is what is left of the difference)
+        assert fast["sync_s"] >= 0.6 * (slow["compute_s"] - fast["compute_s"])
         assert slow["sync_s"] < fast["sync_s"]
     else:  # DDP hides the all-reduce inside backward: only whole steps are measured
         assert fast["sync_s"] is None and fast["compute_s"] is None
