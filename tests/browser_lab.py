@@ -343,6 +343,17 @@ def whole_notebook_screenshot(page, path: Path) -> None:
     page.set_viewport_size(size)
 
 
+def _whole_element_shot(page, element, path: str) -> None:
+    """A screenshot of ``element`` whole: the page grows to its height for a moment."""
+    size = page.viewport_size
+    box = element.bounding_box() or {"height": 0}
+    page.set_viewport_size(
+        {"width": size["width"], "height": int(min(max(size["height"], box["height"] + 300), 8000))}
+    )
+    element.screenshot(path=path)
+    page.set_viewport_size(size)
+
+
 def _status_text(status) -> str:
     """The panel's status without its timing suffix ("(0.42 s)"), once it is not computing."""
     deadline = time.monotonic() + 120
@@ -369,7 +380,7 @@ def move_n_sliders(page, prefix: Path) -> list[str]:
         status, figure = panel.locator(".dlcourse-status").first, panel.locator(".dlcourse-figure").first
         before_status, before_src = _status_text(status), figure.get_attribute("src")
         before = handle.get_attribute("aria-valuenow")
-        panel.screenshot(path=f"{prefix}-panel{i}-before.png")
+        _whole_element_shot(page, panel, f"{prefix}-panel{i}-before.png")
         key = "ArrowLeft" if before == handle.get_attribute("aria-valuemax") else "ArrowRight"
         handle.focus()
         start = time.monotonic()
@@ -379,7 +390,7 @@ def move_n_sliders(page, prefix: Path) -> list[str]:
                 break
             time.sleep(0.1)
         took = time.monotonic() - start
-        panel.screenshot(path=f"{prefix}-panel{i}-after.png")
+        _whole_element_shot(page, panel, f"{prefix}-panel{i}-after.png")
         after = handle.get_attribute("aria-valuenow")
         assert after != before, f"panel {i}: {key} on the focused N handle left N at {before}"
         assert _status_text(status) != before_status, f"panel {i}: the status stayed {before_status!r}"
