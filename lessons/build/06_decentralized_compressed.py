@@ -75,6 +75,10 @@ With a parameter server, a worker pushes its update to one place and pulls the m
 
 Either way nobody waits: after a step a worker sends its message, adds whatever messages from peers have arrived so far, and starts the next step. A worker applies to its own replica exactly the compressed update it sends, not its uncompressed one, so once every message has arrived everywhere all replicas hold the same sum and agree.
 
+### Run it for real
+
+`train_decentralized` starts $N$ real processes (gloo, one thread each); a background thread in each receives peer messages from whichever peer sends first.
+
 **Predict.** With $N = 4$ workers training for one epoch, which topology puts more bytes on the wire in total: all-to-all, where each worker sends $N-1$ copies, or the ring, where each sends one? And which one delivers a peer's update *later*?
 """)
 
@@ -184,7 +188,7 @@ Below, one worker trains the MLP for half an epoch (40 steps). Its updates $\\De
 """)
 
 code("""
-from dlcourse.compression import Compressor, best_coder, coded_bits, gap_entropy_bits, gaps_of
+from dlcourse.compression import Compressor, best_coder, coded_bits, encode, gap_entropy_bits, gaps_of
 
 model = make_model("mlp", seed=0)
 flat = flat_parameters(model)  # one vector the model's parameters are views of
@@ -231,6 +235,9 @@ for name, bits in bits_per_parameter.items():
     print(f"{name:>32} {bits[last]:>15.3f} {bits[last] / density[last]:>16.2f}")
 epoch_gaps = np.concatenate(all_gaps)
 epoch_entropy, epoch_coded = gap_entropy_bits(epoch_gaps), all_coded_bits / len(epoch_gaps)
+# the last message is exactly these positions and signs, coded: rebuild it from them
+rebuilt = encode(positions, numel, tau=TAU, negative=(full.last_sent[positions] < 0).numpy())
+print(f"last message: {nbytes[last]:,} bytes; encode(positions, signs) gives {len(rebuilt):,} bytes")
 print(f"all {len(steps)} messages: {len(epoch_gaps):,} gaps, entropy {epoch_entropy:.2f} bits per gap, coded {epoch_coded:.2f}")
 """)
 
@@ -257,6 +264,7 @@ assert epoch_entropy <= epoch_coded + 0.5 and epoch_coded <= epoch_entropy + 1.0
 busy = sent >= 100  # all but the first few steps
 assert busy.sum() >= 0.9 * len(steps), busy.sum()
 assert np.all(bits_per_parameter["the whole message (header, crc)"][busy] < 1.0)
+assert rebuilt == message  # the Compressor's message is nothing but the coded positions and signs
 """)
 
 md("""
@@ -266,9 +274,23 @@ Sending only $\\pm\\tau$ throws information away at every step: the entries belo
 
 $$\\mathbf r_n \\leftarrow \\mathbf r_n + \\Delta W_{i,n},\\qquad \\delta_{i,n} = \\tau\\,\\mathrm{sign}(\\mathbf r_n)\\,[|\\mathbf r_n| \\ge \\tau],\\qquad \\mathbf r_n \\leftarrow \\mathbf r_n - \\delta_{i,n}.$$
 
-An entry whose update is always a third of $\\tau$ is sent once every three steps; an entry whose update is $2.5\\,\\tau$ is sent every step and its residual keeps growing. In either case nothing disappears, so at any moment *everything sent so far plus the residual equals the sum of all updates*. Without the residual (`onebit`), the small entries are never sent at all.
+An entry whose update is always a quarter of $\\tau$ is sent once every four steps; an entry whose update is $2.5\\,\\tau$ is sent at every step, one $\\tau$ at a time, and its residual keeps growing. In either case nothing disappears, so at any moment *everything sent so far plus the residual equals the sum of all updates*. Without the residual (`onebit`), the small entries are never sent at all.
+
+Here is the rule on four numbers, with $\\tau = 1$ to keep the arithmetic exact: `quantize` is the threshold, `residual_step` the three lines above.
 
 **Predict.** The `onebit` compressor saw the same updates. What share of their sum (by norm) did it fail to deliver: a few percent, or most of it?
+""")
+
+code("""
+from dlcourse.compression import quantize, residual_step
+
+print("quantize([0.4, -1.2, 2.5], tau=1) =", quantize(torch.tensor([0.4, -1.2, 2.5]), 1.0).tolist())
+toy_update = torch.tensor([0.25, -0.75, 2.5, 0.0])  # the same update at every step, in units of tau
+toy_residual, toy_sent = torch.zeros(4), torch.zeros(4)
+for step in range(1, 5):
+    delta = residual_step(toy_residual, toy_update, 1.0)  # r += update; delta = quantize(r); r -= delta
+    toy_sent += delta
+    print(f"step {step}: sent {delta.tolist()}, residual now {toy_residual.tolist()}")
 """)
 
 code("""
@@ -299,6 +321,7 @@ assert torch.allclose(sent_sum + full.residual, update_sum, atol=1e-5), (sent_su
 assert full.residual.abs().max() > TAU  # not all of it was sent: some is delayed
 assert gap_onebit > 0.5 and gap_full < 0.5 * gap_onebit, (gap_full, gap_onebit)
 assert onebit.residual.numel() == 0  # the onebit variant keeps nothing
+assert torch.equal(toy_sent + toy_residual, 4 * toy_update)  # exactly, in the toy
 """)
 
 md("""
@@ -460,7 +483,7 @@ print(f"residual: {timer.residual.numel():,} floats = {timer.residual.nbytes:,} 
 """)
 
 md("""
-For this small MLP, compressing and decoding take time of the same order as the training step itself: the network has little computation per parameter, so the overhead shows. For a network with more computation per parameter (the lecture's CNN shares its convolution weights across the whole image) the step grows much faster than the compression, and the overhead shrinks in proportion. Compression pays when the network is the bottleneck; on a fast link with a small model it can cost more time than it saves.
+For this small MLP, compressing takes a sizeable fraction of a training step (on an idle machine with one thread per process, about as long as the step itself): the network does little computation per parameter, so the overhead shows. Most of it is on the sender's side, which scans the residual and fits the gap code; the receiver only unpacks the bits and adds a few thousand numbers. For a network with more computation per parameter (the lecture's CNN shares its convolution weights across the whole image) the step grows much faster than the compression, and the overhead shrinks in proportion. Compression pays when the network is the bottleneck; on a fast link with a small model it can cost more time than it saves.
 """)
 
 code("""
