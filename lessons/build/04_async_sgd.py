@@ -140,7 +140,9 @@ plt.show()
 workers keep pushing while the straggler is still asleep. The synchronous line climbs in equal
 stairs, one stair per straggler step, because every step waits for the slowest worker: the
 **last executor** of lesson 03. On the right, the fast workers of the synchronous run spend most
-of their time waiting; in the asynchronous run they wait only for their own messages.
+of their time waiting; in the asynchronous run they wait only for the server to answer their own
+messages (on a small shared machine that is still a good part of their time, because a step of
+the MLP takes only milliseconds).
 
 Why only the *first half*? Each real worker does exactly 12 steps on its own shard. In the
 asynchronous run the fast workers finish theirs early, and then the straggler works alone to the
@@ -204,7 +206,7 @@ plt.show()
 """
     ),
     md(
-        """Each row is a worker (the top row is the server, dark where it applies an update). In the
+        """Each row is a worker (the top row is the server, marked where it applies an update). In the
 synchronous timeline, workers 1 and 2 compute briefly and then sit in long *wait* bars until the
 straggler (worker 0) pushes: the step ends when the last executor arrives. In the asynchronous
 timeline there is almost no waiting: workers 1 and 2 compute back to back, and the whole epoch
@@ -431,6 +433,9 @@ far in a wrong direction. Lesson 05 makes the step depend on each update's own t
   and "Problem of Async SGD – Stale Gradient Problem"."""
     ),
 ]
+
+for number, cell in enumerate(cells):
+    cell.id = f"cell-{number:02d}"  # stable ids: a rebuild changes only what was edited
 
 nb = new_notebook(
     cells=cells,

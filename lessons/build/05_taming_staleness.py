@@ -568,6 +568,9 @@ still sends N pushes and N pulls through the server's links.
     ),
 ]
 
+for number, cell in enumerate(cells):
+    cell.id = f"cell-{number:02d}"  # stable ids: a rebuild changes only what was edited
+
 nb = new_notebook(
     cells=cells,
     metadata={
