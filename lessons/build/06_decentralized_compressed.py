@@ -160,7 +160,7 @@ fig.tight_layout()
 """)
 
 md("""
-The ring's line climbs steeply with $N$: an update crosses up to $N-1$ links in turn before the last replica gets it, and meanwhile that replica keeps computing on a model without it. All-to-all stays near one update at every $N$ here: each message takes a single hop, and the compressed messages are so small that even fifteen copies leave the sender's link quickly. (With dense messages on this 10 MB/s link the picture changes completely; try it in exercise 3's spirit with `tau=None`.)
+The ring's line climbs steeply with $N$: an update crosses up to $N-1$ links in turn before the last replica gets it, and meanwhile that replica keeps computing on a model without it. All-to-all stays near one update at every $N$ here: each message takes a single hop, and the compressed messages are so small that even fifteen copies leave the sender's link quickly. (Uncompressed messages are 200 times larger: try `simulated(16, "all", None)` and compare its staleness.)
 """)
 
 code("""
@@ -358,7 +358,7 @@ fig.tight_layout()
 """)
 
 md("""
-The right panel is monotone: the higher the bar, the fewer entries cross it and the fewer bytes travel. The left panel is a hill. At the small end the cap of one $\\tau$ per step slows training down (and the traffic is far from the savings we want); at the large end too little gets through in one epoch. The top of the hill here is close to the dense run's accuracy at a few hundred times less traffic. Where the top lies depends on the size of the updates, that is on $\\lambda$ and the gradients: a rule of thumb is a $\\tau$ of the order of a typical large entry of $\\lambda \\nabla L$.
+The right panel is monotone: the higher the bar, the fewer entries cross it and the fewer bytes travel. The left panel is a hill. At the small end the cap of one $\\tau$ per step slows training down (and the traffic is far from the savings we want); at the large end too little gets through in one epoch. Near the top of the hill the compressed runs match the dense run's accuracy with 70 to 200 times less traffic. Where the top lies depends on the size of the updates, that is on $\\lambda$ and the gradients: a rule of thumb is a $\\tau$ of the order of a typical large entry of $\\lambda \\nabla L$.
 """)
 
 code("""
