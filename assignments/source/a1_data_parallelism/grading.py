@@ -553,24 +553,32 @@ class _Proxy:
 
 
 def _defined_names(source: str) -> set[str]:
-    """Top-level names a cell defines (functions, classes, assignments, imports)."""
+    """Names a cell defines at module level (functions, classes, assignments, imports).
+
+    Definitions inside ``if`` / ``try`` / ``with`` / loops at the top count too; those inside
+    functions and classes do not.
+    """
     try:
         tree = ast.parse(_cell_code(source))
     except SyntaxError:
         return set()
     names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for t in targets:
-                for n in ast.walk(t):
-                    if isinstance(n, ast.Name):
-                        names.add(n.id)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                names.add((alias.asname or alias.name).split(".")[0])
+    blocks = [tree.body]
+    while blocks:
+        for node in blocks.pop():
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try)):
+                if isinstance(node, ast.For):
+                    names.update(n.id for n in ast.walk(node.target) if isinstance(n, ast.Name))
+                for field in ("body", "orelse", "finalbody"):
+                    blocks.append(getattr(node, field, []))
+                blocks.extend(h.body for h in getattr(node, "handlers", []))
     return names
 
 
