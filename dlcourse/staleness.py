@@ -124,6 +124,9 @@ def apply_updates(
                 raise ValueError(
                     f"update for parameter {i} has shape {tuple(grads[i].shape)}, expected {tuple(w.shape)}"
                 )
+        if len(updates) == 1:  # one update (async): no sum to build first
+            w.sub_(updates[0][i].to(w.dtype), alpha=lrs[0] * scale)
+            continue
         # sum_n lambda_n dW_n first, then one subtraction: W changes once per server step
         step = updates[0][i].to(w.dtype) * lrs[0]
         for grads, lam in zip(updates[1:], lrs[1:]):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from dlcourse.collectives import flat_parameters
 from dlcourse.data import Dataset, batch_stream, shard
-from dlcourse.divergence import check_finite
+from dlcourse.divergence import LOSS_LIMIT, check_finite
 from dlcourse.models import flops_per_example, make_model
 from dlcourse.sim.config import SimConfig
 from dlcourse.train import evaluate
@@ -125,6 +125,7 @@ class Cluster:
         # one timing RNG per worker: a worker's times do not depend on event order
         self._rngs = [np.random.default_rng([config.seed, w]) for w in range(n)]
         self._speeds = config.worker_speeds or (1.0,) * n
+        self._draws: list[list[float]] = [[] for _ in range(n)]  # drawn, not yet used compute-time factors
         self._sigma = config.compute_spread
         # the virtual clock
         self.now = 0.0
@@ -171,17 +172,25 @@ class Cluster:
         ``flops_per_example x examples / device_flops`` (or ``compute_mean``) / speed,
         then a lognormal spread and stragglers.
         """
-        rng = self._rngs[worker]
         if self._seconds_per_example is None:
             t = self.config.compute_mean / self._speeds[worker]
         else:
             examples = self.config.batch_size if examples is None else examples
             t = self._seconds_per_example * examples / self._speeds[worker]
+        draws = self._draws[worker]
+        if not draws:  # a block of this worker's factors at a time: one numpy call, not two per step
+            draws.extend(self._factors(worker))
+        return t * draws.pop()
+
+    def _factors(self, worker: int, count: int = 64) -> list[float]:
+        """The next ``count`` random factors of worker's compute time (in reverse: popped from the end)."""
+        rng = self._rngs[worker]
+        factors = np.ones(count)
         if self._sigma > 0:  # a mean-one lognormal: always positive, spread ~ sigma
-            t *= math.exp(self._sigma * rng.standard_normal() - 0.5 * self._sigma**2)
-        if self.config.straggler_prob > 0 and rng.random() < self.config.straggler_prob:
-            t *= self.config.straggler_slowdown
-        return t
+            factors *= np.exp(self._sigma * rng.standard_normal(count) - 0.5 * self._sigma**2)
+        if self.config.straggler_prob > 0:
+            factors[rng.random(count) < self.config.straggler_prob] *= self.config.straggler_slowdown
+        return factors[::-1].tolist()
 
     def message_time(self, nbytes: int | None = None) -> float:
         """``latency + bytes / bandwidth`` for one message (default: all parameters)."""
@@ -227,17 +236,24 @@ class Cluster:
         with torch.no_grad():
             self._flat.copy_(params)
         loss = F.cross_entropy(self.model(data.X[idx]), data.y[idx])
-        # a non-finite loss or gradient stops the run: Diverged names the update and worker
-        where = {
+        value = loss.item()
+        # a non-finite loss or gradient stops the run: Diverged names the update and worker.
+        # Cheap tests first (they run on every gradient); check_finite says what went wrong
+        if not value <= LOSS_LIMIT:  # NaN, inf or above the limit
+            check_finite(loss, **self._where(worker))
+        grads = torch.autograd.grad(loss, self._params)
+        self.step_loss.append(value)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        if not math.isfinite(flat.sum().item()):  # a NaN or inf anywhere reaches the sum
+            check_finite(flat, what="gradient", **self._where(worker))
+        return flat, len(idx)
+
+    def _where(self, worker: int) -> dict:
+        return {
             "runtime": f"simulate {self.config.policy}",
             "index": len(self.step_loss) + 1,
             "worker": worker,
         }
-        check_finite(loss, **where)
-        grads = torch.autograd.grad(loss, self._params)
-        self.step_loss.append(loss.item())
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        return check_finite(flat, what="gradient", **where), len(idx)
 
     # -- records -------------------------------------------------------------------------
     def record(self, worker: int, kind: str, start: float, end: float) -> None:

@@ -116,6 +116,9 @@ def run_parameter_server(cluster: Cluster) -> None:
         batch.clear()
         taus = None
         for _, _, _, _, grad, pulled in members:
+            if k == 1:  # one shard owns all of W (no slicing: this runs once per update)
+                taus = shards[0].receive(W_parts[0], [grad], pulled)
+                continue
             for j in range(k):
                 taus = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled)
         if taus is None:  # fewer than S left at the end: apply them rather than drop them
