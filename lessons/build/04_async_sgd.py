@@ -370,7 +370,7 @@ synchronization with S between 1 and N, and a bound on staleness) and puts them 
 same runs work from a terminal:
 
 ```
-dlcourse train --strategy async-ps --workers 3 --softsync 1 --model mlp --steps 20
+dlcourse train --strategy async-ps --workers 3 --softsync 1 --model mlp --epochs 1
 dlcourse simulate --policy async --workers 8 --epochs 2 --json async8.json
 ```"""
     ),

@@ -363,13 +363,13 @@ plt.show()
     md(
         """Per epoch (left), plain async with 16 workers wobbles and ends low. λ / tau and soft sync with
 S = 4 lift it clearly. Bounded staleness with b = 1 keeps the workers in step, but it still
-applies each gradient alone at the full λ, with staleness up to several times N, so at this λ it
+applies each gradient alone at the full λ, with staleness up to more than twice N, so at this λ it
 wobbles like async. Synchronous SGD gives the smoothest curve but climbs slowly per epoch: one
 step averages 16 gradients of 50 examples, so an epoch of 4,000 examples is only 5 steps.
-Per second (right), synchronous SGD is the last to finish,
-because every step waits for the slowest worker, while soft sync with S = 4 reaches a good
-accuracy early. This is the lecture's conclusion: asynchronous SGD is a good option *as long as
-gradient staleness is appropriately handled*. Which remedy is best depends on N, the stragglers
+Per second (right), synchronous SGD is the last to finish, because every step waits for the
+slowest worker, while soft sync with S = 4 reaches a good accuracy early. This is the lecture's
+conclusion: asynchronous SGD is a good option *as long as gradient staleness is appropriately
+handled*. Which remedy is best depends on N, the stragglers
 and the learning rate: try them on the panel."""
     ),
     code(
@@ -424,7 +424,7 @@ settings with λ / tau.
 
 The bars are the simulator's staleness histogram and the black outline the real server's,
 both for three asynchronous workers: most updates are about N − 1 = 2 versions stale. The real
-one is wider: on a shared machine some processes get the CPU later than others, which the
+one is usually wider: on a shared machine some processes get the CPU later than others, which the
 simulator models only as a 10% spread of compute times. The **Run it for real** button of the
 panel does the same thing for the panel's settings (choose N ≤ 3 first)."""
     ),
@@ -516,12 +516,13 @@ the fast ones': one constant rate cannot suit both.
 </details>
 
 2. Write a rule that drops any update staler than 2(N − 1) (returns 0) and keeps λ otherwise.
-   Plug it into `mine` and into a real run. What fraction of updates does it drop at N = 16?
+   Plug it into a new panel and into a real run. What fraction of updates does it drop at N = 16?
 
 <details><summary>Hint</summary>
 
 The rule only sees `lr` and `tau`, so write N into it: `def drop_stale(lr, tau): return 0.0 if tau
-> 30 else lr`. Count `sum(t > 30 for t in r.staleness) / len(r.staleness)` on the simulated run.
+> 30 else lr`. Then `viz.StalenessExplorer(num_workers=16, lr_policy=drop_stale, base=base)`, and
+count `sum(t > 30 for t in r.staleness) / len(r.staleness)` on its `result`.
 </details>
 
 3. For N = 16, which S gives the best accuracy after one virtual second? Use `r.time_curve("accuracy")`
