@@ -512,7 +512,9 @@ dlcourse train --strategy async-ps --workers 3 --servers 2 --lr-policy staleness
 
 `variant(worker_speeds=..., lr=0.3, lr_policy="staleness")`, then compute `mean_step` from its
 `staleness` as in section 1 and run the constant. The slow workers' updates are much staler than
-the fast ones': one constant rate cannot suit both.
+the fast ones', so one might expect a single constant rate to suit neither. When we tried it, the
+two still came out about even: can you find settings (fewer or slower slow workers, a larger λ)
+where they do not?
 </details>
 
 2. Write a rule that drops any update staler than 2(N − 1) (returns 0) and keeps λ otherwise.
