@@ -161,3 +161,55 @@ def test_gaming_earns_no_more_than_the_release(tmp_path, name):
         graded = course.path / "autograded" / "input_transformer" / name / f"{name}.ipynb"
         outputs = [o for c in nbformat.read(graded, as_version=4).cells for o in c.get("outputs", [])]
         assert any(o.get("ename") == "IsolatedRegradeError" for o in outputs)
+
+
+def _judge(tmp_path, solution: str) -> dict:
+    """Verdicts of ``grading.py judge`` on a two-task notebook whose solution cell is ``solution``."""
+    import json
+    import subprocess
+
+    def meta(grade_id, **kw):
+        return {"nbgrader": {"grade_id": grade_id, "schema_version": 3, "task": False, **kw}}
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from grading import expect_equal, hidden_test",
+            metadata=meta("setup", grade=False, solution=False, locked=True),
+        ),
+        nbformat.v4.new_code_cell(solution, metadata=meta("s1", grade=False, solution=True, locked=False)),
+        nbformat.v4.new_code_cell(
+            "expect_equal(double(2), 4, 'double(2)')",
+            metadata=meta("t1", grade=True, solution=False, locked=True, points=1),
+        ),
+        nbformat.v4.new_code_cell(
+            "assert double(21) == 42",
+            metadata=meta("t2", grade=True, solution=False, locked=True, points=1),
+        ),
+    ]
+    path, out = tmp_path / "nb.ipynb", tmp_path / "verdicts.json"
+    nbformat.write(nb, path)
+    subprocess.run(
+        [sys.executable, str(ROOT / "assignments" / "grading.py"), "judge", str(path), str(out), "30"],
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+    )
+    return {k: v["ok"] for k, v in json.loads(out.read_text()).items()}
+
+
+@pytest.mark.slow
+def test_judge_is_not_fooled_by_what_student_code_does(tmp_path):
+    """Patched checks, an int whose == is always true, os._exit: the judge fails them all."""
+    assert _judge(tmp_path, "def double(x):\n    return 2 * x") == {"t1": True, "t2": True}
+    patching = (
+        "import grading, builtins\n"
+        "grading.expect_equal = lambda *a, **k: None\n"
+        "class Yes(int):\n"
+        "    def __eq__(self, other): return True\n"
+        "def double(x):\n"
+        "    return Yes(0)\n"
+    )
+    assert _judge(tmp_path, patching) == {"t1": False, "t2": False}
+    exiting = "import os\ndef double(x):\n    os._exit(0)"
+    assert _judge(tmp_path, exiting) == {"t1": False, "t2": False}
