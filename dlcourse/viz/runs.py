@@ -37,7 +37,7 @@ _KIND_ALIASES = {"F": "forward", "B": "backward"}
 
 
 # ---------------------------------------------------------------------------------------
-# Timeline: one row per worker, the server's busy time on top.
+# Timeline: one row per worker, the server's busy time on top, its link(s) above that.
 
 
 def trace_events(trace: Any) -> list[tuple[int, str, float, float]]:
@@ -58,7 +58,12 @@ def trace_events(trace: Any) -> list[tuple[int, str, float, float]]:
 
 
 class TimelinePlot(Plot):
-    """Gantt chart of a run: compute / push / pull / wait per worker, server busy time on top."""
+    """Gantt chart of a run: compute / push / pull / wait per worker, server busy time on top.
+
+    With a simulator result (or ``link_busy``), a "link" row above the server shows when each
+    server shard's link was sending (one thin band per shard); the two rows are labelled with
+    their utilization, so the server's CPU and its network can be compared at a glance.
+    """
 
     def __init__(
         self,
@@ -73,11 +78,10 @@ class TimelinePlot(Plot):
         self.kinds = tuple(kinds)
         self.row_label = label
         self.collections: dict[str, PolyCollection] = {}
-        for kind in (*self.kinds, "server") if server else self.kinds:
+        for kind in (*self.kinds, "server", "link") if server else self.kinds:
             # thin white edges separate consecutive intervals of the same kind
-            coll = PolyCollection(
-                [], facecolors=KIND_COLORS.get(kind, "grey"), edgecolors="white", linewidths=0.5, label=kind
-            )
+            color = KIND_COLORS.get(kind, "tab:olive" if kind == "link" else "grey")
+            coll = PolyCollection([], facecolors=color, edgecolors="white", linewidths=0.5, label=kind)
             ax.add_collection(coll)
             self.collections[kind] = coll
         ax.set_xlabel("time (s)")
@@ -86,31 +90,52 @@ class TimelinePlot(Plot):
             ax.legend(loc="lower right", bbox_to_anchor=(1, 1), fontsize="small", ncols=len(self.collections))
         ax.invert_yaxis()  # worker 0 on top, under the server row
 
-    def update(self, trace: Any, server_busy: Any = None, *, title: str | None = None) -> None:
-        """Redraw from ``trace`` (events or a result) and ``server_busy`` [(start, end), ...]."""
+    def update(
+        self, trace: Any, server_busy: Any = None, *, link_busy: Any = None, title: str | None = None
+    ) -> None:
+        """Redraw from ``trace`` (events or a result), ``server_busy`` [(start, end), ...] and
+        ``link_busy`` (per server shard, [(start, end), ...]; read from a result if not given)."""
         events = trace_events(trace)
-        if server_busy is None and not isinstance(trace, (list, tuple)):
+        result = not isinstance(trace, (list, tuple))
+        if server_busy is None and result:
             server_busy = lookup(trace, "server_busy", default=None)
+        if link_busy is None and result:
+            link_busy = lookup(trace, "link_busy", default=None)
         busy = [(float(a), float(b)) for a, b in (server_busy or [])]
+        links = [[(float(a), float(b)) for a, b in shard] for shard in (link_busy or [])]
+        links = links if any(links) else []
         rows = 1 + max((w for w, *_ in events), default=-1)
         for kind, coll in self.collections.items():
             if kind == "server":  # the parameter server's busy time, drawn as row -1
                 x0 = np.array([a for a, _ in busy])
                 x1 = np.array([b for _, b in busy])
                 y = np.full(len(busy), -1.0)
+            elif kind == "link":  # row -2: one band per server shard's link
+                k = len(links)
+                x0 = np.array([a for shard in links for a, _ in shard])
+                x1 = np.array([b for shard in links for _, b in shard])
+                y = np.array([-2.4 + (j + 0.5) * 0.8 / k for j, shard in enumerate(links) for _ in shard])
+                coll.set_verts(rect_verts(x0, x1, y, 0.8 / max(1, k)))
+                continue
             else:
                 sel = [e for e in events if e[1] == kind]
                 x0 = np.array([e[2] for e in sel])
                 x1 = np.array([e[3] for e in sel])
                 y = np.array([e[0] for e in sel], dtype=float)
             coll.set_verts(rect_verts(x0, x1, y, 0.8))
-        end = max([e[3] for e in events] + [b for _, b in busy] + [1e-9])
+        end = max([e[3] for e in events] + [b for _, b in busy] + [b for s in links for _, b in s] + [1e-9])
         self.ax.set_xlim(0, end)
-        self.ax.set_ylim(rows - 0.5, -1.5 if busy else -0.5)
+        top = -2.5 if links else -1.5 if busy else -0.5
+        self.ax.set_ylim(rows - 0.5, top)
         # at most ~8 worker labels: tick labels are most of a figure's drawing time
         workers = list(range(0, rows, max(1, -(-rows // 8))))
-        ticks = ([-1] if busy else []) + workers
-        self.ax.set_yticks(ticks, (["server"] if busy else []) + [str(n) for n in workers])
+        cpu = lookup(trace, "server_utilization", default=None) if result else None
+        link_use = lookup(trace, "link_utilization", "server_link_utilization") if result else None
+        server_label = "server" if cpu is None else f"server CPU {cpu:.0%}"
+        link_label = "link" if not link_use else f"link {sum(link_use) / len(link_use):.0%}"
+        ticks = ([-2] if links else []) + ([-1] if busy else []) + workers
+        labels = ([link_label] if links else []) + ([server_label] if busy else [])
+        self.ax.set_yticks(ticks, labels + [str(n) for n in workers])
         self.ax.set_ylabel(self.row_label)
         if title is not None:
             self.ax.set_title(title, loc="left")  # the legend sits on the right
