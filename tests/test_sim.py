@@ -705,3 +705,34 @@ def test_default_data_is_loaded_once_per_source():
     assert default_data("subset") is first and first.source == "subset"
     with pytest.raises(ValueError, match="source"):
         default_data("imagenet")
+
+
+def test_flops_are_counted_from_the_layers():
+    """Forward: 2 per multiply-add, 1 per bias, ReLU and pooling 1 per value (window element);
+    backward: 2x forward for a layer with weights, 1x without."""
+    from dlcourse.models import flops_per_example
+
+    mlp = 3 * (2 * 784 * 64 + 64) + 2 * 64 + 3 * (2 * 64 * 10 + 10)
+    conv1 = 24 * 24 * 32 * (2 * 25 + 1)
+    conv2 = 8 * 8 * 64 * (2 * 32 * 25 + 1)
+    pools = 12 * 12 * 32 * 4 + 4 * 4 * 64 * 4
+    cnn = 3 * (conv1 + conv2 + 2 * 1024 * 1024 + 1024 + 2 * 1024 * 10 + 10) + 2 * (pools + 1024)
+    assert flops_per_example(make_model("mlp")) == mlp == 305_246
+    assert flops_per_example(make_model("cnn")) == cnn == 28_896_286
+    with pytest.raises(ValueError, match="LSTM"):
+        flops_per_example(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LSTM(784, 4)))
+
+
+def test_compute_time_grows_with_the_network_and_compute_mean_overrides_it(small):
+    """No spread: a gradient takes flops x batch / device_flops; the CNN ~95x the MLP."""
+    from dlcourse.models import flops_per_example
+
+    data = MnistSplit(small.train[:40], small.test[:20], "subset")
+    base = dict(num_workers=1, policy="async", batch_size=20, compute_spread=0.0, evals_per_epoch=1)
+    for model in ("mlp", "cnn"):
+        r = simulate(SimConfig(model=model, device_flops=1e9, **base), data)
+        computes = [e.end - e.start for e in r.trace if e.kind == "compute"]
+        expected = flops_per_example(make_model(model)) * 20 / 1e9
+        assert computes == pytest.approx([expected] * 2, rel=1e-9)
+    r = simulate(SimConfig(model="cnn", compute_mean=0.5, **base), data)
+    assert [e.end - e.start for e in r.trace if e.kind == "compute"] == pytest.approx([0.5, 0.5])
