@@ -13,8 +13,14 @@ of this script, interleaved, and the numbers are medians over ``--repeats``.
    worker the fast async workers finish early and the tail is the slow worker alone.
    Goal: async >= 1.3x sync.
 2. **Staleness histogram** of a real async run (N workers at equal speed) next to
-   :mod:`dlcourse.sim`'s for the same N, the simulator's compute time and message time
-   set from the real run's measured per-step times. Goal: means within 30%.
+   :mod:`dlcourse.sim`'s for the same N, the simulator driven by the real run's measured
+   times: each worker's mean compute time per step (``worker_speeds`` relative to their
+   mean, ``compute_mean`` the mean, ``compute_spread`` the spread of the measured step times)
+   and the time a step spends outside compute (half of it per message, as latency). Both
+   count staleness the same way (server versions between pull and apply). Reported: the
+   total-variation distance between the two histograms,
+   ``TV = 1/2 sum_tau |p_real(tau) - p_sim(tau)|`` (0: the same, 1: disjoint), per repeat and
+   its median, and the means. Goal: means within 30%.
 3. **Server updates/s** with k = 1 and k = 2 server shards (async, the lecture's CNN,
    whose 4.4 MB of parameters make the server's traffic the bottleneck). Shards own whole
    tensors, and one CNN tensor (the 1024x1024 dense layer) is 94% of the parameters, so
@@ -24,6 +30,7 @@ of this script, interleaved, and the numbers are medians over ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -47,14 +54,33 @@ def main() -> None:
     parser.add_argument(
         "--slow-delay", type=float, default=0.05, help="seconds the slow worker sleeps per step"
     )
+    parser.add_argument("--sections", default="1,2,3", help="which tables to run, e.g. 2")
     args = parser.parse_args()
+    sections = {int(x) for x in args.sections.split(",")}
     N = args.workers
     base = dict(
         model="mlp", num_workers=N, steps=args.steps, batch_size=50, train_examples=2000, test_examples=200
     )
     print(f"# {os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}")
 
-    # 1. async vs sync with one slow worker
+    if 1 in sections:
+        throughput(args, base, N)
+    if 2 in sections:
+        staleness(args, base, N)
+    if 3 in sections:
+        shards(args)
+    print(f"\n# load average at end {os.getloadavg()[0]:.1f}; finished {time.strftime('%H:%M:%S')}")
+
+
+def tv_distance(p: dict, q: dict) -> float:
+    """Total-variation distance of two staleness histograms (counts keyed by tau as str)."""
+    total_p, total_q = sum(p.values()), sum(q.values())
+    keys = set(p) | set(q)
+    return 0.5 * sum(abs(p.get(k, 0) / total_p - q.get(k, 0) / total_q) for k in keys)
+
+
+def throughput(args, base: dict, N: int) -> None:
+    """1. async vs sync with one slow worker."""
     rates: dict[str, list[float]] = {"sync": [], "async": []}
     for _ in range(args.repeats):
         for mode, S in (("sync", N), ("async", 1)):
@@ -67,14 +93,20 @@ def main() -> None:
     print(f"| sync (S = N) | {sync:.1f} | 1.00 |")
     print(f"| async (S = 1) | {asy:.1f} | {asy / sync:.2f} (goal >= 1.3) |")
 
-    # 2. staleness: real vs simulated, same N
-    real_means, sim_means, hist_real, hist_sim = [], [], {}, {}
+
+def staleness(args, base: dict, N: int) -> None:
+    """2. staleness: real vs simulated, same N, the simulator driven by the real run's times."""
+    real_means, sim_means, distances, hist_real, hist_sim = [], [], [], {}, {}
     split = load_mnist("subset")
     data = MnistSplit(split.train[: base["train_examples"]], split.test[:200], split.source)
     for _ in range(args.repeats):
         real = run_parameter_server(PSConfig(**base, snapshots=0))
         stats = [w for w in real.worker_stats if w is not None]
-        compute = statistics.mean(w["compute_s"] / w["steps"] for w in stats)
+        per_worker = [w["compute_s"] / w["steps"] for w in stats]
+        compute = statistics.mean(per_worker)
+        # the spread of the measured step times around each worker's mean, as a lognormal's sigma
+        logs = [math.log(t / m) for w, m in zip(stats, per_worker) for t in w["step_compute_s"] if t > 0]
+        spread = min(3.0, statistics.pstdev(logs)) if len(logs) > 1 else 0.1
         # a step's time outside compute is the pull + push round trip: two messages
         message = statistics.mean(w["wait_s"] / w["steps"] for w in stats) / 2
         sim = simulate(
@@ -85,6 +117,8 @@ def main() -> None:
                 batch_size=base["batch_size"],
                 epochs=max(1, N * args.steps * base["batch_size"] // base["train_examples"]),
                 compute_mean=compute,
+                compute_spread=spread,
+                worker_speeds=tuple(compute / t for t in per_worker) if len(per_worker) == N else None,
                 latency=message,
                 bandwidth=1e12,  # the measured message time already includes the bytes
                 apply_time=0.0,
@@ -95,6 +129,7 @@ def main() -> None:
         real_means.append(real.staleness_summary()["mean"])
         sim_means.append(sim.staleness_summary()["mean"])
         hist_real, hist_sim = real.staleness_summary()["histogram"], sim.staleness_summary()["histogram"]
+        distances.append(tv_distance(hist_real, hist_sim))
     rm, sm = statistics.median(real_means), statistics.median(sim_means)
     print(
         f"\n## 2. Staleness of async SGD, N = {N}: real run vs dlcourse.sim (histograms of the last repeat)"
@@ -109,8 +144,14 @@ def main() -> None:
         f"\nmean staleness (median of repeats): real {rm:.2f}, simulated {sm:.2f}, "
         f"ratio {rm / sm:.2f} (goal within 0.70-1.30)"
     )
+    print(
+        f"total-variation distance real vs simulated: {', '.join(f'{d:.3f}' for d in distances)} "
+        f"(median {statistics.median(distances):.3f}; 0 = the same histogram, 1 = disjoint)"
+    )
 
-    # 3. server updates/s with k = 1 and k = 2 shards
+
+def shards(args) -> None:
+    """3. server updates/s with k = 1 and k = 2 shards."""
     cnn = dict(model="cnn", num_workers=2, steps=15, batch_size=50, train_examples=2000, test_examples=200)
     server_rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(args.repeats):
@@ -123,7 +164,6 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| 1 | {one:.1f} | 1.00 |")
     print(f"| 2 | {two:.1f} | {two / one:.2f} |")
-    print(f"\n# load average at end {os.getloadavg()[0]:.1f}; finished {time.strftime('%H:%M:%S')}")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
     sizes = [sum(params[i].numel() for i in idx) for idx in layout]
     pulled = [(0, 0)] * k  # (version, clock) of the parameters last pulled from each server
     stats = {"worker": n, "pid": os.getpid(), "steps": 0, "compute_s": 0.0, "wait_s": 0.0, "examples": 0}
+    stats["step_compute_s"] = []  # each step's compute seconds (what drives a simulator replay)
 
     def lost(j: int, e: Exception) -> ServerLost:
         return ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}")
@@ -189,7 +190,8 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
         check_finite(loss, **where)
         grads = torch.autograd.grad(loss, params)
         check_finite(list(grads), what="gradient", **where)
-        stats["compute_s"] += time.perf_counter() - t
+        stats["step_compute_s"].append(time.perf_counter() - t)
+        stats["compute_s"] += stats["step_compute_s"][-1]
         last = step == len(schedule) - 1
         t = time.perf_counter()
         send(LAST if last else PUSH, grads)
