@@ -19,11 +19,12 @@ cells = []
 
 
 def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
+    # stable cell ids: a rebuild changes only the cells that were edited
+    cells.append(new_markdown_cell(text.strip("\n"), id=f"cell-{len(cells):02d}"))
 
 
 def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
+    cells.append(new_code_cell(text.strip("\n"), id=f"cell-{len(cells):02d}"))
 
 
 md("""
@@ -42,10 +43,10 @@ Each lesson follows one part of the lecture and stands on its own; the assignmen
 | lesson | the lecture's part | real processes at once | panel | you need first |
 |---|---|---|---|---|
 | [00 Start here](00_start_here.ipynb) | the Keras MNIST example | 0 | pipeline (a taste) | nothing |
-| [01 Why distributed](01_why_distributed.ipynb) | challenges; communication vs computation; data size vs network size | 0 | figures + simulator | 00 |
+| [01 Why distributed](01_why_distributed.ipynb) | challenges; communication vs computation; data size vs network size | 2 | figures + simulator | 00 |
 | [02 Model parallelism](02_model_parallelism.ipynb) | model parallelism, pipelining, device-parallel branches | 2-3 | `PipelineExplorer` | 00 |
 | [03 Data parallelism](03_data_parallelism.ipynb) | replicas, parameter averaging and when it equals one machine, the last executor | up to 4 | `StragglerExplorer` | 01 |
-| [04 Async SGD](04_async_sgd.ipynb) | update-based sync vs async, parameter server, stale gradients | up to 4 | timelines, staleness | 03 |
+| [04 Async SGD](04_async_sgd.ipynb) | update-based sync vs async, parameter server, stale gradients | up to 4 | `StragglerExplorer`, timelines, staleness | 03 |
 | [05 Taming staleness](05_taming_staleness.ipynb) | staleness-scaled lambda, soft sync S of N, bounded staleness, sharded servers | up to 4 | `StalenessExplorer` | 04 |
 | [06 Decentralized, compressed](06_decentralized_compressed.ipynb) | peer-to-peer updates, sparse 1-bit ±tau, entropy-coded indices, the residual | up to 4 | `CompressionExplorer` | 03 |
 | [07 In practice](07_in_practice.ipynb) | choosing an approach, multi-GPU, model + data parallelism, torchrun | up to 4 | comparison figures | 03-06 |

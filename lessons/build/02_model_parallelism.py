@@ -19,11 +19,12 @@ cells = []
 
 
 def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
+    # stable cell ids: a rebuild changes only the cells that were edited
+    cells.append(new_markdown_cell(text.strip("\n"), id=f"cell-{len(cells):02d}"))
 
 
 def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
+    cells.append(new_code_cell(text.strip("\n"), id=f"cell-{len(cells):02d}"))
 
 
 md("""
