@@ -190,7 +190,7 @@ assert all(a > b for a, b in zip(measured, measured[1:])), measured
 ''')
 
 md("""
-The formula holds on real processes. It also tells you the price: to push the bubble below 10% with K = 8 stages you need M ≥ 63 micro-batches, and each micro-batch must still be big enough to keep a device busy. That is why pipelines are used for large batches of large models.
+The formula holds on real processes. It also tells you the price: to push the bubble below 10% with K = 8 stages you need M ≥ 64 micro-batches, and each micro-batch must still be big enough to keep a device busy. That is why pipelines are used for large batches of large models.
 
 Now explore it yourself. The panel below runs the same schedules on a virtual clock (a forward costs 1, a backward 2), so it redraws instantly. Drag K and M; switch the schedule between `gpipe` and `1f1b` and watch the status line.
 """)
