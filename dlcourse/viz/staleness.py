@@ -159,10 +159,10 @@ class StalenessExplorer(SimPanel):
             runs["real"] = real["curve"]
         self.curves_plot.update(runs)
         s = r.staleness_summary()
-        text = (
-            f"{config.policy}: staleness mean {s['mean']:.2f}, max {s['max']}; "
-            f"test accuracy {r.test.accuracy:.3f} after {config.epochs} epoch(s)"
-        )
+        text = f"{config.policy}: staleness mean {s['mean']:.2f}, max {s['max']} (versions); "
+        if r.clock_lag:  # SSP's own figure, apart from the staleness: at most the bound
+            text += f"clock lag max {max(r.clock_lag)} (bound {config.staleness_bound}); "
+        text += f"test accuracy {r.test.accuracy:.3f} after {config.epochs} epoch(s)"
         if real:
             text += f" | real run: staleness mean {real['mean']:.2f}"
         return text
