@@ -12,7 +12,7 @@ Anything after ``--`` is added to every command. Exit status 1 when any run fail
 
 Measured on 2 cores shared with other jobs (load 9-20), 2026-12-02, default settings (lr 0.1,
 ``--lr-policy staleness``): seeds 0-9 reached 0.853 0.732 0.770 0.844 0.756 0.708 0.851
-0.693 0.717 0.781 (mean 0.776), none diverged; 140-450 s per run under that load.
+0.693 0.717 0.781 (mean 0.771), none diverged; 140-450 s per run under that load.
 """
 
 from __future__ import annotations
