@@ -206,11 +206,13 @@ plt.show()
 """
     ),
     md(
-        """Each row is a worker (the top row is the server, marked where it applies an update). In the
-synchronous timeline, workers 1 and 2 compute briefly and then sit in long *wait* bars until the
-straggler (worker 0) pushes: the step ends when the last executor arrives. In the asynchronous
-timeline there is almost no waiting: workers 1 and 2 compute back to back, and the whole epoch
-ends much earlier on the shared time axis."""
+        """Each lower row is a worker. The two rows on top are the server: its network link (busy
+while a push or pull goes through it) and its CPU (busy while it applies an update), each
+labelled with the share of the time it was busy. In the synchronous timeline, workers 1 and 2
+compute briefly and then sit in long *wait* bars until the straggler (worker 0) pushes: the step
+ends when the last executor arrives. In the asynchronous timeline there is almost no waiting:
+workers 1 and 2 compute back to back, and the whole epoch ends much earlier on the shared time
+axis. The server's link is busier too, because more updates pass through it per second."""
     ),
     code(
         '''
