@@ -411,12 +411,12 @@ def test_stale_gradients_slow_convergence_monotonically_in_N(mnist):
 def test_lambda_over_tau_against_constant_rates_with_stragglers(mnist):
     """Control for lambda_n = lambda / tau (N = 16, stragglers: per-update tau varies a lot).
 
-    What the data shows (3 seeds): lambda / tau beats a constant lambda / mean(tau) and
-    lambda / N clearly (accuracy +0.03..0.06, loss about half), but mostly because its
-    *average* step is larger (mean(1 / tau) > 1 / mean(tau)): against a constant rate with
-    the same average step, lambda * mean(1 / max(1, tau)), it is a wash (within 0.03 either
-    way; it won 2 of 3 seeds). Per-update scaling is not what helps here; a smaller mean
-    step is what the stale runs needed, and lambda / tau finds a good one without tuning.
+    What the data shows: lambda / tau beats a constant lambda / mean(tau) and lambda / N
+    clearly (accuracy +0.03..0.06, loss about half), but much of that is because its
+    *average* step is larger (mean(1 / tau) > 1 / mean(tau)). Against a constant rate with
+    the same average step, lambda * mean(1 / max(1, tau)), the per-update scaling still helps,
+    but modestly and not on every seed: accuracy gap +0.112, -0.005, +0.016, +0.009, +0.023,
+    +0.060 over seeds 0..5 (mean +0.036; loss lower on 5 of 6). The test takes seeds 0..2.
     """
     base = dict(
         policy="async",
@@ -441,7 +441,7 @@ def test_lambda_over_tau_against_constant_rates_with_stragglers(mnist):
             assert scaled.test.loss < constant.test.loss - 0.3
         same_step = simulate(SimConfig(seed=seed, **{**base, "lr": base["lr"] * mean_step}), mnist)
         gaps.append(scaled.test.accuracy - same_step.test.accuracy)
-    assert all(abs(g) < 0.04 for g in gaps), gaps  # a wash against the same average step
+    assert sum(gaps) / len(gaps) > 0.01 and min(gaps) > -0.02, gaps  # modest, not on every seed
 
 
 def test_infrequent_averaging_and_the_barrier_between_replicas(mnist):
