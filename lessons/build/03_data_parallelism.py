@@ -243,18 +243,21 @@ print(f"single machine: test accuracy {accuracy_of(single.parameters):.3f}")
 """)
 
 code("""
-fig, (ax_d, ax_a) = plt.subplots(1, 2, figsize=(10, 3))
+fig, (ax_d, ax_a, ax_b) = plt.subplots(1, 3, figsize=(12, 3))
 ax_d.plot(Ks, [max(d, 1e-17) for d in k_distance], "o-")
 ax_d.set(xscale="log", yscale="log", xlabel="K (steps between averages)")
 ax_d.set_ylabel("distance from single machine")
 ax_a.plot(Ks, k_accuracy, "o-", label="averaged replicas")
 ax_a.axhline(accuracy_of(single.parameters), color="grey", ls="--", label="single machine")
-ax_a.set(xscale="log", xlabel="K", ylabel="test accuracy")
-ax_a.legend();
+ax_a.set(xscale="log", xlabel="K", ylabel="test accuracy", ylim=(min(k_accuracy) - 0.2, 1.0))
+ax_a.legend()
+ax_b.plot(Ks, [b / 1e6 for b in k_bytes], "o-", color="C1")
+ax_b.set(xscale="log", yscale="log", xlabel="K", ylabel="MB sent in all")
+fig.tight_layout()
 """)
 
 md("""
-On the left, the distance from single-machine SGD climbs from rounding noise at K = 1 by many orders of magnitude. On the right, the test accuracy of the averaged model: with only two workers that started from *the same* initial weights and trained for 40 steps, averaging once at the end costs almost nothing in accuracy here, while the bytes sent fell by about a factor of K. Whether it stays modest depends on how far the replicas wander, which is what the loss landscape below shows.
+On the left, the distance from single-machine SGD climbs from rounding noise at K = 1 by many orders of magnitude. In the middle, the test accuracy of the averaged model: with only two workers that started from *the same* initial weights and trained for 40 steps, averaging once at the end costs almost nothing in accuracy here, while the bytes sent (right) fell by about a factor of K. Whether it stays modest depends on how far the replicas wander, which is what the loss landscape below shows.
 """)
 
 code("""
@@ -386,7 +389,7 @@ ax.barh(ranks, [w["compute_s"] * 1e3 for w in slow.per_worker], label="own work 
 own = [w["compute_s"] * 1e3 for w in slow.per_worker]
 ax.barh(ranks, [w["sync_s"] * 1e3 for w in slow.per_worker], left=own, label="waiting in all-reduce")
 ax.set(xlabel="ms per step")
-ax.legend(fontsize="small");
+ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1));
 """)
 
 md("""
