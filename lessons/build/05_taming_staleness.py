@@ -422,11 +422,14 @@ viz.staleness_histogram(sim_mine, real=real_mine.staleness)
         """Compare the panel's accuracy with the "async, lr / tau" curve of section 4, which used the same
 settings with λ / tau.
 
-The bars are the simulator's staleness histogram and the black outline the real server's,
-both for three asynchronous workers: most updates are about N − 1 = 2 versions stale. The real
-one is usually wider: on a shared machine some processes get the CPU later than others, which the
-simulator models only as a 10% spread of compute times. The **Run it for real** button of the
-panel does the same thing for the panel's settings (choose N ≤ 3 first)."""
+The bars are the simulator's staleness histogram and the black outline the real server's, both
+for three asynchronous workers. The simulator's peaks at N − 1 = 2. The real one is spread wider
+and its peak moves from run to run: on a small shared machine the processes do not get the CPU in
+a steady rotation, so the number of other updates that land during one worker's step varies far
+more than the simulator's 10% spread of compute times allows. (`benchmarks/parameter_server.py`
+replays a real run's measured compute times in the simulator and comes much closer.) The
+**Run it for real** button of the panel does the same for the panel's settings (choose N ≤ 3
+first)."""
     ),
     code(
         '''
