@@ -7,7 +7,8 @@ a fresh folder, as ``python -m dlcourse ARGS`` (the same program as the ``dlcour
 with nothing added except where :data:`SHORTENED` says so, and must:
 
 - exit with status 0 (``--help`` too),
-- print a finite ``test_loss`` and a ``test_accuracy`` above chance (10 classes).
+- print a finite ``test_loss`` and a ``test_accuracy`` above chance (10 classes: > 0.15),
+  except the examples listed in :data:`NEAR_CHANCE`, which show a method failing on purpose.
 
 A command meant to fail is marked in the document with a trailing ``# fails: exit N``
 comment and must exit with exactly that status (2: a bad argument; 1: a run that failed, e.g.
@@ -37,6 +38,14 @@ CHANCE = 0.1  # ten digits
 SHORTENED = {
     "dlcourse train --strategy single --model cnn --epochs 5 --batch-size 100": (
         "five epochs of the CNN in one process: several minutes on 2 cores"
+    ),
+}
+
+# Commands whose point is that training goes badly (exit 0 and a finite loss are still checked):
+# command as written -> why its accuracy may sit near chance.
+NEAR_CHANCE = {
+    "dlcourse train --strategy decentralized --model mlp --tau 0.003 --no-residual": (
+        "the README's 'what is lost': one-bit updates without the residual barely train (0.138 measured)"
     ),
 }
 
@@ -84,7 +93,8 @@ def test_the_documents_show_commands():
     """The extraction finds the README's commands (a renamed heading must not silently empty it)."""
     assert len(COMMANDS) >= 20, COMMANDS
     assert {1, 2} <= {status for _, _, status in COMMANDS}, "the README marks no failing example"
-    assert set(SHORTENED) <= {c for _, c, _ in COMMANDS}, "a shortened command is no longer in the README"
+    shown = {c for _, c, _ in COMMANDS}
+    assert set(SHORTENED) | set(NEAR_CHANCE) <= shown, "a listed command is no longer in the README"
 
 
 def _value(name: str, stdout: str) -> float | None:
@@ -118,4 +128,6 @@ def test_command_runs_as_written(doc, command, status, tmp_path, no_orphans):
         return
     loss, accuracy = _value("test_loss", proc.stdout), _value("test_accuracy", proc.stdout)
     assert loss is not None and math.isfinite(loss), said
-    assert accuracy is not None and accuracy > CHANCE + 0.05, said
+    assert accuracy is not None, said
+    if command not in NEAR_CHANCE:
+        assert accuracy > CHANCE + 0.05, said
