@@ -181,13 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run the deterministic simulated cluster")
     simulate.add_argument("--policy", choices=sorted(SIMULATE_POLICIES) or ["sync"], default="async")
     _common(simulate)
-    simulate.add_argument("--compute-mean", type=_pos_float, default=1.0, help="mean seconds per gradient")
+    simulate.add_argument(
+        "--device-flops",
+        type=_pos_float,
+        default=1e10,
+        help="FLOP/s of a worker: a gradient takes the model's FLOPs x batch / this (default 1e10)",
+    )
+    simulate.add_argument(
+        "--compute-mean",
+        type=_pos_float,
+        default=None,
+        help="override: mean seconds per gradient (default: from the model's FLOPs and --device-flops)",
+    )
     simulate.add_argument("--compute-spread", type=_nonneg_float, default=0.1, help="relative spread of it")
     simulate.add_argument("--straggler-prob", type=_nonneg_float, default=0.0)
     simulate.add_argument("--straggler-slowdown", type=_pos_float, default=4.0)
     simulate.add_argument("--bandwidth", type=_pos_float, default=1e9, help="bytes per second")
     simulate.add_argument("--latency", type=_nonneg_float, default=1e-4, help="seconds per message")
-    simulate.add_argument("--apply-time", type=_nonneg_float, default=0.01, help="server seconds per update")
+    simulate.add_argument(
+        "--apply-time",
+        type=_nonneg_float,
+        default=None,
+        help="server seconds per update with one shard (default: 3 x its bytes at 10 GB/s)",
+    )
     simulate.add_argument(
         "--topology", choices=["all", "ring"], default="all", help="peers of a decentralized worker"
     )

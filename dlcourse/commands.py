@@ -338,6 +338,7 @@ def sim_config(args: argparse.Namespace):
         model=args.model,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        device_flops=args.device_flops,
         compute_mean=args.compute_mean,
         compute_spread=args.compute_spread,
         straggler_prob=args.straggler_prob,
