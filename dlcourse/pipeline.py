@@ -127,6 +127,39 @@ class PipelineTimeline:
             peaks.append(peak)
         return peaks
 
+    def replay(self) -> PipelineTimeline:
+        """This run on a virtual clock: the schedule's own bubble, whatever the machine's load.
+
+        Each stage runs its intervals in the order it ran them, each as long as it took, but a
+        message costs nothing and no process waits for a CPU. A loaded machine only ever adds
+        idle time, so a measured run's bubble is at least its replay's.
+        """
+        K = self.num_stages
+        orders = [self.stage_intervals(k) for k in range(K)]
+        done: dict[tuple[str, int, int], float] = {}  # (kind, stage, microbatch) -> end
+        free, nxt, out = [0.0] * K, [0] * K, []
+        while len(out) < len(self.intervals):
+            progressed = False
+            for k in range(K):
+                if nxt[k] == len(orders[k]):
+                    continue
+                i = orders[k][nxt[k]]
+                # a forward needs the previous stage's forward, a backward the next stage's
+                # backward; the last stage's backward needs its own forward
+                need = ("F", k - 1, i.microbatch) if i.kind == "F" else ("B", k + 1, i.microbatch)
+                if i.kind == "F" and k == 0 or i.kind == "B" and k == K - 1:
+                    need = None if i.kind == "F" else ("F", k, i.microbatch)
+                if need is not None and need not in done:
+                    continue
+                start = max(free[k], done.get(need, 0.0))
+                free[k] = done[(i.kind, k, i.microbatch)] = start + (i.end - i.start)
+                out.append(Interval(k, i.microbatch, i.kind, start, free[k]))
+                nxt[k] += 1
+                progressed = True
+            if not progressed:
+                raise ValueError("the recorded orders deadlock: not a valid pipeline schedule")
+        return PipelineTimeline(K, self.num_microbatches, self.schedule, out, simulated=True)
+
     def __repr__(self) -> str:
         return (
             f"PipelineTimeline({self.schedule}, K={self.num_stages}, M={self.num_microbatches}, "

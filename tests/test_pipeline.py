@@ -115,48 +115,19 @@ def test_our_gpipe_equals_torch_pipelining_and_gradient_accumulation(K, M, no_or
         assert all(i.stage == k and i.end >= i.start for i in part["ours"]["intervals"])
 
 
-def replay(timeline: PipelineTimeline) -> PipelineTimeline:
-    """The measured run on a virtual clock: each stage runs its intervals in the order it ran
-    them, each as long as it took, but a message costs nothing and no process is descheduled.
-    What is left is the bubble of the schedule itself, whatever the machine's load."""
-    K = timeline.num_stages
-    orders = [timeline.stage_intervals(k) for k in range(K)]
-    done: dict[tuple[str, int, int], float] = {}  # (kind, stage, microbatch) -> end
-    free, nxt, out = [0.0] * K, [0] * K, []
-    while len(out) < len(timeline.intervals):
-        progressed = False
-        for k in range(K):
-            if nxt[k] == len(orders[k]):
-                continue
-            i = orders[k][nxt[k]]
-            # a forward needs the previous stage's forward, a backward the next stage's backward
-            # (the last stage's backward needs its own forward)
-            need = ("F", k - 1, i.microbatch) if i.kind == "F" else ("B", k + 1, i.microbatch)
-            if i.kind == "F" and k == 0 or i.kind == "B" and k == K - 1:
-                need = None if i.kind == "F" else ("F", k, i.microbatch)
-            if need is not None and need not in done:
-                continue
-            start = max(free[k], done.get(need, 0.0))
-            free[k] = done[(i.kind, k, i.microbatch)] = start + (i.end - i.start)
-            out.append(Interval(k, i.microbatch, i.kind, start, free[k]))
-            nxt[k] += 1
-            progressed = True
-        assert progressed, "the measured orders deadlock: not a valid pipeline schedule"
-    return PipelineTimeline(K, timeline.num_microbatches, timeline.schedule, out, simulated=True)
-
-
 @pytest.mark.multiprocess
 def test_measured_bubble_matches_the_formula_with_equal_stage_costs(no_orphans):
     """Every forward and backward is padded to 0.1 s; the schedule's bubble is read on the
-    virtual clock (:func:`replay`), so a loaded machine's delays cannot move it: it must be the
-    formula. Those delays only ever add idle time, so the wall-clock bubble is at least that."""
+    virtual clock (``PipelineTimeline.replay``), so a loaded machine's delays cannot move it:
+    it must be the formula. Those delays only ever add idle time, so the wall-clock bubble is
+    at least that."""
     model = make_model("mlp", seed=0)
     X, y = _batch(16)
     timelines = measure_bubble(model, X, y, num_stages=2, microbatches=(1, 2, 4, 8), stage_cost_s=0.1)
     replayed = []
     for t, M in zip(timelines, (1, 2, 4, 8)):
         assert t.num_microbatches == M and not t.simulated
-        r = replay(t)
+        r = t.replay()
         # padded steps take 0.1 s or a little more: a relative tolerance on the formula
         assert r.bubble_fraction == pytest.approx((2 - 1) / (M + 2 - 1), rel=0.2), (t, r)
         assert t.bubble_fraction >= r.bubble_fraction - 1e-9, (t, r)
@@ -169,7 +140,7 @@ def test_replay_gives_the_formula_for_a_simulated_schedule():
     """The replay used above, checked on the virtual clock's own GPipe timelines."""
     for K, M in ((2, 1), (2, 8), (3, 4), (4, 6)):
         t = simulate_schedule(K, M, "gpipe", 1.0, 2.0)
-        assert replay(t).bubble_fraction == pytest.approx(gpipe_bubble(K, M), abs=1e-9)
+        assert t.replay().bubble_fraction == pytest.approx(gpipe_bubble(K, M), abs=1e-9)
 
 
 @pytest.mark.multiprocess
