@@ -115,6 +115,9 @@ ax_bytes.barh(names, table["MB sent"].clip(lower=1e-3), color=colors)
 ax_bytes.set(xscale="log", xlabel="MB sent over the whole run (log)")
 ax_bytes.invert_yaxis()
 ax_bytes.set_yticklabels([])
+for y, mb in enumerate(table["MB sent"]):
+    if mb == 0:
+        ax_bytes.text(1.5e-3, y, "nothing sent", va="center")
 for name, c in zip(names, colors):
     seconds, accuracy = table.loc[name, "train seconds"], table.loc[name, "test accuracy"]
     ax_acc.plot(seconds, accuracy, "o", color=c, ms=9, label=name)
@@ -124,7 +127,7 @@ fig.tight_layout()
 """)
 
 md("""
-Read the three panels from left to right. The speed bars are *this* machine's: every process here shares a few CPU cores, so more processes do not mean more speed, and the single process often wins; on a cluster each worker has its own machine. The bytes panel is on a log scale: the single process sends nothing, sync SGD and DDP send exactly the same (the ring all-reduce of every gradient), averaging every 5 steps sends about a fifth of that, the parameter server sends every gradient up and the parameters back, and the 1-bit decentralized updates are orders of magnitude smaller. The right panel puts the accuracy each reached after two epochs against the seconds it took.
+Read the three panels from left to right. The speed bars are *this* machine's, measured while every process shares its few CPU cores with everything else running: they move from run to run, and more processes need not mean more speed (on a cluster each worker has a machine of its own). Start-up is not counted: the bars time the training loops only. The bytes panel is on a log scale: the single process sends nothing, sync SGD and DDP send exactly the same (the ring all-reduce of every gradient), averaging every 5 steps sends about a fifth of that, the parameter server sends every gradient up and the parameters back, and the 1-bit decentralized updates are orders of magnitude smaller. The right panel puts the accuracy each reached after two epochs against the seconds it took.
 """)
 
 code("""
