@@ -42,6 +42,27 @@ def training_settings(args: argparse.Namespace, default_optimizer: str) -> dict[
     }
 
 
+def _processes(count: int) -> None:
+    """Check that ``count`` real processes can start here; warn when they exceed what fits.
+
+    :func:`dlcourse.resources.fit_workers` sizes a run to the CPU quota and free memory. The
+    command line runs what was asked (the user chose N), but says so when it will be slow or
+    short of memory, and refuses (a ``ValueError``: exit 2) when not even one process fits.
+    """
+    import sys
+
+    from dlcourse.launcher import under_torchrun
+    from dlcourse.resources import fit_workers
+
+    if under_torchrun():  # torchrun started the processes already, one per rank
+        return
+    allowed, why = fit_workers(count)
+    if allowed == 0:
+        raise ValueError(why)
+    if allowed < count:
+        print(f"dlcourse: warning: {why}; running all {count} anyway (expect it to be slow)", file=sys.stderr)
+
+
 def _data(args: argparse.Namespace):
     from dlcourse.data import load_mnist
 
@@ -107,6 +128,7 @@ def _data_parallel(train_fn, args: argparse.Namespace, default_optimizer: str) -
     from dlcourse.metrics import run_metrics
 
     config = _data_parallel_config(args, default_optimizer)
+    _processes(_workers(args))
     split = _data(args)
     result = train_fn(
         split.train, _workers(args), config, test=split.test, backend=args.backend, timeout=args.timeout
@@ -213,6 +235,7 @@ def pipeline(args: argparse.Namespace, num_microbatches: int | None = None) -> d
     )
     split = _data(args)
     model = make_model(args.model, seed=args.seed)
+    _processes(args.stages)
     run = train_stages(model, split.train, args.stages, config, timeout=args.timeout)
     return run_metrics(
         "pipeline" if num_microbatches is None else "model-parallel",
@@ -245,6 +268,7 @@ def hybrid(args: argparse.Namespace) -> dict[str, Any]:
     config = HybridConfig(num_stages=args.stages, **training_settings(args, "sgd"))
     split = _data(args)
     model = make_model(args.model, seed=args.seed)
+    _processes(args.stages * args.workers)
     result = run_hybrid(model, split.train.X, split.train.y, args.workers, config, timeout=args.timeout)
     model.load_state_dict(result.state_dict)
     return run_metrics(
@@ -288,6 +312,7 @@ def decentralized(args: argparse.Namespace) -> dict[str, Any]:
         variant=_variant(args),
         lr=args.lr if args.lr is not None else 0.1,
     )
+    _processes(args.workers)
     split = _data(args)
     result = train_decentralized(
         config, args.workers, train=split.train, test=split.test, timeout=args.timeout
@@ -316,6 +341,7 @@ def async_ps(args: argparse.Namespace) -> dict[str, Any]:
         slow_delay=args.slow_delay,
         timeout=args.timeout,
     )
+    _processes(config.num_workers + config.num_servers)
     result = run_parameter_server(config, progress=bool(args.progress))
     slowed = {"slow_worker": args.slow_worker, "slow_delay": args.slow_delay} if args.slow_delay > 0 else {}
     return {**result.metrics(), "lr_policy": str(config.lr_policy), **slowed}

@@ -191,6 +191,29 @@ def test_run_it_for_real_on_the_parameter_server(small, base, no_orphans):
     assert len(acc) >= 2 and acc[-1] > 0.2  # the real run learned (chance is 0.1)
 
 
+@pytest.mark.multiprocess
+def test_run_it_for_real_is_sized_to_the_machine_and_says_so(small, base, monkeypatch, no_orphans):
+    """16 workers asked where 3 processes fit: 2 workers + the server run, and the panel says why."""
+    import dlcourse.resources as resources
+
+    asked = []
+
+    def three_fit(requested, *args, **kwargs):
+        asked.append(requested)
+        return 3, f"{requested} workers asked, 3 run here: this machine has 1 CPU and 2 GB"
+
+    monkeypatch.setattr(resources, "fit_workers", three_fit)
+    panel = viz.StalenessExplorer(num_workers=16, softsync=1, base=base, data=small, real_updates=8)
+    panel.run_for_real()
+    assert panel.last_error is None, panel.last_error
+    assert asked == [17]  # 16 workers and the server
+    assert "3 run here" in panel.status.value and "1 CPU" in panel.real["note"]
+
+    monkeypatch.setattr(resources, "fit_workers", lambda requested, *a, **k: (0, "none can run here"))
+    panel.run_for_real()
+    assert "none can run here" in panel.last_error
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

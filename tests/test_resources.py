@@ -197,3 +197,21 @@ def test_this_machine():
     n, why = fit_workers(2)
     assert 0 <= n <= 2 and why.startswith("2 workers asked")
     assert "Machine(cpus=" in repr(machine)
+
+
+def test_the_command_line_warns_past_what_fits_and_refuses_when_nothing_fits(monkeypatch, capsys):
+    """N beyond the machine: a warning naming the numbers; not even one process: exit 2, one line."""
+    import dlcourse.resources as resources
+    from dlcourse import cli, commands
+
+    monkeypatch.setattr(resources, "fit_workers", lambda n, *a, **k: (2, f"{n} workers asked, 2 run here"))
+    monkeypatch.setattr(commands, "_data", lambda args: (_ for _ in ()).throw(RuntimeError("stop here")))
+    with pytest.raises(RuntimeError, match="stop here"):  # it went on to load the data: it would run
+        cli.main(["train", "--strategy", "ddp", "--workers", "8", "--no-progress"])
+    assert "warning: 8 workers asked, 2 run here; running all 8 anyway" in capsys.readouterr().err
+
+    none = lambda n, *a, **k: (0, f"{n} workers asked, none can run here")  # noqa: E731
+    monkeypatch.setattr(resources, "fit_workers", none)
+    assert cli.main(["train", "--strategy", "async-ps", "--workers", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dlcourse train: error: 5 workers asked, none can run here"

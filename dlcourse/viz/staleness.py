@@ -165,6 +165,8 @@ class StalenessExplorer(SimPanel):
         text += f"test accuracy {r.test.accuracy:.3f} after {config.epochs} epoch(s)"
         if real:
             text += f" | real run: staleness mean {real['mean']:.2f}"
+            if real.get("note"):
+                text += f" ({html.escape(real['note'])})"
         return text
 
     def run_for_real(self, _button: Any = None) -> None:
@@ -215,7 +217,7 @@ def _real_summary(outcome: Any) -> dict:
             "accuracy": [float(lookup(outcome, "test_accuracy"))],
         }
     histogram = {tau: int(c) for tau, c in enumerate(counts) if c}  # counts, not a list of taus
-    return {"staleness": histogram, "mean": mean, "curve": curve}
+    return {"staleness": histogram, "mean": mean, "curve": curve, "note": lookup(outcome, "note")}
 
 
 def run_for_real_default(config, updates: int, progress: Callable[[int, int], None]) -> dict:
@@ -235,12 +237,18 @@ def run_for_real_default(config, updates: int, progress: Callable[[int, int], No
         raise ValueError(f"progress must be a function f(done, total), got {type(progress).__name__}")
     # imported after the checks, so that a wrong argument fails without loading the server
     from dlcourse.parameter_server import PSConfig, run_parameter_server
+    from dlcourse.resources import fit_workers
 
-    n = config.num_workers
+    # sized to the machine: 16 workers would not fit Binder's 1 CPU and 2 GB
+    allowed, why = fit_workers(config.num_workers + config.servers)
+    if allowed == 0:
+        raise ValueError(why)
+    n = min(config.num_workers, max(1, allowed - config.servers))
+    note = why if n < config.num_workers else None
     ps = PSConfig(
         num_workers=n,
         num_servers=config.servers,
-        softsync=config.effective_softsync,
+        softsync=n if config.policy == "sync" else min(config.effective_softsync, n),
         staleness_bound=config.effective_bound,
         lr=config.lr,
         lr_policy=config.lr_policy,
@@ -255,4 +263,10 @@ def run_for_real_default(config, updates: int, progress: Callable[[int, int], No
     # a version applies S pushes of batch_size examples each
     per_version = ps.softsync * ps.batch_size / train_size
     evals = [{"epoch": v * per_version, "accuracy": acc} for v, _, acc in result.accuracy_over_time]
-    return {"staleness": result.staleness, "evals": evals, "test_accuracy": result.test_accuracy}
+    return {
+        "staleness": result.staleness,
+        "evals": evals,
+        "test_accuracy": result.test_accuracy,
+        "num_workers": n,
+        "note": note,  # what was cut to fit the machine, in words (None: run as asked)
+    }
