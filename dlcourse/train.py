@@ -98,9 +98,13 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000) -> dict[st
         raise ValueError("data must hold at least one example, got an empty Dataset")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters())
+    # the inputs take the model's device and dtype (a float64 model gets float64 images)
     logits = torch.cat(
-        [model(data.X[i : i + batch_size].to(device)).cpu() for i in range(0, len(data), batch_size)]
+        [
+            model(data.X[i : i + batch_size].to(first.device, first.dtype)).float().cpu()
+            for i in range(0, len(data), batch_size)
+        ]
     )
     model.train(was_training)
     return {

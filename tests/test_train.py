@@ -128,3 +128,15 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, needle):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_evaluate_feeds_a_float64_model_float64_inputs(mnist):
+    """A model in double precision is evaluated on the same data (converted), with the same result."""
+    from dlcourse.models import make_model
+    from dlcourse.train import evaluate
+
+    model = make_model("mlp", seed=0)
+    single = evaluate(model, mnist.test[:200])
+    double = evaluate(model.double(), mnist.test[:200])
+    assert double["accuracy"] == single["accuracy"]
+    assert abs(double["loss"] - single["loss"]) < 1e-5
