@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: lab test quick lint format gpu benchmarks clean
+.PHONY: lab test quick lint format gpu benchmarks binder-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,14 @@ lab: $(STAMP)  ## set up, then start JupyterLab on lessons/ (LAB_ARGS="--no-brow
 	@echo "Starting JupyterLab on lessons/ (its URL follows)"
 	$(BIN)/jupyter lab --notebook-dir=lessons $(ROOT_ARGS) $(LAB_ARGS)
 
-test: $(STAMP) lint  ## set up, then run every test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) lint  ## set up, then run every test (but Binder's from-scratch build: binder-check)
+	$(BIN)/python -m pytest -m "not binder" $(PYTEST_ARGS)
+
+binder-check: $(STAMP)  ## build Binder's environment from binder/ in a fresh venv, run postBuild and lesson 00 there
+	$(BIN)/python -m pytest -m binder -rs $(PYTEST_ARGS)
 
 quick: $(STAMP)  ## the inner loop: everything but slow tests and notebooks
-	$(BIN)/python -m pytest tests -m "not slow and not notebook" -x -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not slow and not notebook and not browser and not binder" -x -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -99,6 +99,7 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.binder
 @pytest.mark.timeout(2400)
 def test_binder_environment_from_scratch(tmp_path):
     timings = {}
