@@ -100,7 +100,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=_pos_float,
         default=None,
-        help="learning rate lambda (default: 1e-3 with Adam, 0.1 otherwise; see --optimizer, --lr-policy)",
+        help="learning rate lambda (default: 1e-3 with Adam, 0.2 for async-ps with --lr-policy staleness, "
+        "0.1 otherwise; see --optimizer, --lr-policy)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of model init, shuffles and timing")
     p.add_argument("--workers", type=_pos_int, default=2, help="number of workers N")
@@ -112,8 +113,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         choices=["constant", "staleness"],
         default=None,
         help="the server's lr per update: constant lambda, or lambda / tau for a gradient tau versions "
-        "stale (Zhang et al. 2016). Default: staleness for train --strategy async-ps (the lecture's CNN "
-        "at a constant 0.1 diverged in about 1 run of 5 there), constant for simulate (the MLP)",
+        "stale (Zhang et al. 2016). Default: staleness (with lr 0.2) for train --strategy async-ps (the "
+        "lecture's CNN at a constant 0.1 diverged in about 1 run of 5 there), constant for simulate",
     )
     p.add_argument(
         "--tau", type=_pos_float, default=None, help="quantization threshold for compressed updates"

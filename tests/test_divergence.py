@@ -244,9 +244,10 @@ def test_a_killed_async_worker_appears_in_the_printed_summary(no_orphans):
     assert "lost worker: worker 2 after 4 updates" in cli.summary(result.metrics())
 
 
-def test_help_states_the_defaults(capsys):
+def test_help_states_the_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap "async-ps" at its hyphen
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "Default: staleness for train --strategy async-ps" in text
+    assert "Default: staleness (with lr 0.2) for train --strategy async-ps" in text
     assert "default: adam (lr 1e-3) for single" in text
