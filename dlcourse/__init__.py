@@ -11,6 +11,7 @@ The rules and parts (pure functions and small classes; no processes, no clock)
     compression    sparse + 1-bit +-tau updates with a residual, entropy-coded indices
     collectives    parameter averaging, all-reduce, the bytes a ring all-reduce moves
     landscape      the loss between two replicas (is the average of two minima a minimum?)
+    divergence     a run whose loss blew up stops, saying where and what to try
     environment    what this machine offers: cores, GPUs, backends
     resources      how many real processes fit here (CPU quota, memory), said in words
 
@@ -22,7 +23,8 @@ The real runtime (processes on torch.distributed: gloo on CPUs, NCCL on GPUs, or
     averaging          the lecture's parameter averaging every K steps
     replication        multi_gpu_model with cpu_relocation: one process, one replica per device
     parameter_server   servers and workers exchanging real messages: async SGD, soft sync, bounds
-                       (parameter_server.config: the run and its sharding; .protocol: the processes)
+                       (parameter_server.config: the run, its sharding; parameter_server.protocol:
+                       the processes and their messages)
     decentralized      peer-to-peer compressed updates without a server
     model_parallel     layers on different devices or processes
     pipeline           GPipe and 1F1B micro-batch schedules, and the bubble
