@@ -193,7 +193,7 @@ epoch is a budget of examples shared by all workers, so fast workers simply do m
         """
 base = SimConfig(num_workers=3, batch_size=50, epochs=1, lr=0.1, worker_speeds=(0.25, 1.0, 1.0))
 sim = {policy: simulate(replace(base, policy=policy)) for policy in ("sync", "async")}
-for name, r in sim.items():
+for r in sim.values():
     print(r)
 
 fig, axes = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
