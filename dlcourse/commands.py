@@ -227,6 +227,7 @@ def replicated(args: argparse.Namespace) -> dict[str, Any]:
 def pipeline(args: argparse.Namespace, num_microbatches: int | None = None) -> dict[str, Any]:
     """``--strategy pipeline --stages K --microbatches M``: GPipe on K processes, plain SGD."""
     from dlcourse.metrics import run_metrics
+    from dlcourse.model_parallel import stage_bounds
     from dlcourse.models import make_model
     from dlcourse.pipeline import PipelineConfig, train_stages
     from dlcourse.train import evaluate
@@ -237,6 +238,7 @@ def pipeline(args: argparse.Namespace, num_microbatches: int | None = None) -> d
     )
     split = _data(args)
     model = make_model(args.model, seed=args.seed)
+    stage_bounds(len(model), args.stages)  # a bad --stages is one line, before any warning
     _processes(args.stages)
     run = train_stages(model, split.train, args.stages, config, timeout=args.timeout)
     return run_metrics(
