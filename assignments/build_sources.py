@@ -915,6 +915,7 @@ and compares the run with the library's own: same messages, same bytes, same mod
         2,
         '''
 """A3.5: your quantizer compresses the updates of a real decentralized run like the library's."""
+expect_close(quantize(torch.tensor([0.02, -0.001]), 0.01), [0.01, 0.0], "quantize, as the run calls it")
 ### BEGIN HIDDEN TESTS
 def _hidden():
     rng = rng_for("A3.5", 0)
@@ -1259,6 +1260,7 @@ with plain autograd on the whole batch.
         2,
         '''
 """A4.5: your GPipe and 1F1B schedules, run on 2 processes, give autograd's gradients."""
+expect_equal(len(gpipe_schedule(2, 3)) + len(one_f_one_b_schedule(2, 3)), 24, "steps of both schedules")
 ### BEGIN HIDDEN TESTS
 def _hidden():
     rng = rng_for("A4.5", 0)
