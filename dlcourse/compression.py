@@ -83,6 +83,13 @@ def sparsify(r: torch.Tensor, tau: float) -> torch.Tensor:
 Quantizer = Callable[[torch.Tensor, float], torch.Tensor]  # quantize(r, tau) -> what is sent
 
 
+def check_quantizer(quantizer: object) -> Quantizer | None:
+    """``quantizer`` if it is None or a function ``quantize(r, tau) -> tensor``, else ValueError."""
+    if quantizer is not None and not callable(quantizer):
+        raise ValueError(f"quantizer must be a function quantize(r, tau) -> tensor, got {quantizer!r}")
+    return quantizer
+
+
 def residual_step(residual: torch.Tensor, update: torch.Tensor, tau: float, quantizer: Quantizer = quantize):
     """One step of the residual scheme, in place on ``residual``; returns what is sent.
 
@@ -497,10 +504,7 @@ class Compressor:
         check_choice("variant", self.variant, VARIANTS)
         check_choice("coder", self.coder, CODERS)
         _check_dtype(self.dtype)
-        if self.quantizer is not None and not callable(self.quantizer):
-            raise ValueError(
-                f"quantizer must be a function quantize(r, tau) -> tensor, got {self.quantizer!r}"
-            )
+        check_quantizer(self.quantizer)
         if self.variant != "dense" or self.tau is not None:
             self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
         self.residual = torch.zeros(self.numel if self.variant in ("full", "sparse") else 0, dtype=self.dtype)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.collectives import TOPOLOGIES, flat_parameters, peers
-from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, read_message
+from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, check_quantizer, read_message
 from dlcourse.data import Dataset, batch_order, load_mnist, shard
 from dlcourse.divergence import check_finite, find_diverged
 from dlcourse.launcher import WorkerError, launch
@@ -88,10 +88,7 @@ class DecentralizedConfig:
         if self.warmup_workers is not None:
             check_int("warmup_workers", self.warmup_workers, low=1)
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
-        if self.quantizer is not None and not callable(self.quantizer):
-            raise ValueError(
-                f"quantizer must be a function quantize(r, tau) -> tensor, got {self.quantizer!r}"
-            )
+        check_quantizer(self.quantizer)
         check_int("seed", self.seed, low=0)
 
     @property

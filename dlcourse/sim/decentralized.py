@@ -31,7 +31,7 @@ import torch
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.collectives import TOPOLOGIES, peers
-from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, read_message
+from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, check_quantizer, read_message
 from dlcourse.sim.cluster import Cluster
 from dlcourse.sim.config import SimConfig, register_policy
 
@@ -59,10 +59,7 @@ class DecentralizedSimConfig(SimConfig):
         if self.warmup_workers is not None:
             check_int("warmup_workers", self.warmup_workers, low=1, high=self.num_workers)
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
-        if self.quantizer is not None and not callable(self.quantizer):
-            raise ValueError(
-                f"quantizer must be a function quantize(r, tau) -> tensor, got {self.quantizer!r}"
-            )
+        check_quantizer(self.quantizer)
 
     def as_dict(self) -> dict:
         d = super().as_dict()
