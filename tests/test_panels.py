@@ -53,8 +53,13 @@ def test_straggler_explorer_redraws_in_place_when_a_slider_moves(small, base):
     assert panel.results["sync"].config.straggler_prob == 0.4
     assert "async runs" in panel.status.value
 
+    status = panel.status.value
     panel.num_workers.value = 4
     assert len(panel.idle_plot.heights("async")) == 4
+    # the status names N and both idle shares, so it changes whenever N does (the browser test moves N)
+    assert panel.status.value != status and panel.status.value.startswith("N = 4: ")
+    idle = np.mean(panel.results["sync"].idle_fraction)
+    assert f"idle {idle:.0%} of the time in sync" in panel.status.value
     assert panel.sync_plot.ax.get_ylim()[0] == pytest.approx(3.5)  # rows 0..3 under the server
     # the expensive sliders recompute on release only
     assert not any(

@@ -74,4 +74,8 @@ class StragglerExplorer(SimPanel):
         self.curves_plot.update(self.results)  # accuracy per virtual second: who learns faster in time
         s, a = self.results["sync"], self.results["async"]
         ratio = a.examples_per_s / s.examples_per_s if s.examples_per_s else float("nan")
-        return f"async runs {ratio:.2f}x the examples per second of sync"
+        idle = {p: sum(r.idle_fraction) / len(r.idle_fraction) for p, r in self.results.items()}
+        return (
+            f"N = {self.num_workers.value}: workers idle {idle['sync']:.0%} of the time in sync, "
+            f"{idle['async']:.0%} in async; async runs {ratio:.2f}x the examples per second of sync"
+        )
