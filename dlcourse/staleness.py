@@ -37,12 +37,21 @@ tau.
    alone, at its own tau <= N - 1.
 
 These rules are pure: the simulator (:mod:`dlcourse.sim`) and the real parameter server
-call the same functions, and a student's own rule plugs into both.
+call the same functions, and a student's own rule plugs into both. Each of the four has a
+seam, taken by :class:`SoftSync`, :class:`BoundedStaleness`, ``SimConfig`` and ``PSConfig``:
+
+- ``staleness_fn(server_version, pulled_version) -> tau`` (default :func:`staleness`);
+- ``lr_policy(lr, tau) -> lambda_n`` (default :func:`constant_lr`);
+- ``aggregate(params, updates, lrs) -> new params``, one soft-sync step that returns new
+  tensors and leaves its inputs alone (default: :func:`apply_updates` with the mean);
+- ``gate(clocks, worker, bound) -> bool``, the bounded-staleness test (default
+  :func:`within_bound`).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -51,7 +60,28 @@ import torch
 from dlcourse._validate import check_choice, check_float, check_int
 
 LrPolicy = Callable[[float, int], float]
+StalenessFn = Callable[[int, int], int]
+Aggregate = Callable[[list[torch.Tensor], list[list[torch.Tensor]], list[float]], Sequence[torch.Tensor]]
+Gate = Callable[[list[int], int, "int | None"], bool]
 REDUCTIONS = ("mean", "sum")
+# the seams a student's rule plugs into, and the call each must accept
+RULES = {
+    "staleness_fn": "f(server_version, pulled_version) -> tau",
+    "aggregate": "f(params, updates, lrs) -> new params",
+    "gate": "f(clocks, worker, bound) -> bool",
+}
+
+
+def check_rule(name: str, rule):
+    """``None`` (the library's rule) or a function; ``ValueError`` names the seam and its call."""
+    if rule is not None and not callable(rule):
+        raise ValueError(f"{name} must be None or a function {RULES[name]}, got {rule!r}")
+    return rule
+
+
+def rule_name(rule) -> str | None:
+    """How configs and results write a plugged-in rule: its ``__name__`` (``None``: the library's)."""
+    return None if rule is None else getattr(rule, "__name__", repr(rule))
 
 
 def staleness(server_version: int, pulled_version: int) -> int:
@@ -69,6 +99,14 @@ def constant_lr(lr: float, tau: int) -> float:
 def staleness_lr(lr: float, tau: int) -> float:
     """``lambda_n = lambda / max(1, tau)`` (Zhang et al. 2016): staler gradients count less."""
     return lr / max(1, tau)
+
+
+def within_bound(clocks: Sequence[int], worker: int, bound: int | None) -> bool:
+    """The bounded-staleness gate (Ho et al. 2013): ``clocks[worker] - min(clocks) <= bound``.
+
+    ``clocks[n]`` counts the applied steps of worker n; ``bound=None`` never blocks.
+    """
+    return bound is None or clocks[worker] - min(clocks) <= bound
 
 
 LR_POLICIES: dict[str, LrPolicy] = {"constant": constant_lr, "staleness": staleness_lr}
@@ -140,6 +178,8 @@ class SoftSync:
     ``receive(params, grads, pulled_version)`` records one update; when S have arrived it
     applies them with :func:`apply_updates`, advances ``version`` and returns the list of
     their staleness values (else ``None``): versions, whatever gate the caller runs.
+    ``staleness_fn`` and ``aggregate`` replace :func:`staleness` and :func:`apply_updates`
+    (a student's rules, see the module docstring); what they return is checked.
     """
 
     def __init__(
@@ -149,12 +189,18 @@ class SoftSync:
         lr: float = 0.1,
         lr_policy: str | LrPolicy = "constant",
         reduce: str = "mean",
+        staleness_fn: StalenessFn | None = None,
+        aggregate: Aggregate | None = None,
     ) -> None:
         self.num_workers = check_int("num_workers", num_workers, low=1)
         self.softsync = check_int("softsync", 1 if softsync is None else softsync, low=1, high=num_workers)
         self.lr = check_float("lr", lr, low=0.0, low_open=True)
         self.lr_policy = resolve_lr_policy(lr_policy)
         self.reduce = check_choice("reduce", reduce, REDUCTIONS)
+        self.staleness_fn = check_rule("staleness_fn", staleness_fn)
+        self.aggregate = check_rule("aggregate", aggregate)
+        if aggregate is not None and reduce != "mean":
+            raise ValueError(f"reduce must be 'mean' with an aggregate (it takes the mean), got {reduce!r}")
         self.version = 0
         self._pending: list[tuple[Sequence[torch.Tensor], int]] = []
 
@@ -170,7 +216,7 @@ class SoftSync:
         else ``None``: ``tau = version - pulled_version``, fixed on arrival (the versions
         applied since the pull; the step that applies this update is not counted).
         """
-        tau = staleness(self.version, pulled_version)
+        tau = self._staleness(pulled_version)
         self._pending.append((grads, tau))
         if len(self._pending) < self.softsync:
             return None
@@ -185,13 +231,44 @@ class SoftSync:
             return None
         return self._apply_pending(params)
 
+    def _staleness(self, pulled_version: int) -> int:
+        if self.staleness_fn is None:
+            return staleness(self.version, pulled_version)
+        check_int("pulled_version", pulled_version, low=0, high=self.version)
+        tau = self.staleness_fn(self.version, pulled_version)
+        if isinstance(tau, bool) or not isinstance(tau, numbers.Integral) or tau < 0:
+            raise ValueError(
+                f"staleness_fn must return a whole number of versions >= 0, got {tau!r} "
+                f"for server_version={self.version}, pulled_version={pulled_version}"
+            )
+        return int(tau)
+
     def _apply_pending(self, params: Sequence[torch.Tensor]) -> list[int]:
         taus = [t for _, t in self._pending]
         lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in taus]
-        apply_updates(params, [g for g, _ in self._pending], lrs, self.reduce)
+        updates = [g for g, _ in self._pending]
+        if self.aggregate is None:
+            apply_updates(params, updates, lrs, self.reduce)
+        else:
+            self._aggregate(params, updates, lrs)
         self._pending.clear()
         self.version += 1
         return taus
+
+    @torch.no_grad()
+    def _aggregate(self, params, updates, lrs) -> None:
+        # the rule gets copies (it may not change W behind the server's back) and returns new W
+        copies = [[g.detach().clone() for g in u] for u in updates]
+        new = self.aggregate([p.detach().clone() for p in params], copies, list(lrs))
+        if not isinstance(new, (list, tuple)) or len(new) != len(params):
+            got = type(new).__name__
+            raise ValueError(f"aggregate must return a list of {len(params)} tensors, got {got}")
+        for i, (p, n) in enumerate(zip(params, new)):
+            if not isinstance(n, torch.Tensor) or n.shape != p.shape:
+                got = tuple(n.shape) if isinstance(n, torch.Tensor) else type(n).__name__
+                raise ValueError(f"aggregate must return parameter {i} of shape {tuple(p.shape)}, got {got}")
+        for p, n in zip(params, new):
+            p.copy_(n)
 
     @property
     def pending(self) -> int:
@@ -202,6 +279,7 @@ class SoftSync:
         return (
             f"SoftSync(num_workers={self.num_workers}, softsync={self.softsync}, lr={self.lr}, "
             f"lr_policy={lr_policy_name(self.lr_policy)}, reduce={self.reduce!r}, "
+            f"{_plugged(staleness_fn=self.staleness_fn, aggregate=self.aggregate)}"
             f"version={self.version}, pending={self.pending})"
         )
 
@@ -217,11 +295,14 @@ class BoundedStaleness:
     is ``clock`` when it is applied minus ``clock`` when its worker pulled (at most
     ``bound``). It is a separate figure from the staleness tau, which counts versions.
     A worker that has left the run (:meth:`retire`) no longer counts in that minimum.
+    ``gate(clocks, worker, bound) -> bool`` replaces :func:`within_bound` (a student's rule):
+    it is asked with the clocks of the workers still in the run.
     """
 
-    def __init__(self, num_workers: int, bound: int | None) -> None:
+    def __init__(self, num_workers: int, bound: int | None, gate: Gate | None = None) -> None:
         self.num_workers = check_int("num_workers", num_workers, low=1)
         self.bound = None if bound is None else check_int("staleness_bound", bound, low=0)
+        self.gate = check_rule("gate", gate)
         self.clocks = [0] * num_workers
         self.retired: set[int] = set()  # workers that left the run (lost): they hold nobody back
 
@@ -238,7 +319,14 @@ class BoundedStaleness:
 
     def may_start(self, worker: int) -> bool:
         check_int("worker", worker, low=0, high=self.num_workers - 1)
-        return self.bound is None or self.clocks[worker] - self.clock <= self.bound
+        live = [w for w in range(self.num_workers) if w not in self.retired or w == worker]
+        clocks = [self.clocks[w] for w in live]
+        if self.gate is None:
+            return within_bound(clocks, live.index(worker), self.bound)
+        answer = self.gate(clocks, live.index(worker), self.bound)
+        if not isinstance(answer, bool):
+            raise ValueError(f"gate must return a bool, got {answer!r} (clocks={clocks}, bound={self.bound})")
+        return answer
 
     def finish(self, worker: int) -> None:
         """One step of worker ``worker`` has been applied by the server."""
@@ -247,10 +335,16 @@ class BoundedStaleness:
 
     def __repr__(self) -> str:
         retired = f", retired={sorted(self.retired)}" if self.retired else ""
+        gate = f", gate={rule_name(self.gate)}" if self.gate is not None else ""
         return (
             f"BoundedStaleness(num_workers={self.num_workers}, bound={self.bound}, "
-            f"clocks={self.clocks}{retired})"
+            f"clocks={self.clocks}{retired}{gate})"
         )
+
+
+def _plugged(**rules) -> str:
+    """``"name=fn, "`` for each rule that is not the library's (reprs)."""
+    return "".join(f"{k}={rule_name(v)}, " for k, v in rules.items() if v is not None)
 
 
 def staleness_summary(taus: Sequence[int]) -> dict:

@@ -214,6 +214,42 @@ def test_a_notebook_defined_rule_runs_in_the_server(tmp_path, no_orphans):
     assert sorted(int(t) for _, t in calls) == sorted(result.staleness)
 
 
+def _mean_step(params, updates, lrs):  # soft sync as a student writes it: new tensors, inputs unchanged
+    return [w - sum(lam * u[i] for u, lam in zip(updates, lrs)) / len(updates) for i, w in enumerate(params)]
+
+
+@pytest.mark.multiprocess
+def test_a_students_staleness_aggregate_and_gate_run_in_the_server(mnist, tmp_path, no_orphans):
+    from dlcourse.staleness import staleness
+
+    config = dict(SMALL, num_workers=3, softsync=3, steps=3)
+    reference = _reference_parameter_averaging(PSConfig(**config), mnist.train[: SMALL["train_examples"]])
+    sync = run_parameter_server(PSConfig(**config, staleness_fn=staleness, aggregate=_mean_step))
+    for w, ref in zip(sync.parameters, reference):
+        torch.testing.assert_close(w, ref, rtol=0, atol=1e-6)
+    assert "staleness_fn=staleness, aggregate=_mean_step" in repr(sync.config)
+
+    record = tmp_path / "gate.txt"
+
+    def ignores_the_bound(clocks, worker, bound):  # a wrong gate: it never holds anyone back
+        with open(record, "a") as f:
+            f.write(f"{bound}\n")
+        return True
+
+    free = run_parameter_server(
+        PSConfig(
+            **dict(SMALL, num_workers=3, steps=12, staleness_bound=0, slow_worker=0, slow_delay=0.05),
+            staleness_fn=lambda v, p: v - p + 1,
+            gate=ignores_the_bound,
+        )
+    )
+    assert len(free.update_versions) == len(free.staleness) == 36
+    assert free.staleness == [v - p + 1 for v, p in free.update_versions]  # the student's count
+    assert set(record.read_text().split()) == {"0"}  # asked, in the server, with the bound
+    # with the library's gate bound 0 keeps tau <= N - 1 = 2; this gate let the slow worker fall behind
+    assert max(v - p for v, p in free.update_versions) > 2
+
+
 @pytest.mark.multiprocess
 def test_async_survives_a_killed_worker(no_orphans):
     start = time.monotonic()

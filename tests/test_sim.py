@@ -298,6 +298,47 @@ def test_a_students_lr_policy_plugs_in(small):
         simulate(SimConfig(num_workers=2, lr_policy=lambda lr, tau: -1.0, batch_size=20), small)
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [dict(policy="softsync", softsync=2), dict(policy="bounded", staleness_bound=0), dict(policy="sync")],
+)
+def test_a_students_staleness_aggregate_and_gate_plug_in(small, policy):
+    """Rules equal to the library's give the very same run; one that differs changes it."""
+    from dlcourse.staleness import staleness, within_bound
+
+    calls = {"staleness_fn": 0, "aggregate": 0, "gate": 0}
+
+    def tau(v, p):
+        calls["staleness_fn"] += 1
+        return staleness(v, p)
+
+    def mean_step(params, updates, lrs):
+        calls["aggregate"] += 1
+        return [
+            w - sum(lam * u[i] for u, lam in zip(updates, lrs)) / len(updates) for i, w in enumerate(params)
+        ]
+
+    def gate(clocks, worker, bound):
+        calls["gate"] += 1
+        return within_bound(clocks, worker, bound)
+
+    common = dict(num_workers=4, batch_size=20, worker_speeds=(1.0, 1.0, 2.0, 4.0), **policy)
+    lib = simulate(SimConfig(**common), small)
+    own = simulate(SimConfig(**common, staleness_fn=tau, aggregate=mean_step, gate=gate), small)
+    assert own.staleness == lib.staleness and own.trace == lib.trace
+    torch.testing.assert_close(own.params, lib.params, rtol=1e-6, atol=1e-7)
+    assert calls["staleness_fn"] == lib.updates and calls["aggregate"] == lib.server_steps
+    assert (calls["gate"] > 0) == (policy["policy"] == "bounded")
+    config = own.to_json()["config"]
+    assert (config["staleness_fn"], config["aggregate"], config["gate"]) == ("tau", "mean_step", "gate")
+
+    off = simulate(SimConfig(**common, staleness_fn=lambda v, p: v - p + 1), small)
+    assert off.staleness == [t + 1 for t in lib.staleness]  # what the server counts is the student's
+    for name in ("staleness_fn", "aggregate", "gate"):
+        with pytest.raises(ValueError, match=f"{name} must be None or a function"):
+            SimConfig(**common, **{name: 3})
+
+
 def test_a_new_policy_plugs_in_through_the_cluster(small):
     """A policy written outside sim.py (here: each worker trains alone, nothing is shared)."""
 

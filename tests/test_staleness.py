@@ -329,3 +329,89 @@ def test_staleness_summary_of_nothing():
 def test_staleness_summary_rejects_what_is_not_a_staleness(taus):
     with pytest.raises(ValueError, match="taus"):
         staleness_summary(taus)
+
+
+# ------------------------------------------------------------------ the seams: a student's rules
+
+
+def _mean_step(params, updates, lrs):
+    """Soft sync written as a student would: returns new tensors, leaves its inputs alone."""
+    return [w - sum(lam * u[i] for u, lam in zip(updates, lrs)) / len(updates) for i, w in enumerate(params)]
+
+
+@FAST
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(0, 2**16), st.data())
+def test_plugged_rules_equal_to_the_library_s_give_the_same_run(num_workers, S, seed, data):
+    S = min(S, num_workers)
+    g = torch.Generator().manual_seed(seed)
+    w_lib, w_own = torch.randn(3, 2, generator=g, dtype=torch.float64), None
+    w_own = w_lib.clone()
+    lib = SoftSync(num_workers, S, lr=0.3, lr_policy="staleness")
+    own = SoftSync(
+        num_workers, S, lr=0.3, lr_policy="staleness", staleness_fn=staleness, aggregate=_mean_step
+    )
+    for _ in range(data.draw(st.integers(1, 12))):
+        pulled = data.draw(st.integers(0, lib.version))
+        grad = torch.randn(3, 2, generator=g, dtype=torch.float64)
+        assert lib.receive([w_lib], [grad], pulled) == own.receive([w_own], [grad], pulled)
+    assert lib.flush([w_lib]) == own.flush([w_own])
+    torch.testing.assert_close(w_own, w_lib, rtol=1e-12, atol=1e-12)
+    assert "staleness_fn=staleness, aggregate=_mean_step" in repr(own)
+
+
+def test_a_plugged_staleness_rule_is_what_the_server_counts():
+    off_by_one = SoftSync(2, 1, staleness_fn=lambda v, p: v - p + 1)
+    w = [torch.zeros(2)]
+    assert off_by_one.receive(w, [torch.ones(2)], 0) == [1]  # the library would say 0
+    with pytest.raises(ValueError, match=r"staleness_fn must return a whole number.*-1"):
+        SoftSync(2, 1, staleness_fn=lambda v, p: p - v - 1).receive(w, [torch.ones(2)], 0)
+    with pytest.raises(ValueError, match=r"staleness_fn must return a whole number.*0\.5"):
+        SoftSync(2, 1, staleness_fn=lambda v, p: 0.5).receive(w, [torch.ones(2)], 0)
+
+
+def test_a_plugged_aggregate_gets_copies_and_its_answer_is_checked():
+    def vandal(params, updates, lrs):
+        params[0].fill_(99.0)  # the server's W must not change behind its back
+        updates[0][0].fill_(99.0)
+        return [torch.full_like(params[0], 7.0)]
+
+    w, grad = [torch.zeros(2)], torch.ones(2)
+    SoftSync(1, 1, aggregate=vandal).receive(w, [grad], 0)
+    assert w[0].tolist() == [7.0, 7.0] and grad.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"aggregate must return a list of 1 tensors, got Tensor"):
+        SoftSync(1, 1, aggregate=lambda p, u, lrs: p[0]).receive(w, [grad], 0)
+    with pytest.raises(ValueError, match=r"aggregate must return parameter 0 of shape \(2,\), got \(3,\)"):
+        SoftSync(1, 1, aggregate=lambda p, u, lrs: [torch.zeros(3)]).receive(w, [grad], 0)
+    with pytest.raises(ValueError, match=r"aggregate must be None or a function f\(params, updates, lrs\)"):
+        SoftSync(1, 1, aggregate="mean")
+    with pytest.raises(ValueError, match=r"reduce must be 'mean' with an aggregate"):
+        SoftSync(1, 1, aggregate=_mean_step, reduce="sum")
+
+
+@FAST
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=6), st.sampled_from([None, 0, 1, 3]), st.data())
+def test_a_plugged_gate_equal_to_the_library_s_decides_the_same(clocks, bound, data):
+    asked = []
+
+    def gate(cs, worker, b):
+        asked.append((list(cs), worker, b))
+        return b is None or cs[worker] - min(cs) <= b
+
+    lib, own = BoundedStaleness(len(clocks), bound), BoundedStaleness(len(clocks), bound, gate)
+    lib.clocks, own.clocks = list(clocks), list(clocks)
+    retired = data.draw(st.sets(st.integers(0, len(clocks) - 1), max_size=len(clocks) - 1))
+    for w in retired:
+        lib.retire(w), own.retire(w)
+    for w in range(len(clocks)):
+        if w not in retired:
+            assert lib.may_start(w) == own.may_start(w)
+    # the gate is asked with the clocks of the workers still in the run
+    assert all(len(cs) == len(clocks) - len(retired) for cs, _, _ in asked)
+
+
+def test_a_plugged_gate_must_answer_a_bool():
+    gate = BoundedStaleness(2, 1, gate=lambda clocks, worker, bound: 1)
+    with pytest.raises(ValueError, match=r"gate must return a bool, got 1"):
+        gate.may_start(0)
+    with pytest.raises(ValueError, match=r"gate must be None or a function f\(clocks, worker, bound\)"):
+        BoundedStaleness(2, 1, gate=True)

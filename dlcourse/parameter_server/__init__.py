@@ -23,7 +23,8 @@ simulator calls:
   (``PSResult.clock_lag``);
 - the learning rate of each update comes from ``lr_policy``: ``"constant"``,
   ``"staleness"`` (lambda / tau) or a student's function ``f(lr, tau)``, which travels to the
-  server process with cloudpickle and runs there.
+  server process with cloudpickle and runs there; so do a student's ``staleness_fn``,
+  soft-sync ``aggregate`` and bounded-staleness ``gate`` (:mod:`dlcourse.staleness`).
 
 Quick start::
 
@@ -108,6 +109,9 @@ class PSResult:
     worker_stats: list[dict | None] = field(default_factory=list)  # steps, compute_s, wait_s; None if lost
     shard_staleness: list[list[int]] = field(default_factory=list)  # tau per applied update, per server
     clock_lag: list[int] = field(default_factory=list)  # server 0: the gate's clock lag of each update
+    # server 0: (server version, pulled version) of each update, as the server saw them; its staleness
+    # is their difference unless a plugged-in staleness_fn says otherwise (what a grader compares)
+    update_versions: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def updates(self) -> int:
@@ -296,4 +300,5 @@ def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PS
         worker_stats=list(workers),
         shard_staleness=[s["taus"] for s in servers],
         clock_lag=servers[0]["clock_lags"],
+        update_versions=[tuple(v) for v in servers[0]["update_versions"]],
     )

@@ -243,8 +243,15 @@ class _Server:
         self.N, self.k = config.num_workers, config.num_servers
         params = list(make_model(config.model, seed=config.seed).parameters())
         self.shard = flatten_shard(params, layout[j])
-        self.rule = SoftSync(self.N, config.softsync, config.lr, config.lr_policy, reduce="mean")
-        self.gate = BoundedStaleness(self.N, config.gate_bound)
+        self.rule = SoftSync(
+            self.N,
+            config.softsync,
+            config.lr,
+            config.lr_policy,
+            staleness_fn=config.staleness_fn,
+            aggregate=config.aggregate,
+        )
+        self.gate = BoundedStaleness(self.N, config.gate_bound, config.gate)
         # (worker, gradient, pulled version, pulled clock) of the soft-sync group's pushes not yet applied
         self.group: list[tuple[int, torch.Tensor, int, int]] = []
         self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
@@ -257,6 +264,9 @@ class _Server:
         self.lost: dict[int, int] = {}
         self.received = [0] * self.N
         self.taus: list[int] = []
+        self.update_versions: list[
+            tuple[int, int]
+        ] = []  # (server version, pulled version) of each tau's update
         self.clock_lags: list[int] = []  # the gate's clock lag of each applied update (SSP's own view)
         self.times: list[float] = []  # seconds since start at which each tau's update was applied
         self.bytes = 0
@@ -285,6 +295,7 @@ class _Server:
         # staleness in versions for every rule (dlcourse.staleness); the gate's clock lag apart
         clock = self.gate.clock
         for _worker, grad, pulled, pulled_clock in sorted(self.group, key=lambda g: g[0]):
+            self.update_versions.append((self.rule.version, pulled))
             taus = self.rule.receive([self.shard], [grad], pulled)
             self.clock_lags.append(clock - pulled_clock)
         if taus is None:  # fewer than S, and nobody else can push: apply them rather than wait forever
@@ -382,6 +393,7 @@ class _Server:
             "pid": os.getpid(),
             "shard": self.shard,
             "taus": self.taus,
+            "update_versions": self.update_versions,
             "clock_lags": self.clock_lags,
             "received": self.received,
             "lost": self.lost,

@@ -39,12 +39,15 @@ def run_parameter_server(cluster: Cluster) -> None:
     c = cluster.config
     n = c.num_workers
     S = c.effective_softsync
-    gate = BoundedStaleness(n, c.effective_bound) if c.effective_bound is not None else None
+    gate = BoundedStaleness(n, c.effective_bound, c.gate) if c.effective_bound is not None else None
     k = c.servers
     # shard j owns W[bounds[j]:bounds[j+1]] and runs its own soft-sync rule; all shards
     # see the same updates in the same order, so they stay at the same version
     bounds = cluster.shard_bounds
-    shards = [SoftSync(n, S, c.lr, c.lr_policy) for _ in range(k)]
+    shards = [
+        SoftSync(n, S, c.lr, c.lr_policy, staleness_fn=c.staleness_fn, aggregate=c.aggregate)
+        for _ in range(k)
+    ]
     W_parts = [[cluster.W[bounds[j] : bounds[j + 1]]] for j in range(k)]
     state = {"started": 0, "server_free": 0.0}
     steps = [0] * n  # steps each worker has started (its SSP clock once they are applied)
