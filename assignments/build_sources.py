@@ -388,7 +388,7 @@ GRADED_REFERENCES = [
     "dlcourse.staleness:staleness",
     "dlcourse.staleness:staleness_lr",
     "dlcourse.staleness:apply_updates",
-    "dlcourse.staleness:BoundedStaleness.may_start",
+    "dlcourse.staleness:within_bound",
 ]
 """
     ),
@@ -419,7 +419,7 @@ def staleness(server_version, pulled_version):
         "test_a2_1",
         2,
         '''
-"""A2.1: staleness of an update; the simulator counts staleness with your function."""
+"""A2.1: staleness of an update; the simulator and a real parameter server count staleness with your function."""
 assert staleness(5, 5) == 0
 assert staleness(7, 3) == 4
 ### BEGIN HIDDEN TESTS
@@ -436,10 +436,13 @@ def _hidden():
     expect_raises("ValueError", staleness, -1, -2)
     config = dict(policy="softsync", softsync=2, seed=rng_for("A2.1", 9).randrange(100))
     want = a2_simulate(**config)
-    with references_disabled(["dlcourse.staleness:staleness"]), plugged_in({"dlcourse.staleness:staleness": staleness}):
-        got = a2_simulate(**config)
+    with references_disabled(["dlcourse.staleness:staleness"]):
+        got = a2_simulate(staleness_fn=guarded(staleness, GRADED_REFERENCES), **config)
     expect_equal(got["staleness"], want["staleness"], "staleness of the simulated updates")
     expect_close(got["params"], want["params"], "final parameters of the simulation", rtol=1e-5, atol=1e-7)
+    real = in_student_process(a2_async_parameter_server, staleness_fn=guarded(staleness, GRADED_REFERENCES))
+    counted = [as_int(t, "staleness counted by the real server") for t in real["staleness"]]
+    expect_equal(counted, [v - p for v, p in real["versions"]], "staleness of a real parameter server's updates")
 hidden_test("A2.1", _hidden)
 ### END HIDDEN TESTS
 ''',
@@ -527,7 +530,7 @@ def soft_sync(params, updates, lrs):
         "test_a2_3",
         3,
         '''
-"""A2.3: the soft-sync aggregator; it applies the simulator's soft-sync steps."""
+"""A2.3: the soft-sync aggregator; it applies the soft-sync steps of the simulator and of a real parameter server."""
 _new = soft_sync([torch.tensor([1.0, 2.0])], [[torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 2.0])]], [0.5, 0.5])
 expect_close(_new, [0.75, 1.5], "soft_sync of 2 updates")
 ### BEGIN HIDDEN TESTS
@@ -551,12 +554,13 @@ def _hidden():
         expect_close(params, before, "the inputs must be left unchanged", rtol=0, atol=0)
     config = dict(policy="softsync", softsync=2, seed=rng_for("A2.3", 9).randrange(100))
     want = a2_simulate(**config)
-    with references_disabled(["dlcourse.staleness:apply_updates"]), plugged_in(
-        {"dlcourse.staleness:apply_updates": soft_sync_as_apply_updates(soft_sync)}
-    ):
-        got = a2_simulate(**config)
+    with references_disabled(["dlcourse.staleness:apply_updates"]):
+        got = a2_simulate(aggregate=guarded(soft_sync, GRADED_REFERENCES), **config)
     expect_equal(got["staleness"], want["staleness"], "staleness of the simulated updates")
     expect_close(got["params"], want["params"], "simulated parameters with your soft sync", rtol=1e-5, atol=1e-7)
+    got = in_student_process(a2_parameter_server, aggregate=guarded(soft_sync, GRADED_REFERENCES))
+    want = a2_parameter_server_reference(lambda lr, tau: lr)
+    expect_close(got, want, "parameters of the real parameter server with your soft sync", rtol=1e-4, atol=1e-6)
 hidden_test("A2.3", _hidden)
 ### END HIDDEN TESTS
 ''',
@@ -588,7 +592,7 @@ def may_start(clocks, worker, bound):
         "test_a2_4",
         2,
         '''
-"""A2.4: the bounded-staleness gate; it holds back the simulator's fast workers."""
+"""A2.4: the bounded-staleness gate; it holds back the fast workers of the simulator and of a real parameter server."""
 assert may_start([3, 1, 2], 0, 2) is True
 assert may_start([4, 1, 2], 0, 2) is False
 assert may_start([9, 0], 0, None) is True
@@ -607,12 +611,14 @@ def _hidden():
             expect_equal(got, want, f"may_start({clocks}, {worker}, {bound})")
     config = dict(policy="bounded", staleness_bound=1, worker_speeds=(1.0, 1.0, 2.0, 4.0), seed=rng_for("A2.4", 9).randrange(100))
     want = a2_simulate(**config)
-    with references_disabled(["dlcourse.staleness:BoundedStaleness.may_start"]), plugged_in(
-        {"dlcourse.staleness:BoundedStaleness.may_start": gate_as_may_start(may_start)}
-    ):
-        got = a2_simulate(**config)
+    with references_disabled(["dlcourse.staleness:within_bound"]):
+        got = a2_simulate(gate=guarded(may_start, GRADED_REFERENCES), **config)
     expect_equal(got["staleness"], want["staleness"], "staleness of the simulated updates")
     expect_close(got["params"], want["params"], "simulated parameters with your gate", rtol=1e-5, atol=1e-7)
+    real = in_student_process(a2_async_parameter_server, gate=guarded(may_start, GRADED_REFERENCES))
+    # bound 0, N = 3: every update applied at clock lag 0, and tau <= (2 * 0 + 1) * (3 - 1)
+    expect_equal(max(real["clock_lag"]), 0, "largest clock lag of a real run with bound 0")
+    expect(max(v - p for v, p in real["versions"]) <= 2, "a real run with bound 0 let an update be more than 2 versions stale")
 hidden_test("A2.4", _hidden)
 ### END HIDDEN TESTS
 ''',

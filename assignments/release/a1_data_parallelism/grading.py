@@ -247,31 +247,6 @@ def references_disabled(refs):
         _enable(undo)
 
 
-@contextlib.contextmanager
-def plugged_in(replacements: dict):
-    """Replace library attributes while the block runs: ``plugged_in({"dlcourse.staleness:staleness": f})``.
-
-    This is how a student's function drives a runtime that has no parameter for it: the
-    runtime looks the name up when it runs, and finds the student's.
-    """
-    saved = []
-    try:
-        for ref, value in replacements.items():
-            owner, name, _ = _resolve(ref)
-            saved.append((owner, name, owner.__dict__.get(name, _MISSING)))
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, old in reversed(saved):
-            if old is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, old)
-
-
-_MISSING = object()
-
-
 def in_student_process(helper, *args, **kwargs):
     """Run ``helper(*args, **kwargs)`` where the student's code runs; returns plain data.
 
@@ -413,6 +388,9 @@ def sandbox_main(rfd: int, wfd: int) -> None:
     import torch  # noqa: F401 - the slow import overlaps the judge's own
 
     init = json.loads(rd.readline())
+    # the helpers a test asks for by name: this module's, taken before any student cell runs
+    # (a student's cell may define a function of the same name; it is never the helper)
+    helpers = {k: v for k, v in globals().items() if callable(v) and not k.startswith("_")}
     sys.path.insert(0, os.getcwd())
     guard = list(init["guard"])
     ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -434,7 +412,7 @@ def sandbox_main(rfd: int, wfd: int) -> None:
     for line in rd:
         request = json.loads(line)
         try:
-            fn = ns.get(request["name"])
+            fn = helpers.get(request["name"]) if request["kind"] == "helper" else ns.get(request["name"])
             if not callable(fn):
                 raise NameError(f"name {request['name']!r} is not defined by your notebook")
             args = decode(request["args"], student)
@@ -780,56 +758,43 @@ def a2_simulate(**config):
     return {"staleness": list(result.staleness), "params": result.params.detach().clone()}
 
 
-def soft_sync_as_apply_updates(soft_sync):
-    """The library's in-place ``apply_updates`` made of a student's ``soft_sync`` (which returns new W)."""
-    import torch
-
-    def apply_updates(params, updates, lrs, reduce="mean"):
-        new = soft_sync(
-            [p.detach().clone() for p in params],
-            [[g.detach().clone() for g in u] for u in updates],
-            [float(x) for x in lrs],
-        )
-        if type(new) not in (list, tuple) or len(new) != len(params):
-            raise FailedCheck(
-                f"soft_sync must return a list of {len(params)} tensors, got {type(new).__name__}"
-            )
-        with torch.no_grad():
-            for p, n in zip(params, new):
-                if type(n) is not torch.Tensor or n.shape != p.shape:
-                    raise FailedCheck("soft_sync must return tensors of the parameters' shapes")
-                p.copy_(n)
-
-    return apply_updates
-
-
-def gate_as_may_start(may_start):
-    """``BoundedStaleness.may_start`` (a method) made of a student's ``may_start(clocks, worker, bound)``."""
-
-    def method(self, worker):
-        answer = may_start(list(self.clocks), int(worker), self.bound)
-        if type(answer) is not bool:
-            raise FailedCheck(f"may_start must return a bool, got {type(answer).__name__}")
-        return answer
-
-    return method
-
-
-def a2_ps_config(lr_policy):
+def a2_ps_config(lr_policy="constant", aggregate=None):
     from dlcourse.parameter_server import PSConfig
 
     return PSConfig(
-        num_workers=2, softsync=2, lr=0.1, lr_policy=lr_policy, model="mlp", batch_size=20, steps=3,
-        train_examples=200, test_examples=50, snapshots=0, timeout=30, run_timeout=120,
+        num_workers=2, softsync=2, lr=0.1, lr_policy=lr_policy, aggregate=aggregate, model="mlp",
+        batch_size=20, steps=3, train_examples=200, test_examples=50, snapshots=0, timeout=30,
+        run_timeout=120,
     )  # fmt: skip
 
 
-def a2_parameter_server(lr_policy):
-    """Final parameters of a real parameter server (synchronous, N = S = 2) using ``lr_policy``."""
+def a2_parameter_server(lr_policy="constant", aggregate=None):
+    """Final parameters of a real parameter server (synchronous, N = S = 2) with these rules."""
     from dlcourse.parameter_server import run_parameter_server
 
-    result = run_parameter_server(a2_ps_config(lr_policy))
+    result = run_parameter_server(a2_ps_config(lr_policy, aggregate))
     return [p.detach().clone() for p in result.parameters]
+
+
+def a2_async_parameter_server(staleness_fn=None, gate=None):
+    """A real asynchronous run (N = 3, S = 1, bound 0, worker 0 slow) with these rules: what the server saw.
+
+    ``{"staleness": the tau it counted per update, "versions": [server version, pulled version]
+    per update, "clock_lag": the gate's clock lag per update}`` (server 0).
+    """
+    from dlcourse.parameter_server import PSConfig, run_parameter_server
+
+    config = PSConfig(
+        num_workers=3, softsync=1, staleness_bound=0, slow_worker=0, slow_delay=0.03, lr=0.05,
+        staleness_fn=staleness_fn, gate=gate, model="mlp", batch_size=20, steps=4, train_examples=240,
+        test_examples=50, snapshots=0, timeout=30, run_timeout=120,
+    )  # fmt: skip
+    result = run_parameter_server(config)
+    return {
+        "staleness": list(result.staleness),
+        "versions": [list(v) for v in result.update_versions],
+        "clock_lag": list(result.clock_lag),
+    }
 
 
 def a2_parameter_server_reference(lr_policy):
