@@ -83,11 +83,31 @@ def sparsify(r: torch.Tensor, tau: float) -> torch.Tensor:
 Quantizer = Callable[[torch.Tensor, float], torch.Tensor]  # quantize(r, tau) -> what is sent
 
 
+# residual_fn(residual, update, tau) -> (sent, new_residual): the residual step as a student writes it
+ResidualFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
 def check_quantizer(quantizer: object) -> Quantizer | None:
     """``quantizer`` if it is None or a function ``quantize(r, tau) -> tensor``, else ValueError."""
     if quantizer is not None and not callable(quantizer):
         raise ValueError(f"quantizer must be a function quantize(r, tau) -> tensor, got {quantizer!r}")
     return quantizer
+
+
+def check_residual_fn(residual_fn: object, variant: str) -> ResidualFn | None:
+    """``residual_fn`` if None, or a function used by a variant that keeps a residual, else ValueError."""
+    if residual_fn is None:
+        return None
+    if not callable(residual_fn):
+        raise ValueError(
+            f"residual_fn must be a function residual_step(residual, update, tau) -> (sent, new_residual), "
+            f"got {residual_fn!r}"
+        )
+    if variant not in ("full", "sparse"):
+        raise ValueError(
+            f"residual_fn needs a residual: variant 'full' or 'sparse' with a tau, got variant {variant!r}"
+        )
+    return residual_fn
 
 
 def residual_step(residual: torch.Tensor, update: torch.Tensor, tau: float, quantizer: Quantizer = quantize):
@@ -495,6 +515,7 @@ class Compressor:
     coder: str = "auto"  # gap coder: "auto" picks the smallest of Rice and Exp-Golomb
     dtype: torch.dtype = torch.float32  # dtype of updates and of the residual
     quantizer: Quantizer | None = None  # quantize(r, tau); None: quantize (sparsify for "sparse")
+    residual_fn: ResidualFn | None = None  # (residual, update, tau) -> (sent, new r); None: residual_step
     residual: torch.Tensor = field(init=False)  # what has not been sent yet
     bytes_sent: int = field(init=False, default=0)  # total message bytes produced
     elements_sent: int = field(init=False, default=0)  # total elements sent
@@ -505,6 +526,7 @@ class Compressor:
         check_choice("coder", self.coder, CODERS)
         _check_dtype(self.dtype)
         check_quantizer(self.quantizer)
+        check_residual_fn(self.residual_fn, self.variant)
         if self.variant != "dense" or self.tau is not None:
             self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
         self.residual = torch.zeros(self.numel if self.variant in ("full", "sparse") else 0, dtype=self.dtype)
@@ -527,6 +549,8 @@ class Compressor:
             rule = self.quantizer or (sparsify if self.variant == "sparse" else quantize)
             if self.variant == "onebit":
                 sent = rule(flat, self.tau)  # no memory: whatever is below tau this step is lost
+            elif self.residual_fn is not None:
+                sent = self._plugged_residual_step(flat)
             else:
                 sent = residual_step(self.residual, flat, self.tau, rule)
             idx = sent.nonzero().squeeze(1)
@@ -555,8 +579,73 @@ class Compressor:
         self.bytes_sent += len(message)
         return message
 
+    def _plugged_residual_step(self, flat: torch.Tensor) -> torch.Tensor:
+        """A student's residual step on copies; its answer is checked, then kept as the residual."""
+        out = self.residual_fn(self.residual.clone(), flat.clone(), self.tau)
+        shape = tuple(self.residual.shape)
+        if not (
+            isinstance(out, (tuple, list))
+            and len(out) == 2
+            and all(isinstance(t, torch.Tensor) and tuple(t.shape) == shape for t in out)
+        ):
+            raise ValueError(
+                f"residual_fn must return (sent, new_residual), two tensors of shape {shape}, got {out!r:.80}"
+            )
+        sent, new_residual = (t.detach().to(self.dtype) for t in out)
+        self.residual.copy_(new_residual)
+        return sent
+
     def __repr__(self) -> str:
         return (
             f"Compressor(variant={self.variant!r}, tau={self.tau}, numel={self.numel:,}, "
             f"coder={self.coder!r}, bytes_sent={self.bytes_sent:,})"
         )
+
+
+@dataclass
+class CompressionSettings:
+    """How every worker of a decentralized run compresses its updates.
+
+    The fields that the real run (:class:`dlcourse.decentralized.DecentralizedConfig`) and
+    the simulated one (:class:`dlcourse.sim.decentralized.DecentralizedSimConfig`) share,
+    checked once here; ``compressor(numel)`` builds one worker's :class:`Compressor`.
+    """
+
+    tau: float | None = None  # threshold of the compressed updates; None sends them uncompressed
+    variant: str = "full"  # with tau: "full" (residual), "onebit" (no residual), "sparse" (full values)
+    coder: str = "auto"  # gap coder of the messages
+    quantizer: Quantizer | None = None  # a student's quantize(r, tau); None: quantize (sparsify)
+    residual_fn: ResidualFn | None = None  # a student's residual step, (residual, update, tau) -> (sent, r)
+
+    def check_compression(self) -> None:
+        """Check the compression fields (the configs call this from their ``__post_init__``)."""
+        if self.tau is not None:
+            self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
+        check_choice("variant", self.variant, COMPRESSIONS)
+        check_choice("coder", self.coder, CODERS)
+        check_quantizer(self.quantizer)
+        check_residual_fn(self.residual_fn, self.compressor_variant)
+
+    @property
+    def compressor_variant(self) -> str:
+        """The variant a worker runs: ``"dense"`` (no compression) without a tau."""
+        return "dense" if self.tau is None else self.variant
+
+    def compressor(self, numel: int, dtype: torch.dtype = torch.float32) -> Compressor:
+        """One worker's compressor for an update of ``numel`` elements."""
+        return Compressor(
+            numel,
+            tau=self.tau,
+            variant=self.compressor_variant,
+            coder=self.coder,
+            dtype=dtype,
+            quantizer=self.quantizer,
+            residual_fn=self.residual_fn,
+        )
+
+    def rule_names(self) -> dict:
+        """``{"quantizer": name, "residual_fn": name}`` of a student's rules (None: the library's)."""
+        return {k: None if v is None else getattr(v, "__name__", "custom") for k, v in self._rules().items()}
+
+    def _rules(self) -> dict:
+        return {"quantizer": self.quantizer, "residual_fn": self.residual_fn}

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.collectives import TOPOLOGIES, flat_parameters, peers
-from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, check_quantizer, read_message
+from dlcourse.compression import CompressionSettings, read_message
 from dlcourse.data import Dataset, batch_order, load_mnist, shard
 from dlcourse.divergence import check_finite, find_diverged
 from dlcourse.launcher import WorkerError, launch
@@ -59,12 +59,11 @@ _FRAME_BYTES = 3 * 8  # the int64 header (origin, step, length) sent before each
 
 
 @dataclass
-class DecentralizedConfig:
-    """Everything that decides a decentralized run."""
+class DecentralizedConfig(CompressionSettings):
+    """Everything that decides a decentralized run: the compression (tau, variant, coder and a
+    student's quantizer or residual step: :class:`~dlcourse.compression.CompressionSettings`)
+    and the fields below."""
 
-    tau: float | None = None  # threshold of the compressed updates; None sends them uncompressed
-    variant: str = "full"  # with tau: "full" (residual), "onebit" (no residual), "sparse" (full values)
-    coder: str = "auto"  # gap coder of the messages (see dlcourse.compression)
     topology: str = "all"  # "all": send to every peer; "ring": to the next rank, which forwards
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
     lr: float = 0.1  # learning rate of plain SGD; the update is -lr * gradient
@@ -72,14 +71,10 @@ class DecentralizedConfig:
     batch_size: int = 50  # examples per worker step
     warmup_workers: int | None = None  # workers that train alone at first (None: all from the start)
     warmup_fraction: float = 0.0  # fraction of the first epoch during which only they train
-    quantizer: Quantizer | None = None  # a student's quantize(r, tau); None: dlcourse.compression's
     seed: int = 0  # seeds the model (same on every replica) and the shuffles (differ per rank)
 
     def __post_init__(self) -> None:
-        if self.tau is not None:
-            self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
-        check_choice("variant", self.variant, COMPRESSIONS)
-        check_choice("coder", self.coder, CODERS)
+        self.check_compression()
         check_choice("topology", self.topology, TOPOLOGIES)
         check_choice("model", self.model, ("mlp", "cnn"))
         self.lr = check_float("lr", self.lr, low=0.0, low_open=True)
@@ -88,12 +83,7 @@ class DecentralizedConfig:
         if self.warmup_workers is not None:
             check_int("warmup_workers", self.warmup_workers, low=1)
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
-        check_quantizer(self.quantizer)
         check_int("seed", self.seed, low=0)
-
-    @property
-    def compressor_variant(self) -> str:
-        return "dense" if self.tau is None else self.variant
 
 
 @dataclass(repr=False)
@@ -145,7 +135,7 @@ class DecentralizedResult:
             compression_ratio=self.compression_ratio,
             replica_divergence=self.replica_divergence,
             bytes_per_step=self.bytes_per_step,
-            config=asdict(self.config),
+            config={**asdict(self.config), **self.config.rule_names()},  # a student's rules by name
         )
 
     def __repr__(self) -> str:
@@ -196,13 +186,7 @@ class _Peer:
         self.active = config.warmup_workers if config.warmup_workers is not None else world_size
         self.warmup = int(config.warmup_fraction * steps_per_epoch) if self.active < world_size else 0
         expected = sum(total_steps - (self.warmup if r >= self.active else 0) for r in range(world_size))
-        self.compressor = Compressor(
-            self.flat.numel(),
-            tau=config.tau,
-            variant=config.compressor_variant,
-            coder=config.coder,
-            quantizer=config.quantizer,
-        )
+        self.compressor = config.compressor(self.flat.numel())
         self.to = peers(rank, world_size, config.topology)
         own = total_steps - (self.warmup if rank >= self.active else 0)
         self.receiver = _Receiver(expected - own)

@@ -345,3 +345,50 @@ def test_compressor_calls_the_given_quantizer_and_checks_what_it_sends():
         halves.compress(update)
     with pytest.raises(ValueError, match="quantizer must be a function"):
         Compressor(4, tau=0.1, quantizer="sign")
+
+
+def _student_residual_step(residual, update, tau):
+    """The residual step as assignment A3 asks for it: returns (sent, new residual), new tensors."""
+    r = residual + update
+    sent = C.quantize(r, tau)
+    return sent, r - sent
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.integers(1, 8), n=st.integers(1, 300), tau=st.floats(1e-3, 1.0), seed=st.integers(0, 2**31 - 1)
+)
+def test_a_plugged_residual_step_equal_to_the_library_s_sends_the_same_messages(steps, n, tau, seed):
+    g = torch.Generator().manual_seed(seed)
+    ours, theirs = Compressor(n, tau=tau), Compressor(n, tau=tau, residual_fn=_student_residual_step)
+    for _ in range(steps):
+        update = torch.randn(n, generator=g) * tau
+        assert theirs.compress(update) == ours.compress(update)
+        assert torch.equal(theirs.residual, ours.residual) and torch.equal(theirs.last_sent, ours.last_sent)
+
+
+def test_a_plugged_residual_step_is_what_runs_and_its_answer_is_checked():
+    update = torch.tensor([0.3, -0.05, -0.2, 0.01])
+    # a residual step that drops the residual: the unsent part is lost, and the compressor keeps that
+    dropped = Compressor(
+        4, tau=0.1, residual_fn=lambda r, u, tau: (C.quantize(r + u, tau), torch.zeros_like(r))
+    )
+    dropped.compress(update)
+    assert torch.equal(dropped.residual, torch.zeros(4))
+    assert torch.equal(Compressor(4, tau=0.1).residual, torch.zeros(4))  # (and the library's would keep it)
+    for bad, match in [
+        (lambda r, u, tau: C.quantize(r + u, tau), r"residual_fn must return \(sent, new_residual\)"),
+        (lambda r, u, tau: (torch.zeros(3), torch.zeros(3)), r"two tensors of shape \(4,\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Compressor(4, tau=0.1, residual_fn=bad).compress(update)
+    with pytest.raises(ValueError, match=r"residual_fn needs a residual.*'onebit'"):
+        Compressor(4, tau=0.1, variant="onebit", residual_fn=_student_residual_step)
+    with pytest.raises(ValueError, match=r"residual_fn needs a residual.*'dense'"):
+        C.CompressionSettings(
+            residual_fn=_student_residual_step
+        ).check_compression()  # no tau: no compression
+    with pytest.raises(
+        ValueError, match=r"residual_fn must be a function residual_step\(residual, update, tau\)"
+    ):
+        Compressor(4, tau=0.1, residual_fn=0.5)

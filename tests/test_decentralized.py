@@ -72,6 +72,45 @@ def test_fewer_workers_early(small, no_orphans):
     assert result.replica_divergence < 1e-5
 
 
+@pytest.mark.multiprocess
+def test_a_students_quantizer_and_residual_step_run_in_the_workers(small, no_orphans):
+    """Rules equal to the library's give the same run, one that drops the residual does not.
+
+    One worker, so that the run is deterministic (with peers, when their updates arrive varies);
+    it applies its own compressed update, so what its compressor sends decides its model."""
+    from dlcourse.compression import quantize
+
+    def residual_step(residual, update, tau):
+        r = residual + update
+        sent = quantize(r, tau)
+        return sent, r - sent
+
+    def drops_the_residual(residual, update, tau):
+        return quantize(residual + update, tau), torch.zeros_like(residual)
+
+    train, test = small
+    runs = {
+        name: train_decentralized(
+            DecentralizedConfig(tau=0.003, batch_size=50, seed=2, **rules),
+            1,
+            train=train,
+            test=test,
+            timeout=30,
+        )
+        for name, rules in [
+            ("library", {}),
+            ("own", dict(quantizer=quantize, residual_fn=residual_step)),
+            ("dropped", dict(residual_fn=drops_the_residual)),
+        ]
+    }
+    lib, own, dropped = runs["library"], runs["own"], runs["dropped"]
+    assert own.elements_sent == lib.elements_sent and own.test_loss == pytest.approx(lib.test_loss, abs=1e-6)
+    assert dropped.elements_sent < lib.elements_sent  # what stayed below tau is never sent
+    config = own.metrics()["config"]
+    assert (config["quantizer"], config["residual_fn"]) == ("quantize", "residual_step")
+    json.dumps(own.metrics())  # a student's functions travel by name only
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_residual_keeps_accuracy_without_it_is_worse(mnist, no_orphans):

@@ -31,39 +31,32 @@ import torch
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.collectives import TOPOLOGIES, peers
-from dlcourse.compression import CODERS, COMPRESSIONS, Compressor, Quantizer, check_quantizer, read_message
+from dlcourse.compression import CompressionSettings, read_message
 from dlcourse.sim.cluster import Cluster
 from dlcourse.sim.config import SimConfig, register_policy
 
 
 @dataclass
-class DecentralizedSimConfig(SimConfig):
-    """:class:`~dlcourse.sim.SimConfig` plus the compression of the decentralized policy."""
+class DecentralizedSimConfig(SimConfig, CompressionSettings):
+    """:class:`~dlcourse.sim.SimConfig` plus the compression of the decentralized policy
+    (:class:`~dlcourse.compression.CompressionSettings`, as the real run's) and the fields below."""
 
     policy: str = "decentralized"  # the policy registered by this module
-    tau: float | None = None  # threshold of the compressed updates; None sends them uncompressed
-    variant: str = "full"  # with tau: "full" (residual), "onebit" (no residual), "sparse" (full values)
-    coder: str = "auto"  # gap coder of the messages
     topology: str = "all"  # "all": every peer; "ring": the next rank, which forwards
     warmup_workers: int | None = None  # workers that train alone at first (None: all from the start)
     warmup_fraction: float = 0.0  # fraction of the first epoch during which only they train
-    quantizer: Quantizer | None = None  # a student's quantize(r, tau); None: dlcourse.compression's
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tau is not None:
-            self.tau = check_float("tau", self.tau, low=0.0, low_open=True)
-        check_choice("variant", self.variant, COMPRESSIONS)
-        check_choice("coder", self.coder, CODERS)
+        self.check_compression()
         check_choice("topology", self.topology, TOPOLOGIES)
         if self.warmup_workers is not None:
             check_int("warmup_workers", self.warmup_workers, low=1, high=self.num_workers)
         self.warmup_fraction = check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
-        check_quantizer(self.quantizer)
 
     def as_dict(self) -> dict:
         d = super().as_dict()
-        d["quantizer"] = None if self.quantizer is None else getattr(self.quantizer, "__name__", "custom")
+        d.update(self.rule_names())
         return d
 
     @classmethod
@@ -80,14 +73,10 @@ def run_decentralized(cluster: Cluster) -> None:
     c = cluster.config
     if not isinstance(c, DecentralizedSimConfig):  # a plain SimConfig(policy="decentralized"): the defaults
         c = DecentralizedSimConfig.extend(c)
-    tau, topology, n = c.tau, c.topology, c.num_workers
-    variant = "dense" if tau is None else c.variant  # uncompressed without a threshold
+    topology, n = c.topology, c.num_workers
     steps_each = c.epochs * cluster.batches_per_shard
     replicas = [cluster.W.clone() for _ in range(n)]
-    compressors = [
-        Compressor(cluster.W.numel(), tau=tau, variant=variant, coder=c.coder, quantizer=c.quantizer)
-        for _ in range(n)
-    ]
+    compressors = [c.compressor(cluster.W.numel()) for _ in range(n)]
     active = c.warmup_workers or n
     # Strom's "fewer nodes early": the others join after `warmup` steps of the first epoch
     warmup = int(c.warmup_fraction * cluster.batches_per_shard) if active < n else 0
