@@ -909,27 +909,27 @@ hidden_test("A3.4", _hidden)
     md(
         "md-a3-5",
         """
-## A3.5 Your quantizer in a decentralized run
+## A3.5 Your compressor in a decentralized run
 
 Nothing to write: this test trains with `dlcourse.decentralized` on a real worker process
-whose compressor quantizes with **your** `quantize` (`DecentralizedConfig(quantizer=...)`)
-and compares the run with the library's own: same messages, same bytes, same model.
+whose compressor runs **your** `residual_step` (which calls your `quantize`):
+`DecentralizedConfig(residual_fn=residual_step)`. It compares the run with the library's
+own: the same elements sent, the same model.
 """,
     ),
     test(
         "test_a3_5",
         2,
         '''
-"""A3.5: your quantizer compresses the updates of a real decentralized run like the library's."""
+"""A3.5: your quantizer and residual step compress the updates of a real decentralized run like the library's."""
 expect_close(quantize(torch.tensor([0.02, -0.001]), 0.01), [0.01, 0.0], "quantize, as the run calls it")
 ### BEGIN HIDDEN TESTS
 def _hidden():
     rng = rng_for("A3.5", 0)
     tau, seed = rng.choice([0.002, 0.005, 0.01]), rng.randrange(100)
-    got = in_student_process(a3_decentralized, guarded(quantize, GRADED_REFERENCES), tau, seed)
+    got = in_student_process(a3_decentralized, guarded(residual_step, GRADED_REFERENCES), tau, seed)
     want = a3_decentralized(None, tau, seed)
     expect_equal(got["elements_sent"], want["elements_sent"], "elements sent")
-    expect_equal(got["bytes_sent"], want["bytes_sent"], "bytes sent")
     expect_close(got["test_loss"], want["test_loss"], "test loss of the trained model", rtol=1e-6)
 hidden_test("A3.5", _hidden)
 ### END HIDDEN TESTS

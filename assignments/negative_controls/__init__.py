@@ -60,7 +60,7 @@ CONTROLS = {
             "a3_2",
             "return sent, r - sent",
             "return sent, torch.zeros_like(r)",
-            ["test_a3_2"],
+            ["test_a3_2", "test_a3_5"],  # A3.5 runs the student's residual step in a real run
         ),
         (
             "gaps counted from 0",
