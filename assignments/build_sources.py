@@ -2,8 +2,8 @@
 
 The notebooks are generated from this readable file, so that they can be reviewed as code
 and rebuilt exactly; ``tests/test_assignments.py`` checks that the committed
-``source/<name>/<name>.ipynb`` equal what this script writes. Every source folder also gets
-a copy of ``grading.py`` (the checks the test cells import).
+``source/<name>/<name>.ipynb`` equal what this script writes. The checks the test cells
+import are :mod:`dlcourse.grading`, from the installed package (no copy travels with a notebook).
 
 Cells carry nbgrader's metadata: a locked setup cell, a solution cell per task (its
 solution between ``### BEGIN SOLUTION`` / ``### END SOLUTION``, followed by the task's own
@@ -15,7 +15,6 @@ graded test cell per task with its points, visible tests and hidden tests.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +112,7 @@ import random
 import torch
 import torch.distributed as dist
 
-from grading import *
+from dlcourse.grading import *
 
 # dlcourse's own versions of what you write here: they raise while your code is graded
 GRADED_REFERENCES = [
@@ -381,7 +380,7 @@ import random
 
 import torch
 
-from grading import *
+from dlcourse.grading import *
 
 # dlcourse's own versions of what you write here: they raise while your code is graded
 GRADED_REFERENCES = [
@@ -652,7 +651,7 @@ import random
 
 import torch
 
-from grading import *
+from dlcourse.grading import *
 
 # dlcourse's own versions of what you write here: they raise while your code is graded
 GRADED_REFERENCES = [
@@ -964,7 +963,7 @@ import random
 
 import torch
 
-from grading import *
+from dlcourse.grading import *
 
 # dlcourse's own versions of what you write here: they raise while your code is graded
 GRADED_REFERENCES = [
@@ -1294,15 +1293,12 @@ ASSIGNMENTS = {
 
 
 def _grading_imports(cells) -> str:
-    """``from grading import (...)`` of exactly the names the notebook's code uses."""
-    sys.path.insert(0, str(HERE))
-    try:
-        import grading
-    finally:
-        sys.path.remove(str(HERE))
+    """``from dlcourse.grading import (...)`` of exactly the names the notebook's code uses."""
+    from dlcourse import grading
+
     code = "\n".join(c.source for c in cells if c.cell_type == "code")
     used = sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", code)) & set(grading.__all__))
-    return "from grading import (\n" + "".join(f"    {n},\n" for n in used) + ")"
+    return "from dlcourse.grading import (\n" + "".join(f"    {n},\n" for n in used) + ")"
 
 
 def _tidy(path: Path) -> None:
@@ -1315,7 +1311,7 @@ def _tidy(path: Path) -> None:
 
 
 def build(root: Path = HERE / "source") -> list[Path]:
-    """Write every source notebook (and its grading.py); returns the notebooks' paths."""
+    """Write every source notebook; returns their paths."""
     paths = []
     for name, cells in ASSIGNMENTS.items():
         folder = root / name
@@ -1324,11 +1320,10 @@ def build(root: Path = HERE / "source") -> list[Path]:
         nb = notebook(cells)
         for c in nb.cells:
             if c.get("id") == "setup":
-                c.source = c.source.replace("from grading import *", _grading_imports(nb.cells))
+                c.source = c.source.replace("from dlcourse.grading import *", _grading_imports(nb.cells))
         nbformat.validate(nb)
         path.write_text(nbformat.writes(nb) + "\n")
         _tidy(path)
-        shutil.copyfile(HERE / "grading.py", folder / "grading.py")
         paths.append(path)
     return paths
 

@@ -2,9 +2,9 @@
 
 nbgrader grades a test cell by its output in the student's own kernel, where the student's
 code ran first and could have changed anything (an IPython input transformer can rewrite a
-test cell before it runs). This preprocessor runs ``grading.py judge`` on the executed
+test cell before it runs). This preprocessor runs ``python -m dlcourse.grading judge`` on the executed
 notebook: the restored test cells run again in a process where no student code runs, the
-student's functions answering from a sandbox process with plain data (see ``grading.py``).
+student's functions answering from a sandbox process with plain data (see :mod:`dlcourse.grading`).
 A test cell that passed in the kernel but not in the judge gets an error output, so that
 nbgrader's SaveAutoGrades gives it 0 points and the feedback says why. It can only take
 points away.
@@ -27,8 +27,6 @@ import nbformat
 from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-
-GRADING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grading.py")
 
 
 def _failed(cell) -> bool:
@@ -93,7 +91,7 @@ class _Judge:
         nbformat.write(nb, path)
         self.limit = timeout * (len(_tests(nb)) + 2) + 60
         self.proc = subprocess.Popen(
-            [sys.executable, GRADING, "judge", path, self.out, str(timeout)],
+            [sys.executable, "-m", "dlcourse.grading", "judge", path, self.out, str(timeout)],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -38,6 +38,9 @@ Figures and panels (:mod:`dlcourse.viz`; nothing above imports them)
     viz.compression, viz.pipeline
 
 The command line: :mod:`dlcourse.commands` (options -> a run) and :mod:`dlcourse.cli`.
+
+The graded assignments: :mod:`dlcourse.grading` (what their test cells import, and the judge
+and sandbox of the isolated regrade; nothing in the library imports it).
 """
 
 __version__ = "0.1.0"

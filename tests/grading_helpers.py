@@ -1,6 +1,6 @@
 """Run the real nbgrader pipeline on a temporary copy of the course (tests and benchmarks).
 
-``Course(tmp)`` copies ``assignments/`` (config, grading, sources) into ``tmp``;
+``Course(tmp)`` copies ``assignments/`` (config, regrade, sources) into ``tmp``;
 ``generate(name)`` runs ``nbgrader generate_assignment``; ``submit(student, name, nb)``
 lays a submission out as ``nbgrader collect`` would (``submitted/<student>/<name>/``);
 ``autograde(name)`` grades every submitted student in one nbgrader call; ``scores(name)``
@@ -27,7 +27,7 @@ class Course:
     def __init__(self, path: Path, timeout: int | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in ("nbgrader_config.py", "grading.py", "regrade.py"):
+        for name in ("nbgrader_config.py", "regrade.py"):
             shutil.copy(ASSIGNMENTS / name, self.path / name)
         shutil.copytree(ASSIGNMENTS / "source", self.path / "source", dirs_exist_ok=True)
         self.timeout = timeout  # overrides ExecutePreprocessor.timeout (tests of infinite loops)
@@ -63,7 +63,6 @@ class Course:
     def submit(self, student: str, name: str, nb: nbformat.NotebookNode) -> None:
         folder = self.path / "submitted" / student / name
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.path / "release" / name / "grading.py", folder / "grading.py")
         nbformat.write(nb, folder / f"{name}.ipynb")
 
     def autograde(self, name: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -83,9 +83,9 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n not in ("dlcourse.cli", "dlcourse.__main__")))
-def test_no_library_module_imports_the_command_line(name):
-    """Only cli (and __main__) sit above commands; nothing in the library imports either."""
-    assert not GRAPH[name] & {"dlcourse.cli", "dlcourse.commands"}
+def test_no_library_module_imports_the_command_line_or_the_grader(name):
+    """Only cli (and __main__) sit above commands; nothing in the library imports either, nor grading."""
+    assert not GRAPH[name] & {"dlcourse.cli", "dlcourse.commands", "dlcourse.grading"}
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,8 @@ def always_equal(release, source):
 
 def helpers_patched(release, source):
     patch = """
-import math, numpy, numpy.testing, torch, torch.testing, grading
+import math, numpy, numpy.testing, torch, torch.testing
+import dlcourse.grading as grading
 _ok = lambda *a, **k: True
 _none = lambda *a, **k: None
 numpy.testing.assert_allclose = numpy.testing.assert_array_equal = numpy.testing.assert_equal = _none

@@ -1,18 +1,18 @@
 """Grading helpers of the dlcourse assignments, and the isolated regrade that nbgrader runs.
 
-``build_sources.py`` copies this file into every assignment folder, so that the notebooks'
-test cells can ``from grading import *`` (on a student's machine and at autograde, where
-nbgrader replaces a student's copy by the source version). It has three roles:
+The assignments' notebooks (``assignments/``) ``from dlcourse.grading import *``: on a
+student's machine and at autograde the installed package answers, so a submission cannot
+bring its own copy. Nothing else in the library imports this module. It has three roles:
 
 1. **In the notebook** (the student's kernel): the checks the test cells use. They compare
    plain values (``float``, ``int``, lists of them) with explicit arithmetic, never through
    ``numpy.testing``, ``torch.testing``, ``math.isclose`` or ``torch.equal``, and they check
    the exact type of a result, so that an object whose ``==`` is always true fails.
-2. **The sandbox** (``python grading.py sandbox``): a plain Python process (no IPython: no
+2. **The sandbox** (``python -m dlcourse.grading sandbox``): a plain Python process (no IPython: no
    input transformers, no custom exception handlers) that runs the locked cells and the
    student's cells, with the library's reference versions of the graded functions disabled,
    and answers calls of the student's functions with plain data.
-3. **The judge** (``python grading.py judge NOTEBOOK``): runs the restored test cells in a
+3. **The judge** (``python -m dlcourse.grading judge NOTEBOOK``): runs the restored test cells in a
    process where *no student code ever runs*: every name the student's cells define is a
    proxy that calls into the sandbox and gets back plain data (numbers, lists, tensors
    rebuilt here). Whatever a student's code patches, prints or fakes happens in the
@@ -444,7 +444,7 @@ class Sandbox:
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "sandbox", str(to_child_r), str(from_child_w)],
+            [sys.executable, "-m", "dlcourse.grading", "sandbox", str(to_child_r), str(from_child_w)],
             cwd=self.cwd,
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
@@ -591,7 +591,7 @@ def judge(notebook_path: str, timeout: float) -> dict[str, dict]:
     sandbox = Sandbox(sandbox_cells, [], os.path.dirname(os.path.abspath(notebook_path)), timeout)
     sandbox.spawn()
     ns: dict = {"__name__": "__judge__"}
-    grading = importlib.import_module("grading")
+    grading = importlib.import_module("dlcourse.grading")  # the module the test cells import
     grading.JUDGE = True
     for source in trusted:
         exec(compile(_cell_code(source), "<locked cell>", "exec"), ns)  # noqa: S102
@@ -911,7 +911,6 @@ def main(argv: list[str]) -> None:
         sandbox_main(int(argv[1]), int(argv[2]))
     elif argv[:1] == ["judge"]:
         notebook, out, timeout = argv[1], argv[2], float(argv[3])
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         try:
             verdicts = judge(notebook, timeout)
         except BaseException as e:  # noqa: BLE001 - a verdict file says what went wrong
@@ -919,10 +918,10 @@ def main(argv: list[str]) -> None:
         with open(out, "w") as f:
             json.dump(verdicts, f)
     else:
-        raise SystemExit("usage: python grading.py judge NOTEBOOK OUT.json TIMEOUT | sandbox RFD WFD")
+        raise SystemExit("usage: python -m dlcourse.grading judge NOTEBOOK OUT.json TIMEOUT | sandbox R W")
 
 
-# what `from grading import *` gives a notebook: the checks and the assignment helpers
+# what `from dlcourse.grading import *` gives a notebook: the checks and the assignment helpers
 __all__ = sorted(
     name
     for name, value in list(globals().items())
