@@ -90,3 +90,23 @@ def test_a_lesson_imports_the_library_and_pastes_none_of_it(path):
     defined = re.findall(r"^def (\w+)\(", code, re.M) + re.findall(r"^class (\w+)\b", code, re.M)
     pasted = [name for name in defined if re.search(rf"^\s*(def|class) {name}\b", library, re.M)]
     assert not pasted, f"{path.name} redefines library code: {pasted}"
+
+
+def test_every_lesson_is_what_its_builder_writes(tmp_path):
+    """The notebooks are generated: rebuilding each one gives the committed file, byte for byte."""
+    import subprocess
+    import sys
+
+    notebooks = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
+    for path in notebooks:
+        builder = ROOT / "lessons" / "build" / f"{path.stem}.py"
+        subprocess.run(
+            [sys.executable, str(builder), str(tmp_path)], check=True, capture_output=True, timeout=120
+        )
+        built = tmp_path / path.name
+        assert built.read_text() == path.read_text(), (
+            f"run {builder.relative_to(ROOT)} and commit the notebook"
+        )
+    assert {p.stem for p in notebooks} == {
+        p.stem for p in (ROOT / "lessons" / "build").glob("[0-9][0-9]_*.py")
+    }

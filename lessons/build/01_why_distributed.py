@@ -8,23 +8,10 @@ Edit this file, not the notebook: the notebook is generated from it.
 
 from __future__ import annotations
 
-from pathlib import Path
+from lesson import Cells, write
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-OUT = Path(__file__).resolve().parents[1] / "01_why_distributed.ipynb"
-
-cells = []
-
-
-def md(text: str) -> None:
-    # stable cell ids: a rebuild changes only the cells that were edited
-    cells.append(new_markdown_cell(text.strip("\n"), id=f"cell-{len(cells):02d}"))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n"), id=f"cell-{len(cells):02d}"))
+cells = Cells()
+md, code = cells.md, cells.code
 
 
 md("""
@@ -309,12 +296,4 @@ md("""
 - P. Patarasuk, X. Yuan. "Bandwidth Optimal All-reduce Algorithms for Clusters of Workstations." *J. Parallel Distrib. Comput.* 2009.
 """)
 
-nb = new_notebook(
-    cells=cells,
-    metadata={
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    },
-)
-nbformat.write(nb, OUT)
-print(f"wrote {OUT}")
+write("01_why_distributed.ipynb", cells)

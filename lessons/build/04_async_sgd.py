@@ -6,21 +6,9 @@ The notebook is generated: edit this file, not the notebook.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-OUT = Path(__file__).resolve().parents[1] / "04_async_sgd.ipynb"
-
-
-def md(source: str):
-    return new_markdown_cell(source.strip())
-
-
-def code(source: str):
-    return new_code_cell(source.strip())
-
+from lesson import code_cell as code
+from lesson import markdown as md
+from lesson import write
 
 cells = [
     md(
@@ -436,17 +424,5 @@ far in a wrong direction. Lesson 05 makes the step depend on each update's own t
     ),
 ]
 
-for number, cell in enumerate(cells):
-    cell.id = f"cell-{number:02d}"  # stable ids: a rebuild changes only what was edited
 
-nb = new_notebook(
-    cells=cells,
-    metadata={
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    },
-)
-
-if __name__ == "__main__":
-    nbformat.write(nb, OUT)
-    print(f"wrote {OUT}")
+write("04_async_sgd.ipynb", cells)

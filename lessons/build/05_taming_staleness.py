@@ -6,21 +6,9 @@ The notebook is generated: edit this file, not the notebook.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-OUT = Path(__file__).resolve().parents[1] / "05_taming_staleness.ipynb"
-
-
-def md(source: str):
-    return new_markdown_cell(source.strip())
-
-
-def code(source: str):
-    return new_code_cell(source.strip())
-
+from lesson import code_cell as code
+from lesson import markdown as md
+from lesson import write
 
 cells = [
     md(
@@ -574,17 +562,5 @@ still sends N pushes and N pulls through the server's links.
     ),
 ]
 
-for number, cell in enumerate(cells):
-    cell.id = f"cell-{number:02d}"  # stable ids: a rebuild changes only what was edited
 
-nb = new_notebook(
-    cells=cells,
-    metadata={
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    },
-)
-
-if __name__ == "__main__":
-    nbformat.write(nb, OUT)
-    print(f"wrote {OUT}")
+write("05_taming_staleness.ipynb", cells)

@@ -8,22 +8,10 @@ Edit this file, not the notebook: the notebook is generated from it.
 
 from __future__ import annotations
 
-from pathlib import Path
+from lesson import Cells, write
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-OUT = Path(__file__).resolve().parents[1] / "07_in_practice.ipynb"
-
-cells = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
+cells = Cells()
+md, code = cells.md, cells.code
 
 
 md("""
@@ -498,12 +486,4 @@ md("""
 - PyTorch documentation, "torchrun (Elastic Launch)" and "Distributed checkpointing"; C. J. Van Rijsbergen, *Information Retrieval*, 1979 (the F-measure).
 """)
 
-nb = new_notebook(
-    cells=cells,
-    metadata={
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    },
-)
-nbformat.write(nb, OUT)
-print(f"wrote {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")
+write("07_in_practice.ipynb", cells)
