@@ -9,6 +9,9 @@ LAB_ARGS ?=
 # JupyterLab refuses to start as root (containers, Binder-like images) unless told to.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
+# make test runs in two parts: everything that may share the machine on JOBS workers (xdist, one
+# file per worker at a time, so a notebook's cells stay in order), then the `serial` tests alone.
+JOBS ?= 2
 # The CPU build of PyTorch: a plain `pip install torch` would take a CUDA build of several GB.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
@@ -28,7 +31,8 @@ lab: $(STAMP)  ## set up, then start JupyterLab on lessons/ (LAB_ARGS="--no-brow
 	$(BIN)/jupyter lab --notebook-dir=lessons $(ROOT_ARGS) $(LAB_ARGS)
 
 test: $(STAMP) lint  ## set up, then run every test (but Binder's from-scratch build: binder-check)
-	$(BIN)/python -m pytest -m "not binder" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not binder and not serial" -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "serial and not binder" $(PYTEST_ARGS)
 
 binder-check: $(STAMP)  ## build Binder's environment from binder/ in a fresh venv, run postBuild and lesson 00 there
 	$(BIN)/python -m pytest -m binder -rs $(PYTEST_ARGS)

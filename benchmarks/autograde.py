@@ -4,6 +4,8 @@ Runs the real pipeline in a temporary course (``tests/grading_helpers.py``): gen
 assignment, submit the source notebook as one student, ``nbgrader autograde`` it; prints the
 median of ``--repeats`` runs per assignment. That time includes executing the notebook in a
 kernel and the isolated regrade (judge + sandbox). The target: under 60 s on 2 cores.
+The peer, measured in the same run: executing the same notebook once in a kernel (nbclient,
+no grading); the ratio is what grading costs on top of running the student's notebook.
 
     python benchmarks/autograde.py [--repeats 3] [--only a2_staleness]
 """
@@ -36,6 +38,17 @@ def _failures(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _execute(path: Path) -> float:
+    """Seconds to run the notebook once in a fresh kernel, in its folder (the peer: no grading)."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -43,14 +56,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    print(f"{'assignment':<22} {'median s':>9}  runs (s)   score")
+    print(f"{'assignment':<22} {'median s':>9}  {'runs (s)':<17} {'execute s':>9} {'ratio':>6}  score")
     for name in args.only or NAMES:
-        times, score = [], None
+        times, peers, score = [], [], None
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory(prefix="dlcourse-bench-") as tmp:
                 course = Course(Path(tmp))
                 course.generate(name)
                 course.submit("reference", name, course.source_notebook(name))
+                peers.append(_execute(course.path / "source" / name / f"{name}.ipynb"))
                 start = time.perf_counter()
                 course.autograde(name)
                 times.append(time.perf_counter() - start)
@@ -59,7 +73,8 @@ def main() -> None:
                 if scores != course.max_scores(name):
                     print(_failures(course.path / "autograded" / "reference" / name / f"{name}.ipynb"))
         runs = " ".join(f"{t:.1f}" for t in times)
-        print(f"{name:<22} {statistics.median(times):>9.1f}  {runs:<10} {score}")
+        median, peer = statistics.median(times), statistics.median(peers)
+        print(f"{name:<22} {median:>9.1f}  {runs:<17} {peer:>9.1f} {median / peer:>6.2f}  {score}")
 
 
 if __name__ == "__main__":

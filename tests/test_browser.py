@@ -42,7 +42,7 @@ from browser_lab import (
     whole_notebook_screenshot,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.serial]  # times a CPU of its own
 
 LESSONS = sorted(p.name for p in (ROOT / "lessons").glob("*.ipynb"))
 OUT = ROOT / "build" / "browser"

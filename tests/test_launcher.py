@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from dlcourse.launcher import WorkerError, WorkerLost, launch, report
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.multiprocess, pytest.mark.serial]  # bounds on how fast a failure is seen
 
 
 def _sum_of_ranks(rank, world_size, offset=0):
