@@ -10,7 +10,8 @@ LAB_ARGS ?=
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 # make test runs in two parts: everything that may share the machine on JOBS workers (xdist, one
-# file per worker at a time, so a notebook's cells stay in order), then the `serial` tests alone.
+# file at a time per worker, so a notebook's cells stay in order; one thread each, see
+# conftest.py), then the `serial` tests alone.
 JOBS ?= 2
 # The CPU build of PyTorch: a plain `pip install torch` would take a CUDA build of several GB.
 TORCH_SPEC ?= torch==2.13.0

@@ -8,8 +8,9 @@ import psutil
 import pytest
 import torch
 
-# Keep every test process to its share of the 2 cores: tests start worker processes.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Keep every test process to its share of the 2 cores: tests start worker processes (under
+# xdist, one thread: see the conftest.py at the root).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
