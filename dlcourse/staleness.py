@@ -54,6 +54,7 @@ import math
 import numbers
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -82,6 +83,25 @@ def check_rule(name: str, rule):
 def rule_name(rule) -> str | None:
     """How configs and results write a plugged-in rule: its ``__name__`` (``None``: the library's)."""
     return None if rule is None else getattr(rule, "__name__", repr(rule))
+
+
+@dataclass
+class StalenessRules:
+    """A student's rules for a run (None: the library's): the fields ``SimConfig`` and
+    ``PSConfig`` share, declared and checked once here."""
+
+    staleness_fn: StalenessFn | None = None  # tau = f(server_version, pulled_version)
+    aggregate: Aggregate | None = None  # soft sync: f(params, updates, lrs) -> new params (the mean)
+    gate: Gate | None = None  # bounded staleness: f(clocks, worker, bound) -> may it start? (bool)
+
+    def check_rules(self) -> None:
+        """Each rule is None or a function (the configs call this from their ``__post_init__``)."""
+        for name in RULES:
+            check_rule(name, getattr(self, name))
+
+    def staleness_rule_names(self) -> dict:
+        """``{field: name}`` of the rules that are plugged in (the library's are left out)."""
+        return {name: rule_name(getattr(self, name)) for name in RULES if getattr(self, name) is not None}
 
 
 def staleness(server_version: int, pulled_version: int) -> int:

@@ -16,23 +16,15 @@ import torch
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.data import SOURCES
 from dlcourse.models import MODELS, make_model
-from dlcourse.staleness import (
-    Aggregate,
-    Gate,
-    LrPolicy,
-    StalenessFn,
-    check_rule,
-    lr_policy_name,
-    resolve_lr_policy,
-    rule_name,
-)
+from dlcourse.staleness import LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
 
 DEVICES = ("cpu", "cuda")
 
 
 @dataclass
-class PSConfig:
-    """One parameter-server run: who runs, which rule, how long, and what to break."""
+class PSConfig(StalenessRules):
+    """One parameter-server run: who runs, which rule, how long, and what to break; a student's
+    staleness_fn, aggregate and gate are :class:`~dlcourse.staleness.StalenessRules`' fields."""
 
     num_workers: int = 2  # N worker processes, each on its own shard of the training data
     num_servers: int = 1  # k server processes, each owning about 1/k of the parameters
@@ -40,10 +32,6 @@ class PSConfig:
     staleness_bound: int | None = None  # b: a worker may be at most b steps ahead (None = no bound)
     lr: float = 0.1  # lambda, the server's learning rate
     lr_policy: str | LrPolicy = "constant"  # "constant", "staleness" or f(lr, tau) -> lambda_n
-    # a student's rules (dlcourse.staleness, "seams"); None: the library's own
-    staleness_fn: StalenessFn | None = None  # tau = f(server_version, pulled_version)
-    aggregate: Aggregate | None = None  # soft sync: f(params, updates, lrs) -> new params (the mean)
-    gate: Gate | None = None  # bounded staleness: f(clocks, worker, bound) -> may it start? (bool)
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
     batch_size: int = 100  # examples per worker step (as SimConfig and the CLI)
     epochs: int = 1  # passes of each worker over its shard (ignored when steps is set)
@@ -81,8 +69,7 @@ class PSConfig:
             check_int("staleness_bound", self.staleness_bound, low=0)
         check_float("lr", self.lr, low=0.0, low_open=True)
         resolve_lr_policy(self.lr_policy)
-        for name in ("staleness_fn", "aggregate", "gate"):
-            check_rule(name, getattr(self, name))
+        self.check_rules()
         check_int("batch_size", self.batch_size, low=1)
         check_int("epochs", self.epochs, low=1)
         if self.steps is not None:
@@ -131,11 +118,7 @@ class PSConfig:
         return "async" if self.softsync == 1 else f"softsync(S={self.softsync})"
 
     def __repr__(self) -> str:
-        rules = "".join(
-            f", {n}={rule_name(getattr(self, n))}"
-            for n in ("staleness_fn", "aggregate", "gate")
-            if getattr(self, n)
-        )
+        rules = "".join(f", {n}={name}" for n, name in self.staleness_rule_names().items())
         return (
             f"PSConfig(mode={self.mode}, num_workers={self.num_workers}, num_servers={self.num_servers}, "
             f"lr={self.lr}, lr_policy={lr_policy_name(self.lr_policy)}{rules}, model={self.model!r}, "

@@ -19,16 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from dlcourse._validate import check_choice, check_float, check_int
-from dlcourse.staleness import (
-    Aggregate,
-    Gate,
-    LrPolicy,
-    StalenessFn,
-    check_rule,
-    lr_policy_name,
-    resolve_lr_policy,
-    rule_name,
-)
+from dlcourse.staleness import RULES, LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
 
 # policy name -> run(cluster); dlcourse.sim.parameter_server registers sync, async, softsync, bounded
 POLICIES: dict[str, Callable[..., None]] = {}
@@ -44,8 +35,9 @@ def register_policy(name: str, run: Callable[..., None]) -> None:
 
 
 @dataclass
-class SimConfig:
-    """Everything that decides a simulation; same config, same result."""
+class SimConfig(StalenessRules):
+    """Everything that decides a simulation; same config, same result. A student's
+    staleness_fn, aggregate and gate are :class:`~dlcourse.staleness.StalenessRules`' fields."""
 
     num_workers: int = 4  # N, workers that each own one shard of the training data
     policy: str = "async"  # "sync", "async", "softsync", "bounded" (or a registered one)
@@ -53,10 +45,6 @@ class SimConfig:
     staleness_bound: int | None = None  # b: max steps ahead of the slowest worker (policy "bounded")
     lr: float = 0.1  # lambda, the server's learning rate (plain SGD)
     lr_policy: str | LrPolicy = "constant"  # lambda_n: "constant", "staleness" or f(lr, tau)
-    # a student's rules (dlcourse.staleness, "seams"); None: the library's own
-    staleness_fn: StalenessFn | None = None  # tau = f(server_version, pulled_version)
-    aggregate: Aggregate | None = None  # soft sync: f(params, updates, lrs) -> new params (the mean)
-    gate: Gate | None = None  # bounded staleness: f(clocks, worker, bound) -> may it start? (bool)
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
     epochs: int = 1  # passes over the training data (counted in examples applied)
     batch_size: int = 100  # examples per worker step
@@ -86,8 +74,7 @@ class SimConfig:
             raise ValueError("staleness_bound is required for policy 'bounded': an integer >= 0")
         check_float("lr", self.lr, low=0.0, low_open=True)
         resolve_lr_policy(self.lr_policy)
-        for name in ("staleness_fn", "aggregate", "gate"):
-            check_rule(name, getattr(self, name))
+        self.check_rules()
         check_choice("model", self.model, ("mlp", "cnn"))
         check_int("epochs", self.epochs, low=1)
         check_int("batch_size", self.batch_size, low=1)
@@ -131,7 +118,6 @@ class SimConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["lr_policy"] = lr_policy_name(self.lr_policy)
-        for name in ("staleness_fn", "aggregate", "gate"):
-            d[name] = rule_name(getattr(self, name))
+        d.update({name: None for name in RULES}, **self.staleness_rule_names())
         d["worker_speeds"] = list(self.worker_speeds) if self.worker_speeds is not None else None
         return d
