@@ -34,6 +34,9 @@ def _node(node_rank: int, port: int, json_path: Path) -> subprocess.Popen:
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "2", "--node-rank", str(node_rank), "--nproc-per-node", "1",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"dlcourse-{port}",
+        # on loopback both nodes match the endpoint's address and would each try to host the
+        # store (the loser falling back to a client); say which one does, as on two machines
+        "--rdzv-conf", f"is_host={'true' if node_rank == 0 else 'false'}",
         "-m", "dlcourse", "train", "--strategy", "ddp", "--model", "mlp", "--data-source", "subset",
         "--epochs", "1", "--batch-size", "200", "--timeout", "60", "--no-progress", "--json", str(json_path),
     ]  # fmt: skip
