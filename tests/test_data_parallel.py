@@ -14,6 +14,7 @@ from dlcourse.averaging import parameter_distance, train_reference
 from dlcourse.cli import main, summary
 from dlcourse.data import Dataset
 from dlcourse.data_parallel import DataParallelConfig, collect, ddp_worker, sync_sgd_worker, train_ddp
+from dlcourse.environment import full_float32
 from dlcourse.launcher import launch
 from dlcourse.models import make_model
 from dlcourse.replication import ReplicatedModel, replica_devices
@@ -254,10 +255,9 @@ def test_ddp_over_nccl(no_orphans):
 
 
 @pytest.mark.gpu
-def test_replication_on_cuda_with_weights_hosted_on_the_cpu(monkeypatch):
+@full_float32()  # full float32, as on the CPU (dlcourse.environment)
+def test_replication_on_cuda_with_weights_hosted_on_the_cpu():
     """multi_gpu_model(..., cpu_relocation=True): replica on cuda:0, weights and merge on the CPU."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32, as on the CPU
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     data = _data(64, 1)
     single = make_model("cnn", seed=0)
     pmodel = ReplicatedModel(make_model("cnn", seed=0), ["cuda:0"] * 2, output_device="cpu")
