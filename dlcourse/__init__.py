@@ -40,7 +40,8 @@ Figures and panels (:mod:`dlcourse.viz`; nothing above imports them)
 The command line: :mod:`dlcourse.commands` (options -> a run) and :mod:`dlcourse.cli`.
 
 The graded assignments: :mod:`dlcourse.grading` (what their test cells import, and the judge
-and sandbox of the isolated regrade; nothing in the library imports it).
+and sandbox of the isolated regrade; nothing in the library imports it); :mod:`dlcourse.cohort`
+grades a class's submissions in parallel, each in isolation, and merges their grades.
 """
 
 __version__ = "0.1.0"
