@@ -19,7 +19,13 @@ from nbgrader.preprocessors import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from regrade import IsolatedRegrade, SafeExecute, ScrubTracebacks, StartRegrade  # noqa: E402 - beside this file
+from regrade import (  # noqa: E402 - beside this file
+    IsolatedRegrade,
+    SafeExecute,
+    ScrubTracebacks,
+    SeedHiddenInputs,
+    StartRegrade,
+)
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 
@@ -38,9 +44,16 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE"}
 # A deleted test cell is put back from the gradebook and graded (else "needs manual grading").
 c.OverwriteCells.add_missing_cells = True
 
+# The course secret that seeds every student's hidden inputs (regrade.SeedHiddenInputs): a file
+# beside this one, never committed (.gitignore) nor released (generate_assignment copies only
+# source/<name>/). Make it once a term: `python -m dlcourse.grading secret course_secret`.
+# It may live anywhere the grader can read: point this at it (README.md: where, and rotation).
+c.SeedHiddenInputs.secret_file = os.path.join(c.CourseDirectory.root, "course_secret")
+
 # The test cells also run apart from the student's code (regrade.py), side by side with the
 # kernel; a cell keeps its points only if it passes in both.
 c.Autograde.autograde_preprocessors = [
+    SeedHiddenInputs,  # the student's key for the hidden inputs, before the kernel and judge start
     StartRegrade,
     SafeExecute,  # nbgrader's Execute; a kernel killed by the student's code fails its cells only
     IsolatedRegrade,

@@ -27,6 +27,7 @@ import nbformat
 from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Unicode
 
 
 def _failed(cell) -> bool:
@@ -116,6 +117,28 @@ _running: dict[str, _Judge] = {}  # notebook path -> its judge, from StartRegrad
 def _key(resources: dict) -> str:
     meta = resources.get("metadata", {})
     return os.path.join(meta.get("path") or os.getcwd(), meta.get("name", ""))
+
+
+class SeedHiddenInputs(NbGraderPreprocessor):
+    """Give the grading of this notebook its student's key, from the course secret.
+
+    The hidden tests draw their random inputs from ``dlcourse.grading.rng_for``, seeded by
+    ``DLCOURSE_GRADING_KEY``: HMAC-SHA256(course secret, student id). Set here, in nbgrader's
+    process, before the kernel and the judge start (both inherit it): every regrade of a
+    submission draws the same inputs, two students draw different ones. The secret itself
+    stays in this process; it is read from ``secret_file`` (``assignments/README.md``).
+    """
+
+    secret_file = Unicode(
+        "course_secret", help="the file holding the course secret (never released nor committed)"
+    ).tag(config=True)
+
+    def preprocess(self, nb: NotebookNode, resources: dict):
+        from dlcourse.grading import KEY_ENV, grading_key, read_secret
+
+        student = resources["nbgrader"]["student"]
+        os.environ[KEY_ENV] = grading_key(read_secret(self.secret_file), student)
+        return nb, resources
 
 
 class StartRegrade(NbGraderPreprocessor):

@@ -31,6 +31,8 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
+import hashlib
+import hmac
 import importlib
 import json
 import os
@@ -162,9 +164,34 @@ def _short(x) -> str:
     return s if len(s) < 160 else s[:157] + "..."
 
 
+KEY_ENV = "DLCOURSE_GRADING_KEY"  # the student's grading key, set by regrade.SeedHiddenInputs
+PRACTICE_KEY = "practice"  # without a key (a notebook run outside autograde): fixed draws
+
+
+def grading_key(secret: str, student: str) -> str:
+    """The key that seeds a student's hidden inputs: HMAC-SHA256(course secret, student id).
+
+    Only this key reaches the processes that run a student's code, never the secret: a
+    student who prints their environment learns their own key (which gives them their own
+    inputs, not the answers), and nothing about anyone else's.
+    """
+    if type(secret) is not str or len(secret) < 16:
+        raise ValueError(f"secret must be a str of at least 16 characters, got {type(secret).__name__}")
+    if type(student) is not str or not student:
+        raise ValueError(f"student must be a non-empty str, got {student!r}")
+    return hmac.new(secret.encode(), f"student/{student}".encode(), hashlib.sha256).hexdigest()
+
+
 def rng_for(task: str, seed: int) -> random.Random:
-    """A random generator for one hidden case: fresh draws at every grading (seeded by the clock)."""
-    return random.Random(f"{task}/{seed}/{time.time_ns()}")
+    """A random generator for one hidden case, seeded by the grading key, the task and the case.
+
+    The key (``DLCOURSE_GRADING_KEY``: :func:`grading_key` of the course secret and the student
+    id, set at autograde) makes the draws the same at every regrade of a student and different
+    between students; they cannot be predicted without the course secret.
+    """
+    key = os.environ.get(KEY_ENV) or PRACTICE_KEY
+    digest = hmac.new(key.encode(), f"{task}/{seed}".encode(), hashlib.sha256).hexdigest()
+    return random.Random(digest)  # a str seed is hashed with SHA-512: the same in every process
 
 
 def hidden_test(task: str, body) -> None:
@@ -906,6 +933,112 @@ def a4_autograd_gradients(num_microbatches: int, seed: int):
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
+def write_secret(path: str, force: bool = False) -> str:
+    """Write a new course secret (64 hex digits, readable by its owner only) to ``path``.
+
+    Refuses to replace an existing secret unless ``force``: a new secret changes every
+    student's hidden inputs, so it is made once a term (``assignments/README.md``).
+    """
+    import secrets
+
+    if os.path.exists(path) and not force:
+        raise ValueError(f"path {path!r} already holds a secret; rotate it with --force")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def read_secret(path: str) -> str:
+    """The course secret in ``path`` (ValueError naming the path when there is none)."""
+    try:
+        with open(path) as f:
+            secret = f.read().strip()
+    except FileNotFoundError:
+        raise ValueError(
+            f"secret_file {path!r} does not exist: create the course secret with "
+            f"`python -m dlcourse.grading secret {path}` (assignments/README.md)"
+        ) from None
+    if len(secret) < 16:
+        raise ValueError(f"secret_file {path!r} holds {len(secret)} characters; at least 16 are needed")
+    return secret
+
+
+def _command_line(argv: list[str]) -> int:
+    """``cohort``, ``grade-one``, ``merge`` and ``secret``: the instructor's commands (exit 2 on bad use)."""
+    import argparse
+
+    from dlcourse import cohort
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line and exit 2, as the course's command line does
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        return int(text)
+
+    parser = Parser(prog="python -m dlcourse.grading", description="Grade the dlcourse assignments.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    c = sub.add_parser("cohort", help="autograde every submission in parallel, merge, generate feedback")
+    c.add_argument("assignment")
+    c.add_argument("--jobs", type=positive, default=os.cpu_count() or 1, help="submissions graded at once")
+    c.add_argument("--course", default=".", help="the nbgrader course folder (default: here)")
+    c.add_argument("--workdir", default=None, help="the jobs' workspaces (default: COURSE/cohort/ASSIGNMENT)")
+    c.add_argument("--student", action="append", help="grade only these (repeatable)")
+    c.add_argument("--no-feedback", action="store_true")
+    o = sub.add_parser("grade-one", help="one student's job in its own workspace (a scheduler's task)")
+    o.add_argument("assignment")
+    o.add_argument("student")
+    o.add_argument("--course", default=".")
+    o.add_argument("--workdir", required=True)
+    m = sub.add_parser("merge", help="merge finished jobs into the course's gradebook")
+    m.add_argument("assignment")
+    m.add_argument("--course", default=".")
+    m.add_argument("--workdir", required=True)
+    m.add_argument("--feedback", action="store_true", help="then nbgrader generate_feedback")
+    p = sub.add_parser("prepare", help="copy the gradebook the jobs start from into WORKDIR")
+    p.add_argument("assignment")
+    p.add_argument("--course", default=".")
+    p.add_argument("--workdir", required=True)
+    s = sub.add_parser("secret", help="write a new course secret (once a term)")
+    s.add_argument("path")
+    s.add_argument("--force", action="store_true", help="replace an existing secret (rotation)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "cohort":
+            report = cohort.grade_cohort(
+                args.course, args.assignment, args.jobs, args.workdir, args.student, not args.no_feedback
+            )
+            print(f"{len(report.results) - len(report.failed)} graded, {len(report.failed)} failed, "
+                  f"{report.wall_s:.1f} s with {args.jobs} jobs")  # fmt: skip
+            return 1 if report.failed else 0
+        if args.command == "prepare":
+            print(cohort.prepare(args.course, args.assignment, args.workdir))
+            return 0
+        if args.command == "grade-one":
+            job = cohort.grade_one(args.course, args.assignment, args.student, args.workdir)
+            print(
+                f"graded {job.student} in {job.seconds:.1f} s"
+                if job.ok
+                else f"FAILED {job.student}: {job.error}"
+            )
+            return 0 if job.ok else 1
+        if args.command == "merge":
+            merged = cohort.merge(args.course, args.assignment, args.workdir)
+            print(f"merged {len(merged)}: {' '.join(merged)}")
+            if args.feedback:
+                return cohort.generate_feedback(args.course, args.assignment).returncode
+            return 0
+        print("wrote", write_secret(args.path, args.force))
+        return 0
+    except ValueError as e:
+        print(f"python -m dlcourse.grading {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["sandbox"]:
         sandbox_main(int(argv[1]), int(argv[2]))
@@ -918,7 +1051,7 @@ def main(argv: list[str]) -> None:
         with open(out, "w") as f:
             json.dump(verdicts, f)
     else:
-        raise SystemExit("usage: python -m dlcourse.grading judge NOTEBOOK OUT.json TIMEOUT | sandbox R W")
+        raise SystemExit(_command_line(argv))
 
 
 # what `from dlcourse.grading import *` gives a notebook: the checks and the assignment helpers
@@ -927,7 +1060,18 @@ __all__ = sorted(
     for name, value in list(globals().items())
     if not name.startswith("_")
     and getattr(value, "__module__", None) == __name__
-    and name not in ("Sandbox", "judge", "main", "sandbox_main", "encode", "decode")
+    and name
+    not in (
+        "Sandbox",
+        "judge",
+        "main",
+        "sandbox_main",
+        "encode",
+        "decode",
+        "write_secret",
+        "read_secret",
+        "grading_key",
+    )  # fmt: skip
 )
 
 if __name__ == "__main__":

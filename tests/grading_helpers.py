@@ -4,7 +4,8 @@
 ``generate(name)`` runs ``nbgrader generate_assignment``; ``submit(student, name, nb)``
 lays a submission out as ``nbgrader collect`` would (``submitted/<student>/<name>/``);
 ``autograde(name)`` grades every submitted student in one nbgrader call; ``scores(name)``
-reads ``{student: {grade_id: points}}`` from the gradebook.
+reads ``{student: {grade_id: points}}`` from the gradebook. The course holds a fixed test
+secret (``course_secret``), so the hidden inputs are the same in every run of the tests.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ ASSIGNMENTS = ROOT / "assignments"
 NAMES = ("a1_data_parallelism", "a2_staleness", "a3_compression", "a4_pipelines")
 
 
+TEST_SECRET = "a test course secret, never a real one"
+
+
 class Course:
-    def __init__(self, path: Path, timeout: int | None = None):
+    def __init__(self, path: Path, timeout: int | None = None, secret: str = TEST_SECRET):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         for name in ("nbgrader_config.py", "regrade.py"):
             shutil.copy(ASSIGNMENTS / name, self.path / name)
         shutil.copytree(ASSIGNMENTS / "source", self.path / "source", dirs_exist_ok=True)
+        (self.path / "course_secret").write_text(secret + "\n")  # what the instructor's folder holds
+        self.secret = secret
         self.timeout = timeout  # overrides ExecutePreprocessor.timeout (tests of infinite loops)
 
     def nbgrader(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
