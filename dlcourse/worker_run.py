@@ -383,6 +383,7 @@ def collect(strategy: str, outputs: list[dict[str, Any]]) -> DataParallelResult:
         wall_s=head["wall_s"],
         bytes_sent=head["sent"],
         test=head["test"],
+        extra=dict(head.get("extra", {})),  # what a strategy adds (zero: bytes per rank)
     )
 
 
