@@ -14,13 +14,14 @@ Call these inside :func:`dlcourse.launcher.launch` (or under ``torchrun``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from dlcourse._validate import check_choice, check_int
+from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.models import check_model
 
 
@@ -108,3 +109,256 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
         p.data = flat[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     return flat
+
+
+# ----------------------------------------------------------------------------------------------
+# Reduce-scatter and all-gather around a ring, and what they cost (the alpha-beta model)
+#
+# A ring all-reduce is a reduce-scatter (after N-1 steps rank r holds the sum of chunk r)
+# followed by an all-gather (N-1 more steps pass the finished chunks round). ZeRO uses the
+# halves on their own: reduce-scatter the gradients, all-gather the parameters.
+
+COLLECTIVE_OPS = ("all_reduce", "reduce_scatter", "all_gather", "send")
+
+
+def _ring_setup(tensor: Any, name: str) -> tuple[int, int, int, int]:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not dist.is_initialized():
+        raise RuntimeError("no process group: run this inside dlcourse.launcher.launch (or torchrun)")
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    return world_size, rank, (rank + 1) % world_size, (rank - 1) % world_size
+
+
+def _exchange(send: torch.Tensor, recv: torch.Tensor, to: int, frm: int) -> None:
+    """Send to the next rank while receiving from the previous one (no ring-wide deadlock)."""
+    request = dist.isend(send.contiguous(), dst=to)
+    dist.recv(recv, src=frm)
+    request.wait()
+
+
+@torch.no_grad()
+def ring_reduce_scatter(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the N ranks and return this rank's chunk of the sum (flat).
+
+    The tensor is flattened and padded with zeros at the end to a multiple of N, then cut into
+    N equal chunks; rank r gets chunk r, ``ceil(numel / N)`` elements (the last rank's tail is
+    the padding, summed zeros). In step s = 0..N-2 rank r sends its running sum of chunk
+    ``r - s - 1`` to rank r + 1 and adds what rank r - 1 sends, chunk ``r - s - 2``: after
+    N - 1 steps chunk r is complete on rank r. Equals ``dist.reduce_scatter_tensor``.
+    """
+    world_size, rank, nxt, prv = _ring_setup(tensor, "tensor")
+    chunk = -(-tensor.numel() // world_size)
+    flat = torch.zeros(chunk * world_size, dtype=tensor.dtype, device=tensor.device)
+    flat[: tensor.numel()] = tensor.reshape(-1)
+    chunks = flat.view(world_size, chunk)
+    incoming = torch.empty(chunk, dtype=tensor.dtype, device=tensor.device)
+    for step in range(world_size - 1):
+        _exchange(chunks[(rank - step - 1) % world_size], incoming, nxt, prv)
+        chunks[(rank - step - 2) % world_size] += incoming
+    return chunks[rank].clone()
+
+
+@torch.no_grad()
+def ring_all_gather(shard: torch.Tensor, numel: int | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``shard`` in rank order (flat), passing shards round a ring.
+
+    Every rank must give a shard of the same number of elements. In step s = 0..N-2 rank r
+    sends shard ``r - s`` to rank r + 1 and receives shard ``r - s - 1`` from rank r - 1.
+    ``numel`` drops the padding :func:`ring_reduce_scatter` added: the first ``numel``
+    elements are returned. Equals ``dist.all_gather_into_tensor``.
+    """
+    world_size, rank, nxt, prv = _ring_setup(shard, "shard")
+    size = shard.numel()
+    if numel is not None:
+        check_int("numel", numel, low=0, high=size * world_size)
+    chunks = torch.empty(world_size, size, dtype=shard.dtype, device=shard.device)
+    chunks[rank] = shard.reshape(-1)
+    for step in range(world_size - 1):
+        _exchange(chunks[(rank - step) % world_size], chunks[(rank - step - 1) % world_size], nxt, prv)
+    flat = chunks.view(-1)
+    return flat if numel is None else flat[:numel].clone()
+
+
+def collective_steps(op: str, num_workers: int) -> int:
+    """Messages in sequence on a ring: reduce-scatter and all-gather N-1, all-reduce 2(N-1), send 1."""
+    check_choice("op", op, COLLECTIVE_OPS)
+    check_int("num_workers", num_workers, low=1)
+    if op == "send":
+        return 1
+    return (num_workers - 1) * (2 if op == "all_reduce" else 1)
+
+
+def reduce_scatter_bytes(nbytes: float, num_workers: int) -> float:
+    """Bytes each rank sends in a ring reduce-scatter of a tensor of ``nbytes``: (N-1)/N of it."""
+    check_float("nbytes", nbytes, low=0.0)
+    check_int("num_workers", num_workers, low=1)
+    return (num_workers - 1) / num_workers * nbytes
+
+
+def all_gather_bytes(nbytes: float, num_workers: int) -> float:
+    """Bytes each rank sends in a ring all-gather whose result has ``nbytes``: (N-1)/N of it."""
+    return reduce_scatter_bytes(nbytes, num_workers)
+
+
+def allreduce_bytes_per_rank(nbytes: float, num_workers: int) -> float:
+    """Bytes each rank sends in a ring all-reduce of ``nbytes``: 2(N-1)/N of it (both halves)."""
+    return 2 * reduce_scatter_bytes(nbytes, num_workers)
+
+
+def bytes_per_rank(op: str, nbytes: float, num_workers: int) -> float:
+    """Bytes one rank sends in ``op`` on a tensor of ``nbytes`` (``send``: all of it)."""
+    check_choice("op", op, COLLECTIVE_OPS)
+    if op == "send":
+        return check_float("nbytes", nbytes, low=0.0)
+    if op == "all_reduce":
+        return allreduce_bytes_per_rank(nbytes, num_workers)
+    return reduce_scatter_bytes(nbytes, num_workers)
+
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    """The alpha-beta (latency-bandwidth) cost model of a message: ``alpha + bytes / beta``.
+
+    A collective on a ring takes ``steps * alpha + bytes_per_rank / beta`` (Hockney 1994;
+    Thakur, Rabenseifner and Gropp, "Optimization of Collective Communication Operations
+    in MPICH", 2005). Fit both to this machine with :func:`fit_alpha_beta`.
+    """
+
+    alpha_s: float = 1e-4  # seconds per message (latency, software overhead)
+    beta_bytes_per_s: float = 1e9  # bytes per second one rank can send
+
+    def __post_init__(self) -> None:
+        check_float("alpha_s", self.alpha_s, low=0.0)
+        check_float("beta_bytes_per_s", self.beta_bytes_per_s, low=0.0, low_open=True)
+
+    def time(self, op: str, nbytes: float, num_workers: int) -> float:
+        """Predicted seconds of ``op`` (all_reduce, reduce_scatter, all_gather, send) on ``nbytes``."""
+        steps = collective_steps(op, num_workers)
+        if steps == 0:
+            return 0.0
+        return steps * self.alpha_s + bytes_per_rank(op, nbytes, num_workers) / self.beta_bytes_per_s
+
+    def __repr__(self) -> str:
+        return f"AlphaBeta(alpha={self.alpha_s * 1e6:.1f} us, beta={self.beta_bytes_per_s / 1e9:.3f} GB/s)"
+
+
+DEFAULT_SIZES = (1024, 16 * 1024, 256 * 1024, 1024**2, 4 * 1024**2)  # bytes, for a quick fit
+FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather")
+
+
+def _run_op(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
+    if op == "all_reduce":
+        dist.all_reduce(tensor)
+    elif op == "reduce_scatter":
+        dist.reduce_scatter_tensor(out, tensor)
+    else:
+        dist.all_gather_into_tensor(tensor, out)
+
+
+def time_collectives(
+    rank: int, world_size: int, sizes: tuple[int, ...], repeats: int, ops: tuple[str, ...] = FIT_OPS
+) -> dict[tuple[str, int], list[float]]:
+    """Inside a worker: seconds of each (op, bytes) of torch.distributed, ``repeats`` times.
+
+    ``bytes`` is the full tensor (the all-gather's result). Each timing starts after a barrier,
+    so the ranks start together; the caller takes the slowest rank.
+    """
+    import time
+
+    times: dict[tuple[str, int], list[float]] = {}
+    for op in ops:
+        for nbytes in sizes:
+            numel = max(world_size, nbytes // 4) // world_size * world_size
+            tensor = torch.ones(numel)
+            out = torch.empty(numel // world_size)
+            _run_op(op, tensor, out)  # warm-up: buffers and connections
+            runs = []
+            for _ in range(repeats):
+                dist.barrier()
+                start = time.perf_counter()
+                _run_op(op, tensor, out)
+                runs.append(time.perf_counter() - start)
+            times[(op, nbytes)] = runs
+    return times
+
+
+def _slowest_median(per_rank: list[dict]) -> dict[tuple[str, int], float]:
+    """For each (op, bytes): the median over repeats of the slowest rank's time."""
+    import statistics
+
+    return {
+        key: statistics.median(max(r[key][i] for r in per_rank) for i in range(len(runs)))
+        for key, runs in per_rank[0].items()
+    }
+
+
+def measure_collectives(
+    num_workers: int = 2,
+    sizes: tuple[int, ...] = DEFAULT_SIZES,
+    repeats: int = 5,
+    ops: tuple[str, ...] = FIT_OPS,
+) -> dict[tuple[str, int], float]:
+    """Median seconds of gloo's all-reduce, reduce-scatter and all-gather per tensor size, on N processes."""
+    from dlcourse.launcher import launch
+
+    check_int("num_workers", num_workers, low=2)
+    check_int("repeats", repeats, low=1)
+    if not sizes:
+        raise ValueError("sizes must name at least one tensor size in bytes, got none")
+    for s in sizes:
+        check_int("sizes", s, low=4)
+    for op in ops:
+        check_choice("ops", op, FIT_OPS)
+    per_rank = launch(
+        time_collectives,
+        num_workers,
+        tuple(sizes),
+        repeats,
+        tuple(ops),
+        backend="gloo",
+        threads_per_worker=1,
+        run_timeout=600,
+    )
+    return _slowest_median(per_rank)
+
+
+def fit(times: dict[tuple[str, int], float], num_workers: int) -> AlphaBeta:
+    """Least-squares alpha and beta from measured ``{(op, bytes): seconds}``.
+
+    Minimises the relative error ``(predicted - measured) / measured`` (sizes span five
+    orders of magnitude: plain least squares would fit only the largest). Both are kept
+    positive: if the unconstrained fit gives a negative one, the other is fitted alone.
+    """
+    import numpy as np
+
+    check_int("num_workers", num_workers, low=2)
+    if not times:
+        raise ValueError("times must hold at least one measurement, got none")
+    rows, target = [], []
+    for (op, nbytes), seconds in times.items():
+        check_float("times", seconds, low=0.0, low_open=True)
+        rows.append(
+            [collective_steps(op, num_workers) / seconds, bytes_per_rank(op, nbytes, num_workers) / seconds]
+        )
+        target.append(1.0)
+    a, b = np.asarray(rows), np.asarray(target)
+    (alpha, inv_beta), *_ = np.linalg.lstsq(a, b, rcond=None)
+    if inv_beta <= 0:  # latency alone explains the times: a very fast link
+        alpha = float(np.linalg.lstsq(a[:, :1], b, rcond=None)[0][0])
+        inv_beta = 1e-12
+    elif alpha <= 0:  # bandwidth alone
+        alpha = 0.0
+        inv_beta = float(np.linalg.lstsq(a[:, 1:], b, rcond=None)[0][0])
+    return AlphaBeta(alpha_s=float(alpha), beta_bytes_per_s=float(1.0 / inv_beta))
+
+
+def fit_alpha_beta(
+    num_workers: int = 2, sizes: tuple[int, ...] = DEFAULT_SIZES, repeats: int = 5
+) -> AlphaBeta:
+    """Measure gloo's collectives on ``num_workers`` real processes and fit the alpha-beta model.
+
+    All-reduce, reduce-scatter and all-gather of every size in ``sizes`` (bytes), median of
+    ``repeats`` runs each, slowest rank: a few seconds with the defaults.
+    """
+    return fit(measure_collectives(num_workers, sizes, repeats), num_workers)
