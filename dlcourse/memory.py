@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlcourse._validate import check_choice, check_float, check_int
+
 _MB = 1024**2
 
 
@@ -247,3 +249,316 @@ class SavedActivations:
             f"SavedActivations(bytes={self.bytes / _MB:.2f} MB, peak={self.peak / _MB:.2f} MB, "
             f"live={self.live / _MB:.2f} MB)"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Formulas (ZeRO, Rajbhandari et al. 2020, section 3; activations: Korthikanti et al. 2022)
+
+PRECISIONS = ("fp32", "mixed", "fp64")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+ZERO_STAGES = (0, 1, 2, 3)  # 0: plain data parallelism, every rank holds everything
+SCHEDULES = ("gpipe", "1f1b")
+MODEL_KINDS = ("cnn", "mlp", "gpt")
+
+# bytes per element of the weights and gradients that compute uses
+_WEIGHT_BYTES = {"fp32": 4, "mixed": 2, "fp64": 8}
+# K, the optimizer's bytes per parameter: its state tensors, each as wide as a master weight;
+# mixed precision adds the fp32 master copy of the weights (4 bytes) to the optimizer's K
+_STATE_TENSORS = {"sgd": 0, "momentum": 1, "adam": 2}  # momentum buffer; Adam's exp_avg, exp_avg_sq
+
+
+def optimizer_bytes_per_parameter(optimizer: str = "adam", precision: str = "mixed") -> int:
+    """K of the ZeRO paper: optimizer-state bytes per parameter.
+
+    fp32: SGD 0, momentum 4 (one buffer), Adam 8 (two moments). fp64: twice those.
+    mixed (bf16/fp16 compute, fp32 master weights): the fp32 master copy (4) plus fp32 state:
+    SGD 4, momentum 8, Adam 12 -- the paper's K = 12.
+    """
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("precision", precision, PRECISIONS)
+    if precision == "mixed":
+        return 4 + 4 * _STATE_TENSORS[optimizer]
+    return _WEIGHT_BYTES[precision] * _STATE_TENSORS[optimizer]
+
+
+def bytes_per_parameter(
+    zero_stage: int, num_workers: int, *, optimizer: str = "adam", precision: str = "mixed"
+) -> float:
+    """Bytes of training state per parameter on one of N data-parallel ranks (no activations).
+
+    With weights and gradients of ``w`` bytes each and K optimizer bytes (see
+    :func:`optimizer_bytes_per_parameter`): stage 0 (plain data parallelism) ``2w + K``,
+    stage 1 (optimizer state sharded) ``2w + K/N``, stage 2 (gradients too) ``w + (w + K)/N``,
+    stage 3 (parameters too) ``(2w + K)/N``. Mixed-precision Adam: 16, 4 + 12/N, 2 + 14/N, 16/N.
+    """
+    check_choice("zero_stage", zero_stage, ZERO_STAGES)
+    check_int("num_workers", num_workers, low=1)
+    w = _WEIGHT_BYTES[check_choice("precision", precision, PRECISIONS)]
+    k = optimizer_bytes_per_parameter(optimizer, precision)
+    n = num_workers
+    return [2 * w + k, 2 * w + k / n, w + (w + k) / n, (2 * w + k) / n][zero_stage]
+
+
+def shard_numel(numel: int, num_workers: int) -> int:
+    """Elements each rank owns when ``numel`` is split over N ranks: ``ceil(numel / N)``.
+
+    The flat tensor is padded with zeros to a multiple of N, so every shard has the same
+    size (what :func:`dlcourse.collectives.ring_reduce_scatter` does, and what collectives
+    like ``reduce_scatter_tensor`` require); the padding costs at most N - 1 elements.
+    """
+    check_int("numel", numel, low=0)
+    check_int("num_workers", num_workers, low=1)
+    return -(-numel // num_workers)
+
+
+# -- activations ------------------------------------------------------------------------------
+
+_INDEX_BYTES = 8  # max-pooling keeps int64 indices of the maxima for its backward pass
+
+
+def _cnn_saved(batch: int, e: int, tp: int) -> list[int]:
+    """Bytes autograd saves per layer boundary of MnistCNN + cross-entropy (see activation_bytes)."""
+    return [
+        batch * 784 * e,  # input image, kept by conv1
+        batch * 32 * 24 * 24 * e,  # conv1 output, kept by max-pool 1
+        batch * 32 * 12 * 12 * (e + _INDEX_BYTES),  # pool 1 output (kept by conv2) + its indices
+        batch * 64 * 8 * 8 * e,  # conv2 output, kept by max-pool 2
+        batch * 64 * 4 * 4 * (e + _INDEX_BYTES),  # pool 2 output (kept by the first dense) + indices
+        batch * 1024 * e // tp,  # ReLU output, kept by ReLU and the last dense (split by TP)
+        batch * 10 * e + batch * 8,  # log-softmax output and the int64 targets of the loss
+    ]
+
+
+def _mlp_saved(batch: int, e: int, tp: int, hidden: int) -> list[int]:
+    return [
+        batch * 784 * e,  # flattened input, kept by the first dense layer
+        batch * hidden * e // tp,  # ReLU output, kept by ReLU and the second dense (split by TP)
+        batch * 10 * e + batch * 8,  # log-softmax output and the int64 targets of the loss
+    ]
+
+
+def _gpt_layer(batch: int, e: int, tp: int, seq_len: int, d_model: int, heads: int) -> int:
+    """Korthikanti et al. 2022, eq. 2 with elements of e bytes and 1-byte dropout masks."""
+    sbh = seq_len * batch * d_model
+    replicated = sbh * (4 * e + 2)  # 2 layer-norm inputs, attention and MLP inputs, 2 dropout masks
+    split = sbh * 12 * e // tp  # Q, K, V, attention output, MLP hidden (4h) and GeLU input
+    scores = heads * seq_len * seq_len * batch * (2 * e + 1) // tp  # softmax in/out + dropout mask
+    return replicated + split + scores
+
+
+def activation_bytes(
+    model_kind: str,
+    batch: int,
+    *,
+    precision: str = "fp32",
+    tp: int = 1,
+    recompute: bool = False,
+    hidden: int = 64,
+    seq_len: int = 1024,
+    d_model: int = 4096,
+    heads: int = 32,
+    layers: int = 32,
+) -> int:
+    """Estimated bytes autograd saves for backward in one forward pass of ``batch`` examples.
+
+    - ``"cnn"``: the lecture's CNN plus the cross-entropy loss, tensor by tensor (the input
+      of each convolution, pooling outputs with their int64 indices, the ReLU output). Exact
+      up to a few scalars against :class:`SavedActivations`.
+    - ``"mlp"``: :class:`dlcourse.models.MLP` with ``hidden`` units plus the loss.
+    - ``"gpt"``: ``layers`` transformer layers of width ``d_model``, ``heads`` heads,
+      ``seq_len`` tokens per example (Korthikanti et al., "Reducing Activation Recomputation
+      in Large Transformer Models", 2022: ``s b h (34 + 5 a s / h)`` bytes per layer in 16 bits;
+      with tensor parallelism ``s b h (10 + 24/t + 5 a s / (h t))``); embeddings and the
+      output layer are left out, as in the paper.
+
+    ``tp`` splits what tensor-parallel layers hold (for the CNN and MLP, the hidden layer of
+    the dense block; for GPT, the attention and MLP internals). ``recompute``: only each
+    layer's input is kept, and during backward one layer's activations are recomputed at a
+    time, so the peak is the sum of layer inputs plus the largest layer's saved tensors.
+    Element size from ``precision``: 4 bytes (fp32), 2 (mixed), 8 (fp64).
+    """
+    check_choice("model_kind", model_kind, MODEL_KINDS)
+    check_int("batch", batch, low=1)
+    e = _WEIGHT_BYTES[check_choice("precision", precision, PRECISIONS)]
+    check_int("tp", tp, low=1)
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute must be True or False, got {recompute!r}")
+    if model_kind == "gpt":
+        for name, value in (("seq_len", seq_len), ("d_model", d_model), ("heads", heads), ("layers", layers)):
+            check_int(name, value, low=1)
+        layer = _gpt_layer(batch, e, tp, seq_len, d_model, heads)
+        if recompute:
+            return layers * seq_len * batch * d_model * e + layer
+        return layers * layer
+    if model_kind == "cnn":
+        saved = _cnn_saved(batch, e, tp)
+        # the input of every layer: image, conv1, pool1, conv2, pool2, dense1 and ReLU outputs, logits
+        inputs = [batch * n * e for n in (784, 18432, 4608, 4096, 1024, 1024 // tp, 1024 // tp, 10)]
+    else:
+        check_int("hidden", hidden, low=1)
+        saved = _mlp_saved(batch, e, tp, hidden)
+        inputs = [batch * n * e for n in (784, hidden // tp, hidden // tp, 10)]
+    if recompute:
+        return sum(inputs) + max(saved)
+    return sum(saved)
+
+
+# -- a whole layout: data x tensor x pipeline parallelism -------------------------------------
+
+
+@dataclass
+class Layout:
+    """How a model is spread over devices: data (N, ZeRO stage), tensor (T) and pipeline (K).
+
+    Devices = N x T x K. Give the model's size as ``num_params`` or as ``model`` (a module:
+    its parameter tensors are then known, so per-tensor sharding can be predicted exactly).
+    ``model_kind`` turns on the activation estimate (:func:`activation_bytes`) for ``batch``
+    examples per data-parallel replica per step, cut into ``microbatches`` (M).
+    """
+
+    num_params: int | float | None = None  # P, parameters of the whole model (or give model)
+    model: nn.Module | None = None  # a model instead of num_params (its parameter tensors count)
+    num_workers: int = 1  # N, data-parallel replicas (ranks of the ZeRO group)
+    zero_stage: int = 0  # 0 plain data parallelism; 1 optimizer state, 2 + gradients, 3 + parameters sharded
+    tp: int = 1  # T, tensor-parallel degree: every layer's weights split over T devices
+    pp: int = 1  # K, pipeline stages: the layers split over K devices
+    microbatches: int = 1  # M, micro-batches per step (pipeline schedules, gradient accumulation)
+    schedule: str = "1f1b"  # "gpipe" (all M forwards, then backwards) or "1f1b" (at most K in flight)
+    recompute: bool = False  # activation recomputation: keep only each layer's input
+    precision: str = "fp32"  # "fp32" (this library's runs), "mixed" (bf16 + fp32 master), "fp64"
+    optimizer: str = "adam"  # "sgd", "momentum" or "adam"
+    flat: bool = True  # ZeRO shards one flat buffer (padded once to N) or each tensor (padded each)
+    model_kind: str | None = None  # "cnn", "mlp", "gpt" for an activation estimate; None: none
+    batch: int = 1  # examples per data-parallel replica per step (all micro-batches)
+    hidden: int = 64  # MLP hidden units (model_kind "mlp")
+    seq_len: int = 1024  # tokens per example (model_kind "gpt")
+    d_model: int = 4096  # transformer width h (model_kind "gpt")
+    heads: int = 32  # attention heads a (model_kind "gpt")
+    layers: int = 32  # transformer layers L (model_kind "gpt")
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            if not isinstance(self.model, nn.Module):
+                raise ValueError(f"model must be a torch.nn.Module or None, got {type(self.model).__name__}")
+            numel = sum(p.numel() for p in self.model.parameters())
+            if self.num_params is not None and self.num_params != numel:
+                raise ValueError(
+                    f"num_params ({self.num_params}) disagrees with the model's {numel} parameters"
+                )
+            self.num_params = numel
+        if self.num_params is None:
+            raise ValueError("num_params or model is required: the size of the model")
+        if isinstance(self.num_params, float):
+            check_float("num_params", self.num_params, low=1.0)
+            if self.num_params != int(self.num_params):
+                raise ValueError(f"num_params must be a whole number of parameters, got {self.num_params}")
+            self.num_params = int(self.num_params)
+        check_int("num_params", self.num_params, low=1)
+        check_int("num_workers", self.num_workers, low=1)
+        check_choice("zero_stage", self.zero_stage, ZERO_STAGES)
+        check_int("tp", self.tp, low=1)
+        check_int("pp", self.pp, low=1)
+        check_int("microbatches", self.microbatches, low=1)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.recompute, bool):
+            raise ValueError(f"recompute must be True or False, got {self.recompute!r}")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not isinstance(self.flat, bool):
+            raise ValueError(f"flat must be True or False, got {self.flat!r}")
+        if self.model_kind is not None:
+            check_choice("model_kind", self.model_kind, MODEL_KINDS)
+        check_int("batch", self.batch, low=1)
+        if self.batch % self.microbatches:
+            raise ValueError(
+                f"batch ({self.batch}) must split into microbatches ({self.microbatches}) equal parts"
+            )
+        for name in ("hidden", "seq_len", "d_model", "heads", "layers"):
+            check_int(name, getattr(self, name), low=1)
+        if self.model_kind == "gpt" and self.pp > self.layers:
+            raise ValueError(f"pp ({self.pp}) must be <= layers ({self.layers}): a stage holds whole layers")
+
+    @property
+    def devices(self) -> int:
+        """N x T x K devices in all."""
+        return self.num_workers * self.tp * self.pp
+
+    @property
+    def local_params(self) -> int:
+        """Parameters one tensor-parallel, pipeline-stage slice holds: ceil(P / (T K))."""
+        return -(-self.num_params // (self.tp * self.pp))
+
+    def in_flight(self) -> int:
+        """Micro-batches whose activations a (first) stage holds at once.
+
+        One pipeline stage (K = 1) runs its micro-batches one after the other (gradient
+        accumulation): 1. GPipe runs all M forwards before the backwards: M. 1F1B starts a
+        backward as soon as the last stage can: at most K on the first stage.
+        """
+        if self.pp == 1:
+            return 1
+        return self.microbatches if self.schedule == "gpipe" else min(self.microbatches, self.pp)
+
+
+def _sharded(numels: list[int], num_workers: int, flat: bool) -> int:
+    if flat:
+        return shard_numel(sum(numels), num_workers)
+    return sum(shard_numel(n, num_workers) for n in numels)
+
+
+def predict(layout: Layout) -> MemoryBreakdown:
+    """Bytes per device of parameters, gradients, optimizer state and (estimated) activations.
+
+    Training state is exact for this library's runtimes: weights and gradients take 4 (fp32),
+    2 (mixed) or 8 (fp64) bytes per element, the optimizer K bytes (see
+    :func:`optimizer_bytes_per_parameter`; Adam's scalar ``step`` counters are not counted,
+    as in :func:`state_bytes`). What ZeRO shards is ``ceil(P / N)`` elements per rank of
+    one flat buffer padded with zeros to a multiple of N (``flat=False``: each parameter
+    tensor padded on its own, which needs ``model``). Tensor and pipeline parallelism split
+    the parameters evenly: ``ceil(P / (T K))`` per device.
+
+    Activations (when ``model_kind`` is set) are an estimate: :func:`activation_bytes` of
+    one micro-batch, split evenly over the K stages (for GPT: ``ceil(L / K)`` layers per
+    stage), times the micro-batches in flight (:meth:`Layout.in_flight`).
+    """
+    if not isinstance(layout, Layout):
+        raise ValueError(f"layout must be a Layout, got {type(layout).__name__}")
+    w = _WEIGHT_BYTES[layout.precision]
+    k = optimizer_bytes_per_parameter(layout.optimizer, layout.precision)
+    local = layout.local_params
+    if layout.model is not None and layout.tp * layout.pp == 1:
+        numels = [p.numel() for p in layout.model.parameters()]
+    else:
+        if not layout.flat:
+            raise ValueError("flat=False (per-tensor shards) needs model= and tp = pp = 1")
+        numels = [local]
+    n = layout.num_workers
+    shard = _sharded(numels, n, layout.flat) if n > 1 else local
+    stage = layout.zero_stage
+    return MemoryBreakdown(
+        parameters=(shard if stage >= 3 else local) * w,
+        gradients=(shard if stage >= 2 else local) * w,
+        optimizer=(shard if stage >= 1 else local) * k,
+        activations=_layout_activations(layout),
+    )
+
+
+def _layout_activations(layout: Layout) -> int:
+    if layout.model_kind is None:
+        return 0
+    micro = layout.batch // layout.microbatches
+    kw = dict(precision=layout.precision, tp=layout.tp, recompute=layout.recompute)
+    if layout.model_kind == "gpt":
+        per_stage = activation_bytes(
+            "gpt",
+            micro,
+            **kw,
+            seq_len=layout.seq_len,
+            d_model=layout.d_model,
+            heads=layout.heads,
+            layers=-(-layout.layers // layout.pp),
+        )
+    else:
+        whole = activation_bytes(layout.model_kind, micro, **kw, hidden=layout.hidden)
+        per_stage = -(-whole // layout.pp)
+    return per_stage * layout.in_flight()
