@@ -20,6 +20,7 @@ Run ``dlcourse memory --params 7e9 --devices 8 --zero-stage 3`` for the table of
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ import torch
 from torch import nn
 
 from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.collectives import AlphaBeta
 
-_MB = 1024**2
+_MB = 1e6  # decimal, as the ZeRO paper counts (7B x 16 bytes = 112 GB)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, str] | None:
@@ -562,3 +564,139 @@ def _layout_activations(layout: Layout) -> int:
         whole = activation_bytes(layout.model_kind, micro, **kw, hidden=layout.hidden)
         per_stage = -(-whole // layout.pp)
     return per_stage * layout.in_flight()
+
+
+# -- the planner: does it fit, and how long does a step take? ---------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _training_flops_per_example(kind: str, hidden: int) -> int:
+    from dlcourse.models import MLP, MnistCNN, flops_per_example
+
+    return flops_per_example(MnistCNN() if kind == "cnn" else MLP(hidden))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` predicts for one layout on one kind of device."""
+
+    layout: Layout  # the layout planned
+    memory: MemoryBreakdown  # bytes per device, by kind
+    device_memory: float  # bytes one device has
+    compute_s: float  # seconds of arithmetic per step on one device (with the pipeline's bubble)
+    communication: dict[str, float]  # seconds per step by kind: "data", "tensor", "pipeline"
+
+    @property
+    def fits(self) -> bool:
+        """Whether the predicted bytes per device fit into the device's memory."""
+        return self.memory.total <= self.device_memory
+
+    @property
+    def communication_s(self) -> float:
+        """All communication seconds per step (not overlapped with compute)."""
+        return sum(self.communication.values())
+
+    @property
+    def step_s(self) -> float:
+        """Compute plus communication, with no overlap: an upper estimate of a step."""
+        return self.compute_s + self.communication_s
+
+    def table(self) -> str:
+        """The accounting per device as a few aligned lines of text."""
+        lay = self.layout
+        lines = [
+            f"{lay.num_params:,} parameters on {lay.devices} devices: data N={lay.num_workers} "
+            f"(ZeRO stage {lay.zero_stage}), tensor T={lay.tp}, pipeline K={lay.pp} "
+            f"(M={lay.microbatches}, {lay.schedule}); {lay.precision} {lay.optimizer}"
+            + (", recompute" if lay.recompute else ""),
+            f"{'per device':<14}{'GB':>10}",
+        ]
+        for kind, value in self.memory.as_dict().items():
+            lines.append(f"{kind:<14}{value / 1e9:>10.3f}")
+        verdict = "fits" if self.fits else "does NOT fit"
+        lines.append(f"device memory {self.device_memory / 1e9:>10.3f}  -> {verdict}")
+        comm = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in self.communication.items() if v) or "none"
+        step, compute = self.step_s * 1e3, self.compute_s * 1e3
+        lines.append(f"step {step:.2f} ms = compute {compute:.2f} ms + communication ({comm})")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"Plan({self.memory!r}, fits={self.fits}, compute={self.compute_s * 1e3:.2f} ms, "
+            f"communication={self.communication_s * 1e3:.2f} ms)"
+        )
+
+
+def plan(
+    layout: Layout,
+    *,
+    device_memory: float = 80e9,
+    alpha_beta: AlphaBeta | None = None,
+    device_flops: float = 1e14,
+) -> Plan:
+    """Memory per device (:func:`predict`), whether it fits, and a step's compute and communication.
+
+    ``device_memory`` in bytes (80e9: an 80 GB accelerator), ``device_flops`` the FLOP/s one
+    device sustains, ``alpha_beta`` the network (default ``AlphaBeta()``: 0.1 ms, 1 GB/s).
+    Compute: training FLOPs of the replica's batch (GPT 6 P per token, 8 P with recompute;
+    CNN and MLP counted layer by layer; otherwise 6 P per example) split over T x K devices,
+    times the pipeline's ``(M + K - 1) / M`` for its bubble. Communication, with the
+    alpha-beta model, not overlapped: data parallelism an all-reduce of the gradients
+    (ZeRO-1/2: reduce-scatter + all-gather, the same volume; ZeRO-3: two all-gathers and a
+    reduce-scatter, 1.5x); tensor parallelism two all-reduces per layer forward and two
+    backward (GPT; the CNN's and MLP's dense block: one each way); the pipeline one
+    activation forward and one gradient backward per micro-batch and stage boundary.
+    """
+    if not isinstance(layout, Layout):
+        raise ValueError(f"layout must be a Layout, got {type(layout).__name__}")
+    check_float("device_memory", device_memory, low=0.0, low_open=True)
+    check_float("device_flops", device_flops, low=0.0, low_open=True)
+    if alpha_beta is None:
+        alpha_beta = AlphaBeta()
+    if not isinstance(alpha_beta, AlphaBeta):
+        raise ValueError(
+            f"alpha_beta must be a dlcourse.collectives.AlphaBeta, got {type(alpha_beta).__name__}"
+        )
+    lay = layout
+    e = _WEIGHT_BYTES[lay.precision]
+    micro, m, k, t = lay.batch // lay.microbatches, lay.microbatches, lay.pp, lay.tp
+
+    if lay.model_kind == "gpt":
+        per_example = (8 if lay.recompute else 6) * lay.num_params * lay.seq_len
+    elif lay.model_kind in ("cnn", "mlp"):
+        per_example = _training_flops_per_example(lay.model_kind, lay.hidden) * (
+            4 / 3 if lay.recompute else 1
+        )
+    else:
+        per_example = 6 * lay.num_params
+    compute_s = per_example * lay.batch / (t * k) / device_flops * (m + k - 1) / m
+
+    grads = lay.local_params * e
+    n = lay.num_workers
+    if lay.zero_stage == 3:
+        data = 2 * alpha_beta.time("all_gather", grads, n) + alpha_beta.time("reduce_scatter", grads, n)
+    elif lay.zero_stage in (1, 2):
+        data = alpha_beta.time("all_gather", grads, n) + alpha_beta.time("reduce_scatter", grads, n)
+    else:
+        data = alpha_beta.time("all_reduce", grads, n)
+
+    tensor = pipeline = 0.0
+    if lay.model_kind == "gpt":
+        boundary = lay.seq_len * micro * lay.d_model * e
+        per_layer = (6 if lay.recompute else 4) * alpha_beta.time("all_reduce", boundary, t)
+        tensor = m * -(-lay.layers // k) * per_layer
+    elif lay.model_kind in ("cnn", "mlp"):
+        width = 1024 if lay.model_kind == "cnn" else 784  # the dense block's input
+        boundary = micro * width * e
+        tensor = m * (
+            alpha_beta.time("all_reduce", micro * 10 * e, t) + alpha_beta.time("all_reduce", boundary, t)
+        )
+    if lay.model_kind is not None and k > 1:
+        pipeline = 2 * m * (k - 1) / k * alpha_beta.time("send", boundary, 2)
+    return Plan(
+        layout=lay,
+        memory=predict(lay),
+        device_memory=float(device_memory),
+        compute_s=compute_s,
+        communication={"data": data, "tensor": tensor, "pipeline": pipeline},
+    )
