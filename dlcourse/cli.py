@@ -33,6 +33,7 @@ TRAIN_STRATEGIES = {
     "hybrid": "hybrid",
     "decentralized": "decentralized",
     "async-ps": "async_ps",
+    "zero": "zero",
 }
 SIMULATE_POLICIES = {
     "sync": "simulate",
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--stages", type=_pos_int, default=2, help="pipeline / model-parallel stages K")
     train.add_argument("--microbatches", type=_pos_int, default=4, help="pipeline micro-batches M")
+    train.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=[1, 2, 3],
+        default=1,
+        help="zero: shard the optimizer state (1), also the gradients (2), also the parameters (3)",
+    )
 
     simulate = sub.add_parser("simulate", help="run the deterministic simulated cluster")
     simulate.add_argument("--policy", choices=sorted(SIMULATE_POLICIES) or ["sync"], default="async")
@@ -238,7 +246,23 @@ def summary(metrics: dict) -> str:
         lines.append(f"{'staleness':>16}: mean {staleness['mean']:.2f}, max {staleness['max']}")
     lines += _worker_events(metrics)
     lines += _per_worker_lines(metrics.get("per_worker") or [])
+    lines += _memory_lines(metrics)
     return "\n".join(lines)
+
+
+def _memory_lines(metrics: dict) -> list[str]:
+    """ZeRO: bytes each rank held (most at a step's end) / the formula's; peak: most at once in a step."""
+    held, predicted, peak = metrics.get("memory"), metrics.get("memory_predicted"), metrics.get("memory_peak")
+    if not isinstance(held, list) or not isinstance(predicted, dict) or not isinstance(peak, list):
+        return []
+    kinds = ("parameters", "gradients", "optimizer")
+    lines = [
+        f"{'bytes per rank':>16}:  rank" + "".join(f"{k + ' held/formula':>30}" for k in kinds) + "   peak"
+    ]
+    for rank, (m, top) in enumerate(zip(held, peak)):
+        cells = "".join(f"{f'{m[k]:,} / {predicted[k]:,}':>30}" for k in kinds)
+        lines.append(f"{'':>16}  {rank:>5}{cells}   {top:,}")
+    return lines
 
 
 def _worker_events(metrics: dict) -> list[str]:

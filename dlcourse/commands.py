@@ -167,6 +167,29 @@ def ddp(args: argparse.Namespace) -> dict[str, Any]:
     return _data_parallel(train_ddp, args, "adam")
 
 
+def zero(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy zero --zero-stage {1,2,3}``: ZeRO, Adam by default; bytes per rank vs the formula."""
+    from dlcourse.sharding import train_zero
+
+    _every_step(args)
+    results = []
+
+    def train_fn(*a: Any, **kw: Any):
+        results.append(train_zero(*a, stage=args.zero_stage, **kw))
+        return results[-1]
+
+    metrics = _data_parallel(train_fn, args, "adam")
+    extra = results[0].extra
+    metrics.update(
+        zero_stage=args.zero_stage,
+        memory=extra["memory"],  # per rank: most bytes held at the end of a step, by kind
+        memory_peak=extra["peak_state"],  # per rank: most bytes at once (with a gathered layer)
+        memory_predicted=extra["predicted"],  # dlcourse.sharding.predicted_bytes
+        step_bytes=extra["step_bytes"],  # all ranks together, per step
+    )
+    return metrics
+
+
 def sync_sgd(args: argparse.Namespace) -> dict[str, Any]:
     """``--strategy sync-sgd``: the gradient all-reduce written out, Adam by default."""
     from dlcourse.data_parallel import train_sync_sgd
