@@ -1,50 +1,66 @@
-"""The update rules of asynchronous SGD and the three ways the lecture tames stale gradients.
+"""The update rules of asynchronous SGD and the ways the lecture tames stale gradients.
 
-**Staleness, one definition for every rule.** A worker pulls the parameters at server
+**Staleness sigma, one definition for every rule.** A worker pulls the parameters at server
 version ``v_pull``, computes a gradient dW_n, and pushes it; the server applies it when it
 is at version ``v_now`` (the version *before* the step that contains this update). Its
-staleness is ``tau = v_now - v_pull``: the server versions applied between the pull and the
-application of the update (the lecture's "stale gradient problem"). A version is one
-change of the parameters, so a soft-sync step of S updates is one version. The same
-``tau`` feeds lambda_n whatever the rule (async, soft sync, bounded staleness), so the
-simulator, the real server and a student's rule all see the same number.
+staleness is ``sigma = v_now - v_pull``: the server versions applied between the pull and
+the application of the update (the lecture's "stale gradient problem"; the lecture gives it
+no letter, and tau is the compression threshold in this course). A version is one change of
+the parameters, so a soft-sync step of S updates is one version. The same ``sigma`` feeds
+lambda_n whatever the rule (async, soft sync, bounded staleness), so the simulator, the
+real server and a student's rule all see the same number.
 
-How it relates to the papers: Zhang et al. 2016 count the update itself, so their tau is
-ours + 1 (their n-softsync mean is N/S, ours N/S - 1 in steady state; async with N equal
-workers: theirs N, ours N - 1). Ho et al. 2013 count in **clocks** (a worker's clock is the
-number of its steps applied; the server clock is the smallest of them): that is a second,
-separately named figure here, the **clock lag** (:class:`BoundedStaleness`), never used as
-tau.
+How it relates to the papers: Zhang et al. 2016 count the update itself, so their staleness
+is ``tau_Z = sigma + 1`` (their n-softsync mean is N/S, ours N/S - 1 in steady state; async
+with N equal workers: theirs N, ours N - 1). Ho et al. 2013 count in **clocks** (a worker's
+clock is the number of its steps applied; the server clock is the smallest of them): that is
+a second, separately named figure here, the **clock lag** (:class:`BoundedStaleness`), never
+used as sigma.
 
-1. **Staleness-scaled learning rate** (lambda_n): scale each update by its staleness,
-   ``lambda_n = lambda / max(1, tau)`` by default (Zhang, Gupta, Lian, Liu, "Staleness-aware
-   Async-SGD for Distributed Deep Learning", IJCAI 2016). Any ``f(lr, tau) -> lambda_n``
-   plugs in.
+1. **Staleness-scaled learning rate** (lambda_n): scale each update by its staleness. The
+   default ``"staleness"`` policy is ``lambda_n = lambda / max(1, sigma)`` (:func:`staleness_lr`);
+   Zhang, Gupta, Lian, Liu ("Staleness-aware Async-SGD for Distributed Deep Learning",
+   IJCAI 2016) divide by their own count, ``lambda / tau_Z = lambda / (sigma + 1)``, which is
+   policy ``"zhang"`` (:func:`zhang_lr`). The two agree at sigma = 0 and differ by the factor
+   (sigma + 1) / sigma after that (2 at sigma = 1, 1.07 at sigma = 15): ours keeps an update one
+   version old at the full lambda. Any ``f(lr, sigma) -> lambda_n`` plugs in.
 2. **Soft synchronization**: the server collects S updates from any of the N workers
-   (1 <= S <= N), then applies ``W <- W - (1/S) * sum_n lambda_n dW_n``. We take the
-   *mean* (Zhang et al.'s n-softsync), so that S = N with a constant lambda is exactly
-   synchronous gradient averaging, and S = 1 is plain async SGD; the server's version
-   advances by one per applied step. ``reduce="sum"`` gives the lecture's formula as written.
-3. **Bounded staleness** (stale synchronous parallel, Ho et al., "More Effective
-   Distributed ML via a Stale Synchronous Parallel Parameter Server", NIPS 2013): a worker
-   may start its step ``c`` only while ``c - min_n c_n <= bound``, where ``c_n`` counts the
-   steps of worker n that the server has applied; the fast workers wait. A worker starting
-   clock c then sees every update of clocks < c - bound (SSP's guarantee), its clock lag is
-   at most ``bound``, and with S = 1 its staleness tau is at most ``(2 bound + 1)(N - 1)``
-   versions (every other worker can have steps c - bound .. c + bound applied while it
-   computes step c). Bound 0 is *clock-synchronous* (nobody starts clock c before every
-   step of clock c - 1 is applied) but not synchronous SGD: each gradient is still applied
-   alone, at its own tau <= N - 1.
+   (1 <= S <= N), then applies ``W <- W - (1/S) * sum_n lambda_n dW_n`` (``reduce="mean"``,
+   the default). We take the *mean* (Zhang et al.'s n-softsync), so that S = N with a
+   constant lambda is exactly synchronous gradient averaging, and S = 1 is plain async SGD;
+   ``reduce="sum"`` gives the lecture's formula as written, ``W - sum_n lambda_n dW_n``,
+   whose step grows with S. The server's version advances by one per applied step.
+3. **Bounded staleness**, two gates that delay the fast workers:
+
+   - the **clock gate** of stale synchronous parallel (Ho et al., "More Effective
+     Distributed ML via a Stale Synchronous Parallel Parameter Server", NIPS 2013): a worker
+     may start its step ``c`` only while ``c - min_n c_n <= bound``, where ``c_n`` counts the
+     steps of worker n that the server has applied. A worker starting clock c then sees
+     every update of clocks < c - bound (SSP's guarantee), its clock lag is at most
+     ``bound``, and with S = 1 its staleness sigma is at most ``(2 bound + 1)(N - 1)``
+     versions. Bound 0 is *clock-synchronous* but not synchronous SGD: each gradient is
+     still applied alone, at its own sigma <= N - 1. (:func:`within_bound`,
+     :class:`BoundedStaleness`.)
+   - the **staleness gate**, the lecture's words taken literally ("delay the faster workers
+     when necessary to ensure that the maximum staleness is below a certain threshold"): a
+     worker may start a step (pull) only if no update could then be applied with a
+     staleness above ``max_staleness`` (sigma_max). An update in flight, pulled at
+     ``p_u``, can still see every other in-flight update applied before it, so the gate
+     asks ``(v - min_u p_u) + |in flight| <= sigma_max`` (:func:`within_staleness`,
+     :class:`StalenessGate`). It needs S = 1 and is our construction, not a paper's: it must
+     know every update in flight and the current version at the one server, and it bounds
+     sigma by the worst case, while the clock gate needs only per-worker step counters,
+     which is why SSP's form is the one parameter-server systems implement.
 
 These rules are pure: the simulator (:mod:`dlcourse.sim`) and the real parameter server
 call the same functions, and a student's own rule plugs into both. Each of the four has a
 seam, taken by :class:`SoftSync`, :class:`BoundedStaleness`, ``SimConfig`` and ``PSConfig``:
 
-- ``staleness_fn(server_version, pulled_version) -> tau`` (default :func:`staleness`);
-- ``lr_policy(lr, tau) -> lambda_n`` (default :func:`constant_lr`);
+- ``staleness_fn(server_version, pulled_version) -> sigma`` (default :func:`staleness`);
+- ``lr_policy(lr, sigma) -> lambda_n`` (default :func:`constant_lr`);
 - ``aggregate(params, updates, lrs) -> new params``, one soft-sync step that returns new
   tensors and leaves its inputs alone (default: :func:`apply_updates` with the mean);
-- ``gate(clocks, worker, bound) -> bool``, the bounded-staleness test (default
+- ``gate(clocks, worker, bound) -> bool``, the clock gate's test (default
   :func:`within_bound`).
 """
 
@@ -67,7 +83,7 @@ Gate = Callable[[list[int], int, "int | None"], bool]
 REDUCTIONS = ("mean", "sum")
 # the seams a student's rule plugs into, and the call each must accept
 RULES = {
-    "staleness_fn": "f(server_version, pulled_version) -> tau",
+    "staleness_fn": "f(server_version, pulled_version) -> sigma",
     "aggregate": "f(params, updates, lrs) -> new params",
     "gate": "f(clocks, worker, bound) -> bool",
 }
@@ -90,7 +106,7 @@ class StalenessRules:
     """A student's rules for a run (None: the library's): the fields ``SimConfig`` and
     ``PSConfig`` share, declared and checked once here."""
 
-    staleness_fn: StalenessFn | None = None  # tau = f(server_version, pulled_version)
+    staleness_fn: StalenessFn | None = None  # sigma = f(server_version, pulled_version)
     aggregate: Aggregate | None = None  # soft sync: f(params, updates, lrs) -> new params (the mean)
     gate: Gate | None = None  # bounded staleness: f(clocks, worker, bound) -> may it start? (bool)
 
@@ -105,20 +121,29 @@ class StalenessRules:
 
 
 def staleness(server_version: int, pulled_version: int) -> int:
-    """``tau = server_version - pulled_version``: how many steps the gradient is behind."""
+    """``sigma = server_version - pulled_version``: the server versions the gradient is behind."""
     check_int("server_version", server_version, low=0)
     check_int("pulled_version", pulled_version, low=0, high=server_version)
     return server_version - pulled_version
 
 
-def constant_lr(lr: float, tau: int) -> float:
-    """``lambda_n = lambda`` whatever the staleness (plain async SGD)."""
+def constant_lr(lr: float, sigma: int) -> float:
+    """``lambda_n = lambda`` whatever the staleness sigma (plain async SGD)."""
     return lr
 
 
-def staleness_lr(lr: float, tau: int) -> float:
-    """``lambda_n = lambda / max(1, tau)`` (Zhang et al. 2016): staler gradients count less."""
-    return lr / max(1, tau)
+def staleness_lr(lr: float, sigma: int) -> float:
+    """``lambda_n = lambda / max(1, sigma)``: staler gradients count less (policy ``"staleness"``).
+
+    Zhang et al. 2016's rule in our count of staleness, with a floor: theirs divides by
+    tau_Z = sigma + 1 (:func:`zhang_lr`); this one keeps sigma = 0 and 1 at the full lambda.
+    """
+    return lr / max(1, sigma)
+
+
+def zhang_lr(lr: float, sigma: int) -> float:
+    """``lambda_n = lambda / (sigma + 1)``: Zhang et al. 2016's lambda / tau_Z as they count (``"zhang"``)."""
+    return lr / (sigma + 1)
 
 
 def within_bound(clocks: Sequence[int], worker: int, bound: int | None) -> bool:
@@ -129,11 +154,11 @@ def within_bound(clocks: Sequence[int], worker: int, bound: int | None) -> bool:
     return bound is None or clocks[worker] - min(clocks) <= bound
 
 
-LR_POLICIES: dict[str, LrPolicy] = {"constant": constant_lr, "staleness": staleness_lr}
+LR_POLICIES: dict[str, LrPolicy] = {"constant": constant_lr, "staleness": staleness_lr, "zhang": zhang_lr}
 
 
 def resolve_lr_policy(policy: str | LrPolicy) -> LrPolicy:
-    """A policy name (``"constant"``, ``"staleness"``) or a function ``f(lr, tau) -> lambda_n``."""
+    """A policy name (``"constant"``, ``"staleness"``, ``"zhang"``) or a function f(lr, sigma) -> lambda_n."""
     if callable(policy):
         return policy
     return LR_POLICIES[check_choice("lr_policy", policy, LR_POLICIES)]
@@ -144,17 +169,19 @@ def lr_policy_name(policy: str | LrPolicy) -> str:
     if isinstance(policy, str):
         return policy
     if not callable(policy):
-        raise ValueError(f"lr_policy must be a policy name or a function f(lr, tau), got {policy!r}")
+        raise ValueError(f"lr_policy must be a policy name or a function f(lr, sigma), got {policy!r}")
     return getattr(policy, "__name__", repr(policy))
 
 
-def scaled_lr(lr: float, tau: int, policy: str | LrPolicy = "staleness") -> float:
-    """The learning rate lambda_n for one update of staleness ``tau`` under ``policy``."""
+def scaled_lr(lr: float, sigma: int, policy: str | LrPolicy = "staleness") -> float:
+    """The learning rate lambda_n for one update of staleness ``sigma`` under ``policy``."""
     check_float("lr", lr, low=0.0, low_open=True)
-    check_int("tau", tau, low=0)
-    value = resolve_lr_policy(policy)(lr, tau)
+    check_int("sigma", sigma, low=0)
+    value = resolve_lr_policy(policy)(lr, sigma)
     if not isinstance(value, (int, float)) or not (value >= 0) or value == float("inf"):
-        raise ValueError(f"lr_policy must return a finite learning rate >= 0, got {value!r} for tau={tau}")
+        raise ValueError(
+            f"lr_policy must return a finite learning rate >= 0, got {value!r} for sigma={sigma}"
+        )
     return float(value)
 
 
@@ -233,11 +260,11 @@ class SoftSync:
         """Record worker's update ``grads``, computed from ``pulled_version``; apply at the S-th.
 
         Returns the staleness of each applied update when this one completes a batch,
-        else ``None``: ``tau = version - pulled_version``, fixed on arrival (the versions
+        else ``None``: ``sigma = version - pulled_version``, fixed on arrival (the versions
         applied since the pull; the step that applies this update is not counted).
         """
-        tau = self._staleness(pulled_version)
-        self._pending.append((grads, tau))
+        sigma = self._staleness(pulled_version)
+        self._pending.append((grads, sigma))
         if len(self._pending) < self.softsync:
             return None
         return self._apply_pending(params)
@@ -255,17 +282,17 @@ class SoftSync:
         if self.staleness_fn is None:
             return staleness(self.version, pulled_version)
         check_int("pulled_version", pulled_version, low=0, high=self.version)
-        tau = self.staleness_fn(self.version, pulled_version)
-        if isinstance(tau, bool) or not isinstance(tau, numbers.Integral) or tau < 0:
+        sigma = self.staleness_fn(self.version, pulled_version)
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Integral) or sigma < 0:
             raise ValueError(
-                f"staleness_fn must return a whole number of versions >= 0, got {tau!r} "
+                f"staleness_fn must return a whole number of versions >= 0, got {sigma!r} "
                 f"for server_version={self.version}, pulled_version={pulled_version}"
             )
-        return int(tau)
+        return int(sigma)
 
     def _apply_pending(self, params: Sequence[torch.Tensor]) -> list[int]:
-        taus = [t for _, t in self._pending]
-        lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in taus]
+        sigmas = [t for _, t in self._pending]
+        lrs = [scaled_lr(self.lr, t, self.lr_policy) for t in sigmas]
         updates = [g for g, _ in self._pending]
         if self.aggregate is None:
             apply_updates(params, updates, lrs, self.reduce)
@@ -273,7 +300,7 @@ class SoftSync:
             self._aggregate(params, updates, lrs)
         self._pending.clear()
         self.version += 1
-        return taus
+        return sigmas
 
     @torch.no_grad()
     def _aggregate(self, params, updates, lrs) -> None:
@@ -313,7 +340,7 @@ class BoundedStaleness:
     ``clocks[n] - min(clocks) <= bound``; ``bound=None`` never blocks (async).
     ``clock`` (= ``min(clocks)``) is the server clock of SSP: the **clock lag** of an update
     is ``clock`` when it is applied minus ``clock`` when its worker pulled (at most
-    ``bound``). It is a separate figure from the staleness tau, which counts versions.
+    ``bound``). It is a separate figure from the staleness sigma, which counts versions.
     A worker that has left the run (:meth:`retire`) no longer counts in that minimum.
     ``gate(clocks, worker, bound) -> bool`` replaces :func:`within_bound` (a student's rule):
     it is asked with the clocks of the workers still in the run.
@@ -362,21 +389,84 @@ class BoundedStaleness:
         )
 
 
+def within_staleness(version: int, in_flight: Sequence[int], max_staleness: int | None) -> bool:
+    """The staleness gate (the lecture's bound on staleness itself): may a worker pull now?
+
+    ``version`` is the server's version now, ``in_flight`` the pulled versions of the updates
+    that are computed or on their way but not yet applied (one per busy worker). An update
+    pulled at ``p`` can still see every other in-flight update applied before it, so after
+    this pull its staleness can reach ``(version - p) + len(in_flight)``; the new update's own
+    can reach ``len(in_flight)``. The gate answers whether the worst of these stays
+    ``<= max_staleness`` (``None`` never blocks). With nothing in flight it always lets the
+    worker go, so a run under the gate never deadlocks.
+    """
+    check_int("version", version, low=0)
+    if max_staleness is None:
+        return True
+    check_int("max_staleness", max_staleness, low=0)
+    oldest = min(in_flight, default=version)
+    return (version - oldest) + len(in_flight) <= max_staleness
+
+
+class StalenessGate:
+    """The server's staleness gate: it delays a worker whose pull could let an update exceed sigma_max.
+
+    :meth:`start` when a worker is sent the parameters of ``version`` (it pulls),
+    :meth:`finish` when the server has applied that worker's update, :meth:`may_start` to ask
+    :func:`within_staleness` before answering a pull. Every update applied under it has
+    staleness sigma <= ``max_staleness``. Works with S = 1 (each update is its own version);
+    a soft-sync group waiting to fill could wait on a worker this gate holds back.
+    A worker that left the run (:meth:`retire`) no longer counts as in flight.
+    """
+
+    def __init__(self, num_workers: int, max_staleness: int) -> None:
+        self.num_workers = check_int("num_workers", num_workers, low=1)
+        self.max_staleness = check_int("max_staleness", max_staleness, low=0)
+        self.in_flight: dict[int, int] = {}  # worker -> version it pulled, until its update is applied
+
+    def may_start(self, worker: int, version: int) -> bool:
+        """May ``worker`` pull the parameters of ``version`` now (start a step)?"""
+        check_int("worker", worker, low=0, high=self.num_workers - 1)
+        if worker in self.in_flight:
+            raise ValueError(
+                f"worker {worker} already has an update in flight (pulled {self.in_flight[worker]})"
+            )
+        return within_staleness(version, list(self.in_flight.values()), self.max_staleness)
+
+    def start(self, worker: int, version: int) -> None:
+        """``worker`` pulled ``version``: its update is in flight until :meth:`finish`."""
+        check_int("worker", worker, low=0, high=self.num_workers - 1)
+        self.in_flight[worker] = check_int("version", version, low=0)
+
+    def finish(self, worker: int) -> None:
+        """The server applied ``worker``'s update."""
+        check_int("worker", worker, low=0, high=self.num_workers - 1)
+        self.in_flight.pop(worker, None)
+
+    retire = finish  # a lost worker's update will never come: it holds nobody back
+
+    def __repr__(self) -> str:
+        return (
+            f"StalenessGate(num_workers={self.num_workers}, max_staleness={self.max_staleness}, "
+            f"in_flight={self.in_flight})"
+        )
+
+
 def _plugged(**rules) -> str:
     """``"name=fn, "`` for each rule that is not the library's (reprs)."""
     return "".join(f"{k}={rule_name(v)}, " for k, v in rules.items() if v is not None)
 
 
-def staleness_summary(taus: Sequence[int]) -> dict:
-    """``{"max", "mean", "histogram"}`` of applied updates' staleness (histogram keys are str for JSON)."""
-    if len(taus) == 0:
+def staleness_summary(sigmas: Sequence[int]) -> dict:
+    """``{"max", "mean", "histogram"}`` of applied updates' staleness sigma (str histogram keys: JSON)."""
+    if len(sigmas) == 0:
         return {"max": 0, "mean": 0.0, "histogram": {}}
-    for t in taus:  # staleness counts steps: a fraction or a negative value is a caller's bug
+    for t in sigmas:  # staleness counts steps: a fraction or a negative value is a caller's bug
         if isinstance(t, bool) or not (0 <= t < math.inf) or t != int(t):
-            raise ValueError(f"taus must hold whole numbers >= 0 (steps behind), got {t!r}")
-    counts = Counter(int(t) for t in taus)
+            raise ValueError(f"sigmas must hold whole numbers >= 0 (steps behind), got {t!r}")
+    counts = Counter(int(t) for t in sigmas)
     return {
         "max": max(counts),
-        "mean": sum(taus) / len(taus),
+        "mean": sum(sigmas) / len(sigmas),
         "histogram": {str(k): counts[k] for k in sorted(counts)},
     }

@@ -46,6 +46,8 @@ SMALL = dict(
         (dict(num_servers=5, model="mlp"), "num_servers must be <= 4"),
         (dict(num_servers=9, model="cnn"), "num_servers must be <= 8"),
         (dict(staleness_bound=-1), "staleness_bound must be >= 0"),
+        (dict(max_staleness=-1), "max_staleness must be >= 0"),
+        (dict(num_workers=3, softsync=2, max_staleness=1), "max_staleness needs softsync 1"),
         (dict(lr=0.0), "lr must be > 0"),
         (dict(lr_policy="fancy"), "lr_policy must be one of"),
         (dict(kill_worker=2, num_workers=2), "kill_worker must be <= 1"),
@@ -194,6 +196,28 @@ def test_every_update_staleness_is_recorded_and_bounded(no_orphans):
     free = run_parameter_server(PSConfig(**SMALL, num_workers=3, steps=20, slow_worker=0, slow_delay=0.03))
     assert len(free.staleness) == 60 and free.bytes_sent > 0
     assert max(free.staleness) > 1  # the slow worker's gradients: others pushed meanwhile
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("num_servers", [1, 2])
+def test_the_staleness_gate_keeps_sigma_max_on_real_processes(num_servers, no_orphans):
+    """sigma_max = 1 with a straggler: every shard applies every update at most 1 version stale
+    (ungated, the same run goes beyond it: see test_every_update_staleness_is_recorded_and_bounded)."""
+    config = PSConfig(
+        **SMALL,
+        num_workers=3,
+        num_servers=num_servers,
+        max_staleness=1,
+        steps=12,
+        slow_worker=0,
+        slow_delay=0.03,
+    )
+    gated = run_parameter_server(config)
+    assert gated.updates_per_worker == [12, 12, 12]
+    for sigmas in gated.shard_staleness:
+        assert len(sigmas) == 36 and max(sigmas) <= 1
+    assert max(v - p for v, p in gated.update_versions) <= 1
+    assert gated.metrics()["max_staleness"] == 1 and "sigma_max=1" in gated.config.mode
 
 
 @pytest.mark.multiprocess

@@ -187,6 +187,63 @@ def test_ssp_holds_on_every_pull(small, n, bound, spread, straggler_prob, slowdo
         assert max(result.staleness) <= n - 1  # but each gradient is applied alone: not sync SGD
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 6),
+    sigma_max=st.integers(0, 6),
+    bound=st.none() | st.integers(0, 2),
+    straggler_prob=st.floats(0.0, 0.5),
+    speeds=st.none() | st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0, 4.0]), min_size=6, max_size=6),
+    seed=st.integers(0, 2**20),
+)
+def test_the_staleness_gate_holds_sigma_max_and_finishes(
+    small, n, sigma_max, bound, straggler_prob, speeds, seed
+):
+    """The lecture's literal gate (max_staleness, alone or with the clock gate): every update
+    is applied, none staler than sigma_max, and the clock gate's guarantee still holds."""
+    config = SimConfig(
+        num_workers=n,
+        policy="async" if bound is None else "bounded",
+        staleness_bound=bound,
+        max_staleness=sigma_max,
+        batch_size=16,
+        compute_mean=1.0,
+        worker_speeds=None if speeds is None else tuple(speeds[:n]),
+        straggler_prob=straggler_prob,
+        evals_per_epoch=1,
+        seed=seed,
+    )
+    result = simulate(config, small)
+    assert result.updates == steps_per_worker(config, small) * n  # nobody deadlocked
+    assert max(result.staleness) <= sigma_max
+    if bound is not None:
+        check_ssp(result, bound)
+
+
+def test_the_staleness_gate_delays_the_fast_workers_only_when_needed(mnist):
+    """Async exceeds sigma_max = 3 with 8 workers; the gate keeps it, and costs waiting."""
+    base = dict(num_workers=8, epochs=1, straggler_prob=0.2, evals_per_epoch=1, seed=1)
+    free = simulate(SimConfig(policy="async", **base), mnist)
+    gated = simulate(SimConfig(policy="async", max_staleness=3, **base), mnist)
+    loose = simulate(SimConfig(policy="async", max_staleness=10**6, **base), mnist)
+    assert max(free.staleness) > 3 >= max(gated.staleness)
+    assert sum(gated.idle_fraction) > sum(free.idle_fraction)
+    assert loose.staleness == free.staleness and torch.equal(loose.params, free.params)  # never binds
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(max_staleness=-1), "max_staleness must be >= 0"),
+        (dict(policy="sync", max_staleness=2), "max_staleness needs policy 'async' or 'bounded'"),
+        (dict(policy="softsync", softsync=2, max_staleness=2), "max_staleness needs policy"),
+    ],
+)
+def test_the_staleness_gate_refuses_what_it_cannot_keep(fields, message):
+    with pytest.raises(ValueError, match=message):
+        SimConfig(**fields)
+
+
 def test_a_bound_no_worker_reaches_is_async_with_the_same_staleness(mnist):
     """One staleness for every policy: bounded with b = 10^6 is async, bit for bit and in tau."""
     base = dict(num_workers=8, epochs=1, straggler_prob=0.2, evals_per_epoch=1)

@@ -1,4 +1,4 @@
-"""The staleness rules: tau, lambda_n, soft sync, bounded staleness (Hypothesis; torch.optim as oracle)."""
+"""Staleness rules: sigma, lambda_n, soft sync, clock and staleness gates (Hypothesis; torch.optim oracle)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from dlcourse.staleness import (
     LR_POLICIES,
     BoundedStaleness,
     SoftSync,
+    StalenessGate,
     apply_updates,
     constant_lr,
     lr_policy_name,
@@ -24,6 +25,8 @@ from dlcourse.staleness import (
     staleness,
     staleness_lr,
     staleness_summary,
+    within_staleness,
+    zhang_lr,
 )
 
 FAST = settings(max_examples=40, deadline=None)
@@ -81,7 +84,11 @@ def test_fresh_updates_get_the_full_lr():
 
 
 def test_resolve_lr_policy():
-    assert resolve_lr_policy("staleness") is staleness_lr and set(LR_POLICIES) == {"constant", "staleness"}
+    assert resolve_lr_policy("staleness") is staleness_lr and set(LR_POLICIES) == {
+        "constant",
+        "staleness",
+        "zhang",
+    }
 
     def mine(lr, tau):
         return lr / (1 + tau) ** 0.5
@@ -99,11 +106,11 @@ def test_a_policy_returning_nonsense_is_caught(bad):
 
 
 @pytest.mark.parametrize(
-    "lr, tau, name", [(0.0, 1, "lr"), (-1.0, 1, "lr"), (0.1, -1, "tau"), (0.1, 1.5, "tau")]
+    "lr, sigma, name", [(0.0, 1, "lr"), (-1.0, 1, "lr"), (0.1, -1, "sigma"), (0.1, 1.5, "sigma")]
 )
-def test_scaled_lr_rejects_bad_arguments(lr, tau, name):
+def test_scaled_lr_rejects_bad_arguments(lr, sigma, name):
     with pytest.raises(ValueError, match=name):
-        scaled_lr(lr, tau)
+        scaled_lr(lr, sigma)
 
 
 # -- apply_updates --------------------------------------------------------------------------
@@ -325,10 +332,10 @@ def test_staleness_summary_of_nothing():
     assert staleness_summary([]) == {"max": 0, "mean": 0.0, "histogram": {}}
 
 
-@pytest.mark.parametrize("taus", [[0, -1], [1, 2.5], [True], [0, float("nan")], [float("inf")]])
-def test_staleness_summary_rejects_what_is_not_a_staleness(taus):
-    with pytest.raises(ValueError, match="taus"):
-        staleness_summary(taus)
+@pytest.mark.parametrize("sigmas", [[0, -1], [1, 2.5], [True], [0, float("nan")], [float("inf")]])
+def test_staleness_summary_rejects_what_is_not_a_staleness(sigmas):
+    with pytest.raises(ValueError, match="sigmas"):
+        staleness_summary(sigmas)
 
 
 # ------------------------------------------------------------------ the seams: a student's rules
@@ -415,3 +422,89 @@ def test_a_plugged_gate_must_answer_a_bool():
         gate.may_start(0)
     with pytest.raises(ValueError, match=r"gate must be None or a function f\(clocks, worker, bound\)"):
         BoundedStaleness(2, 1, gate=True)
+
+
+# ------------------------------------------------------------------ Zhang et al.'s own count
+
+
+@FAST
+@given(lr=lrs, sigma=taus)
+def test_zhang_lr_is_lambda_over_their_staleness_and_ours_differs_only_by_the_floor(lr, sigma):
+    """Zhang et al. count the update itself (tau_Z = sigma + 1); ours divides by max(1, sigma)."""
+    assert zhang_lr(lr, sigma) == pytest.approx(lr / (sigma + 1)) == scaled_lr(lr, sigma, "zhang")
+    assert zhang_lr(lr, sigma) <= staleness_lr(lr, sigma)  # theirs is never the larger step
+    if sigma >= 1:
+        assert staleness_lr(lr, sigma) / zhang_lr(lr, sigma) == pytest.approx((sigma + 1) / sigma)
+
+
+# ------------------------------------------------------------------ the staleness gate (sigma_max)
+
+
+def test_within_staleness_counts_the_worst_order_of_what_is_in_flight():
+    assert within_staleness(5, [], 0)  # nothing in flight: a worker may always go (no deadlock)
+    assert not within_staleness(5, [5], 0)  # one in flight: the new update could see it applied
+    assert within_staleness(5, [5], 1)
+    # pulled at 3, now 5: it is 2 behind, and 2 more in flight (one of them new) could land first
+    assert not within_staleness(5, [3, 5], 3) and within_staleness(5, [3, 5], 4)
+    assert within_staleness(5, [0, 1], None)  # None never blocks
+
+
+@pytest.mark.parametrize(
+    "args, name", [((-1, [], 0), "version"), ((1, [], -1), "max_staleness"), ((1, [], 1.5), "max_staleness")]
+)
+def test_within_staleness_rejects_bad_arguments(args, name):
+    with pytest.raises(ValueError, match=name):
+        within_staleness(*args)
+
+
+def test_staleness_gate_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="max_staleness"):
+        StalenessGate(2, -1)
+    gate = StalenessGate(2, 3)
+    with pytest.raises(ValueError, match="worker"):
+        gate.may_start(2, 0)
+    gate.start(0, 0)
+    with pytest.raises(ValueError, match="already has an update in flight"):
+        gate.may_start(0, 0)
+    assert "in_flight={0: 0}" in repr(gate)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    sigma_max=st.integers(0, 8),
+    actions=st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=1, max_size=200),
+)
+def test_no_update_applied_under_the_gate_exceeds_sigma_max(n, sigma_max, actions):
+    """Any order of pulls and applies (a server with S = 1): every applied update's staleness
+    is <= sigma_max, and whenever nothing is in flight the gate lets a worker go."""
+    gate = StalenessGate(n, sigma_max)
+    version, pulled, applied = 0, {}, []
+    for start, pick in actions:
+        idle = [w for w in range(n) if w not in pulled]
+        busy = sorted(pulled)
+        if start and idle:
+            w = idle[pick % len(idle)]
+            if not pulled:
+                assert gate.may_start(w, version)  # never a deadlock
+            if gate.may_start(w, version):
+                gate.start(w, version)
+                pulled[w] = version
+        elif busy:
+            w = busy[pick % len(busy)]
+            applied.append(version - pulled.pop(w))
+            version += 1
+            gate.finish(w)
+    assert all(s <= sigma_max for s in applied), (applied, sigma_max)
+
+
+def test_without_the_gate_the_same_orders_exceed_sigma_max():
+    """The control: the worst order (oldest update applied last) exceeds sigma_max ungated."""
+    sigma_max, version, pulled, applied = 1, 0, {}, []
+    for w in range(3):  # three workers pull version 0 (the gate would hold the second back)
+        pulled[w] = version
+    assert not within_staleness(version, [0, 0], sigma_max)
+    for w in (1, 2, 0):  # worker 0's update lands last
+        applied.append(version - pulled.pop(w))
+        version += 1
+    assert max(applied) == 2 > sigma_max

@@ -7,7 +7,7 @@ pull them, compute a gradient on their own shard of the data and push it back. T
 applies the lecture's rules from :mod:`dlcourse.staleness` -- the same functions the
 simulator calls:
 
-- **async** (S = 1): every push is applied at once; its staleness ``tau`` is how many
+- **async** (S = 1): every push is applied at once; its staleness ``sigma`` is how many
   updates the server applied since the worker pulled;
 - **soft sync** S: the server averages S pushes per step (:class:`~dlcourse.staleness.SoftSync`);
   a worker whose push waits in an unfinished group waits with it (it reads its own writes,
@@ -21,8 +21,12 @@ simulator calls:
   parameters (:class:`~dlcourse.staleness.BoundedStaleness`); staleness is still counted in
   versions (as for every rule), and the gate's **clock lag** (at most b) is reported apart
   (``PSResult.clock_lag``);
+- **staleness gate** sigma_max (``max_staleness``, S = 1): the server answers a pull only if
+  no update in flight could then be applied more than sigma_max versions stale
+  (:class:`~dlcourse.staleness.StalenessGate`), the lecture's bound on staleness itself;
 - the learning rate of each update comes from ``lr_policy``: ``"constant"``,
-  ``"staleness"`` (lambda / tau) or a student's function ``f(lr, tau)``, which travels to the
+  ``"staleness"`` (lambda / max(1, sigma)), ``"zhang"`` (lambda / (sigma + 1)) or a student's
+  function ``f(lr, sigma)``, which travels to the
   server process with cloudpickle and runs there; so do a student's ``staleness_fn``,
   soft-sync ``aggregate`` and bounded-staleness ``gate`` (:mod:`dlcourse.staleness`).
 
@@ -93,7 +97,7 @@ class PSResult:
     """What a run did: the rule's footprint (staleness, updates) and the model it made."""
 
     config: PSConfig  # the run's configuration
-    staleness: list[int]  # tau of every update applied by server 0, in order
+    staleness: list[int]  # sigma of every update applied by server 0, in order
     updates_per_worker: list[int]  # pushes server 0 received from each worker
     lost_workers: dict[int, int]  # worker index -> updates it contributed before it was lost
     bytes_sent: int  # bytes of every message (headers + payloads), all servers together
@@ -107,7 +111,7 @@ class PSResult:
     shard_sizes: list[int]  # parameters owned by each server
     server_pids: list[int] = field(default_factory=list)  # process ids of the servers
     worker_stats: list[dict | None] = field(default_factory=list)  # steps, compute_s, wait_s; None if lost
-    shard_staleness: list[list[int]] = field(default_factory=list)  # tau per applied update, per server
+    shard_staleness: list[list[int]] = field(default_factory=list)  # sigma per applied update, per server
     clock_lag: list[int] = field(default_factory=list)  # server 0: the gate's clock lag of each update
     # server 0: (server version, pulled version) of each update, as the server saw them; its staleness
     # is their difference unless a plugged-in staleness_fn says otherwise (what a grader compares)
@@ -138,6 +142,7 @@ class PSResult:
             "servers": self.config.num_servers,
             "softsync": self.config.softsync,
             "staleness_bound": self.config.staleness_bound,
+            "max_staleness": self.config.max_staleness,
             "lr": self.config.lr,
             "test_accuracy": self.test["accuracy"],
             "test_loss": self.test["loss"],

@@ -30,8 +30,9 @@ class PSConfig(StalenessRules):
     num_servers: int = 1  # k server processes, each owning about 1/k of the parameters
     softsync: int = 1  # S: pushes the server averages per update (1 = async, N = synchronous)
     staleness_bound: int | None = None  # b: a worker may be at most b steps ahead (None = no bound)
+    max_staleness: int | None = None  # sigma_max: staleness gate, softsync 1 only (None = no gate)
     lr: float = 0.1  # lambda, the server's learning rate
-    lr_policy: str | LrPolicy = "constant"  # "constant", "staleness" or f(lr, tau) -> lambda_n
+    lr_policy: str | LrPolicy = "constant"  # "constant", "staleness", "zhang" or f(lr, sigma) -> lambda_n
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
     batch_size: int = 100  # examples per worker step (as SimConfig and the CLI)
     epochs: int = 1  # passes of each worker over its shard (ignored when steps is set)
@@ -67,6 +68,13 @@ class PSConfig(StalenessRules):
         check_int("softsync", self.softsync, low=1, high=self.num_workers)
         if self.staleness_bound is not None:
             check_int("staleness_bound", self.staleness_bound, low=0)
+        if self.max_staleness is not None:
+            check_int("max_staleness", self.max_staleness, low=0)
+            if self.softsync != 1:
+                raise ValueError(
+                    f"max_staleness needs softsync 1 (a soft-sync group could wait on a worker the "
+                    f"staleness gate holds back), got softsync {self.softsync}"
+                )
         check_float("lr", self.lr, low=0.0, low_open=True)
         resolve_lr_policy(self.lr_policy)
         self.check_rules()
@@ -113,8 +121,11 @@ class PSConfig(StalenessRules):
     def mode(self) -> str:
         if self.synchronous:
             return "sync"
+        gate = f", sigma_max={self.max_staleness}" if self.max_staleness is not None else ""
         if self.staleness_bound is not None:
-            return f"bounded(b={self.staleness_bound}, S={self.softsync})"
+            return f"bounded(b={self.staleness_bound}, S={self.softsync}{gate})"
+        if self.max_staleness is not None:
+            return f"async(sigma_max={self.max_staleness})"
         return "async" if self.softsync == 1 else f"softsync(S={self.softsync})"
 
     def __repr__(self) -> str:

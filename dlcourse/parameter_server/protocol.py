@@ -56,7 +56,7 @@ from dlcourse.divergence import check_finite
 from dlcourse.launcher import device_for, report
 from dlcourse.models import make_model
 from dlcourse.parameter_server.config import PSConfig
-from dlcourse.staleness import BoundedStaleness, SoftSync
+from dlcourse.staleness import BoundedStaleness, SoftSync, StalenessGate
 
 # message kinds (header[0]) and tags
 HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
@@ -252,6 +252,8 @@ class _Server:
             aggregate=config.aggregate,
         )
         self.gate = BoundedStaleness(self.N, config.gate_bound, config.gate)
+        # the staleness gate (sigma_max): answers a pull only if no update in flight could exceed it
+        self.sgate = StalenessGate(self.N, config.max_staleness) if config.max_staleness is not None else None
         # (worker, gradient, pulled version, pulled clock) of the soft-sync group's pushes not yet applied
         self.group: list[tuple[int, torch.Tensor, int, int]] = []
         self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
@@ -266,9 +268,9 @@ class _Server:
         self.taus: list[int] = []
         self.update_versions: list[
             tuple[int, int]
-        ] = []  # (server version, pulled version) of each tau's update
+        ] = []  # (server version, pulled version) of each sigma's update
         self.clock_lags: list[int] = []  # the gate's clock lag of each applied update (SSP's own view)
-        self.times: list[float] = []  # seconds since start at which each tau's update was applied
+        self.times: list[float] = []  # seconds since start at which each sigma's update was applied
         self.bytes = 0
         self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
         self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
@@ -303,6 +305,8 @@ class _Server:
         workers = sorted(g[0] for g in self.group)
         for w in workers:  # the gate counts applied steps: SSP's guarantee is about what a pull sees
             self.gate.finish(w)
+            if self.sgate is not None:
+                self.sgate.finish(w)  # no longer in flight
         self.group.clear()
         # parameters that stopped being finite stop the run (the server is a required rank)
         check_finite(
@@ -323,6 +327,10 @@ class _Server:
         if self.config.kill_server == self.j and v == self.config.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _fresh_enough(self, worker: int) -> bool:
+        """The staleness gate (if any) lets ``worker`` pull the current version."""
+        return self.sgate is None or self.sgate.may_start(worker, self.rule.version)
+
     def _lose(self, worker: int, reason: str) -> None:
         if self.config.synchronous:
             # a worker we hold back is silent because of us: blame those still computing
@@ -340,6 +348,8 @@ class _Server:
         self.waiting.discard(worker)
         self.sends.pop(worker, None)  # never to be answered
         self.gate.retire(worker)  # no longer holds the others back
+        if self.sgate is not None:
+            self.sgate.retire(worker)
 
     def run(self) -> dict:
         inbox: queue.Queue = queue.Queue()
@@ -382,9 +392,11 @@ class _Server:
             for w in sorted(self.waiting):
                 # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
                 # in an unfinished soft-sync group, and while the staleness bound says so
-                if w not in held and self.gate.may_start(w):
+                if w not in held and self.gate.may_start(w) and self._fresh_enough(w):
                     self.waiting.discard(w)
                     self._answer(w)
+                    if self.sgate is not None:
+                        self.sgate.start(w, self.rule.version)
         for works in self.sends.values():  # every live worker has its last answer
             for w in works:
                 w[0].wait()

@@ -43,8 +43,9 @@ class SimConfig(StalenessRules):
     policy: str = "async"  # "sync", "async", "softsync", "bounded" (or a registered one)
     softsync: int | None = None  # S, updates the server collects before applying (policy "softsync")
     staleness_bound: int | None = None  # b: max steps ahead of the slowest worker (policy "bounded")
+    max_staleness: int | None = None  # sigma_max: staleness gate, S = 1 only (None: no gate)
     lr: float = 0.1  # lambda, the server's learning rate (plain SGD)
-    lr_policy: str | LrPolicy = "constant"  # lambda_n: "constant", "staleness" or f(lr, tau)
+    lr_policy: str | LrPolicy = "constant"  # lambda_n: "constant", "staleness", "zhang" or f(lr, sigma)
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
     epochs: int = 1  # passes over the training data (counted in examples applied)
     batch_size: int = 100  # examples per worker step
@@ -72,6 +73,13 @@ class SimConfig(StalenessRules):
             raise ValueError("softsync (S) is required for policy 'softsync': an integer in [1, num_workers]")
         if self.policy == "bounded" and self.staleness_bound is None:
             raise ValueError("staleness_bound is required for policy 'bounded': an integer >= 0")
+        if self.max_staleness is not None:
+            check_int("max_staleness", self.max_staleness, low=0)
+            if self.policy not in ("async", "bounded"):
+                raise ValueError(
+                    f"max_staleness needs policy 'async' or 'bounded' (S = 1: a soft-sync group could "
+                    f"wait on a worker the gate holds back), got policy {self.policy!r}"
+                )
         check_float("lr", self.lr, low=0.0, low_open=True)
         resolve_lr_policy(self.lr_policy)
         self.check_rules()

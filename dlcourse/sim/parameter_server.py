@@ -17,9 +17,14 @@ one at a time, first come first served, with the rules of :mod:`dlcourse.stalene
   ``staleness_bound`` ahead of the slowest worker's applied steps (stale synchronous
   parallel, Ho et al., NIPS 2013). The gate counts *applied* steps and is consulted when
   the pull is served, so a worker starting clock c sees every update of clocks < c - b.
+- ``max_staleness`` sigma_max (policies ``async`` and ``bounded``): the staleness gate, the
+  lecture's own words ("delay the faster workers ... so that the maximum staleness is below
+  a threshold"). A pull is served only if no update in flight could then be applied with a
+  staleness above sigma_max (:class:`~dlcourse.staleness.StalenessGate`); with ``bounded``
+  both gates must agree.
 
-Staleness tau is counted in server versions for every policy (:mod:`dlcourse.staleness`);
-the gate's clock lag is recorded apart (``clock_lag``, policy ``bounded``).
+Staleness sigma is counted in server versions for every policy (:mod:`dlcourse.staleness`);
+the clock gate's clock lag is recorded apart (``clock_lag``, policy ``bounded``).
 
 This is the worked example of a policy for :class:`dlcourse.sim.cluster.Cluster`: only the
 order of events is written here; time, gradients and records are the cluster's.
@@ -31,7 +36,7 @@ import torch
 
 from dlcourse.sim.cluster import Cluster
 from dlcourse.sim.config import register_policy
-from dlcourse.staleness import BoundedStaleness, SoftSync
+from dlcourse.staleness import BoundedStaleness, SoftSync, StalenessGate
 
 
 def run_parameter_server(cluster: Cluster) -> None:
@@ -40,6 +45,7 @@ def run_parameter_server(cluster: Cluster) -> None:
     n = c.num_workers
     S = c.effective_softsync
     gate = BoundedStaleness(n, c.effective_bound, c.gate) if c.effective_bound is not None else None
+    sgate = StalenessGate(n, c.max_staleness) if c.max_staleness is not None else None
     k = c.servers
     # shard j owns W[bounds[j]:bounds[j+1]] and runs its own soft-sync rule; all shards
     # see the same updates in the same order, so they stay at the same version
@@ -53,7 +59,7 @@ def run_parameter_server(cluster: Cluster) -> None:
     steps = [0] * n  # steps each worker has started (its SSP clock once they are applied)
     outstanding = [0] * n  # this worker's updates pushed but not yet applied
     blocked_since: list[float | None] = [None] * n  # since when w wants its next pull
-    gated: list[int] = []  # workers held back by the SSP gate (their own updates are applied)
+    gated: list[int] = []  # workers held back by a gate (their own updates are applied)
     # (worker, step, examples, pulled clock, gradient, pulled version) of the updates in the batch
     batch: list[tuple[int, int, int, int, torch.Tensor, int]] = []
 
@@ -70,6 +76,9 @@ def run_parameter_server(cluster: Cluster) -> None:
         if gate is not None and not gate.may_start(w):
             gated.append(w)  # SSP: too far ahead of the slowest; tried again when the clock moves
             return
+        if sgate is not None and not sgate.may_start(w, shards[0].version):
+            gated.append(w)  # an update in flight could exceed sigma_max; tried again after an apply
+            return
         serve_pull(w)
 
     def serve_pull(w: int) -> None:  # the server sends W; w computes from this snapshot
@@ -84,6 +93,8 @@ def run_parameter_server(cluster: Cluster) -> None:
         steps[w] += 1
         pulled = shards[0].version
         clock = gate.clock if gate is not None else 0
+        if sgate is not None:
+            sgate.start(w, pulled)
         cluster.pull_log.append((w, step, cluster.updates))
         grad, size = cluster.gradient(w, cluster.W)  # real gradient; only its timing is simulated
         t1 = cluster.server_message()
@@ -117,16 +128,16 @@ def run_parameter_server(cluster: Cluster) -> None:
         # numbers of a synchronous run do not depend on its timing
         members = sorted(batch, key=lambda m: m[0])
         batch.clear()
-        taus = None
+        sigmas = None
         for _, _, _, _, grad, pulled in members:
             if k == 1:  # one shard owns all of W (no slicing: this runs once per update)
-                taus = shards[0].receive(W_parts[0], [grad], pulled)
+                sigmas = shards[0].receive(W_parts[0], [grad], pulled)
                 continue
             for j in range(k):
-                taus = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled)
-        if taus is None:  # fewer than S left at the end: apply them rather than drop them
+                sigmas = shards[j].receive(W_parts[j], [grad[bounds[j] : bounds[j + 1]]], pulled)
+        if sigmas is None:  # fewer than S left at the end: apply them rather than drop them
             for j in range(k):
-                taus = shards[j].flush(W_parts[j])
+                sigmas = shards[j].flush(W_parts[j])
         members = [m[:4] for m in members]
         cluster.apply_log.extend((w, step) for w, step, _, _ in members)
         clock_before = 0
@@ -135,13 +146,17 @@ def run_parameter_server(cluster: Cluster) -> None:
             cluster.clock_lag.extend(clock_before - pulled for _, _, _, pulled in members)
             for w, _, _, _ in members:
                 gate.finish(w)  # the gate counts applied steps
-        cluster.applied(taus, sum(size for _, _, size, _ in members), cluster.W)
+        if sgate is not None:
+            for w, _, _, _ in members:
+                sgate.finish(w)
+        cluster.applied(sigmas, sum(size for _, _, size, _ in members), cluster.W)
         for w, _, _, _ in members:
             outstanding[w] -= 1
         for w, _, _, _ in members:
             if blocked_since[w] is not None:
                 try_start(w)
-        if gated and gate.clock > clock_before:  # the slowest moved: the gate may let some go
+        # the slowest moved (clock gate) or an update left the air (staleness gate): retry
+        if gated and (sgate is not None or gate.clock > clock_before):
             waiting = sorted(gated)
             gated.clear()
             for v in waiting:
