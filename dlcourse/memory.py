@@ -429,7 +429,7 @@ class Layout:
     recompute: bool = False  # activation recomputation: keep only each layer's input
     precision: str = "fp32"  # "fp32" (this library's runs), "mixed" (bf16 + fp32 master), "fp64"
     optimizer: str = "adam"  # "sgd", "momentum" or "adam"
-    flat: bool = True  # ZeRO shards one flat buffer (padded once to N) or each tensor (padded each)
+    units: tuple[int, ...] | None = None  # sizes of the flat buffers ZeRO shards (None: one, all P / (T K))
     model_kind: str | None = None  # "cnn", "mlp", "gpt" for an activation estimate; None: none
     batch: int = 1  # examples per data-parallel replica per step (all micro-batches)
     hidden: int = 64  # MLP hidden units (model_kind "mlp")
@@ -466,8 +466,16 @@ class Layout:
             raise ValueError(f"recompute must be True or False, got {self.recompute!r}")
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if not isinstance(self.flat, bool):
-            raise ValueError(f"flat must be True or False, got {self.flat!r}")
+        if self.units is not None:
+            self.units = tuple(self.units)
+            if not self.units:
+                raise ValueError("units must list at least one flat buffer size, got none")
+            for size in self.units:
+                check_int("units", size, low=1)
+            if sum(self.units) != self.local_params:
+                raise ValueError(
+                    f"units must add up to one device's parameters ({self.local_params}), got {sum(self.units)}"
+                )
         if self.model_kind is not None:
             check_choice("model_kind", self.model_kind, MODEL_KINDS)
         check_int("batch", self.batch, low=1)
@@ -502,22 +510,18 @@ class Layout:
         return self.microbatches if self.schedule == "gpipe" else min(self.microbatches, self.pp)
 
 
-def _sharded(numels: list[int], num_workers: int, flat: bool) -> int:
-    if flat:
-        return shard_numel(sum(numels), num_workers)
-    return sum(shard_numel(n, num_workers) for n in numels)
-
-
 def predict(layout: Layout) -> MemoryBreakdown:
     """Bytes per device of parameters, gradients, optimizer state and (estimated) activations.
 
     Training state is exact for this library's runtimes: weights and gradients take 4 (fp32),
     2 (mixed) or 8 (fp64) bytes per element, the optimizer K bytes (see
     :func:`optimizer_bytes_per_parameter`; Adam's scalar ``step`` counters are not counted,
-    as in :func:`state_bytes`). What ZeRO shards is ``ceil(P / N)`` elements per rank of
-    one flat buffer padded with zeros to a multiple of N (``flat=False``: each parameter
-    tensor padded on its own, which needs ``model``). Tensor and pipeline parallelism split
-    the parameters evenly: ``ceil(P / (T K))`` per device.
+    as in :func:`state_bytes`). Tensor and pipeline parallelism split the parameters evenly,
+    ``ceil(P / (T K))`` per device. Plain data parallelism (stage 0) holds the model's own
+    tensors. ZeRO (stages 1-3) flattens the parameters into ``units`` (one buffer of all of
+    them by default; :mod:`dlcourse.sharding` uses the whole model at stage 1 and one unit per
+    layer at stages 2 and 3: ``sharding.unit_sizes``), each zero-padded to a multiple of N:
+    a rank owns ``ceil(u / N)`` of each unit, and a full copy is the padded buffer.
 
     Activations (when ``model_kind`` is set) are an estimate: :func:`activation_bytes` of
     one micro-batch, split evenly over the K stages (for GPT: ``ceil(L / K)`` layers per
@@ -527,20 +531,17 @@ def predict(layout: Layout) -> MemoryBreakdown:
         raise ValueError(f"layout must be a Layout, got {type(layout).__name__}")
     w = _WEIGHT_BYTES[layout.precision]
     k = optimizer_bytes_per_parameter(layout.optimizer, layout.precision)
-    local = layout.local_params
-    if layout.model is not None and layout.tp * layout.pp == 1:
-        numels = [p.numel() for p in layout.model.parameters()]
+    stage, n = layout.zero_stage, layout.num_workers
+    if stage == 0:
+        full = shard = layout.local_params
     else:
-        if not layout.flat:
-            raise ValueError("flat=False (per-tensor shards) needs model= and tp = pp = 1")
-        numels = [local]
-    n = layout.num_workers
-    shard = _sharded(numels, n, layout.flat) if n > 1 else local
-    stage = layout.zero_stage
+        units = layout.units or (layout.local_params,)
+        shard = sum(shard_numel(u, n) for u in units)
+        full = shard * n
     return MemoryBreakdown(
-        parameters=(shard if stage >= 3 else local) * w,
-        gradients=(shard if stage >= 2 else local) * w,
-        optimizer=(shard if stage >= 1 else local) * k,
+        parameters=(shard if stage >= 3 else full) * w,
+        gradients=(shard if stage >= 2 else full) * w,
+        optimizer=(shard if stage >= 1 else full) * k,
         activations=_layout_activations(layout),
     )
 
