@@ -474,7 +474,7 @@ class Layout:
                 check_int("units", size, low=1)
             if sum(self.units) != self.local_params:
                 raise ValueError(
-                    f"units must add up to one device's parameters ({self.local_params}), got {sum(self.units)}"
+                    f"units must add up to a device's parameters ({self.local_params}), got {sum(self.units)}"
                 )
         if self.model_kind is not None:
             check_choice("model_kind", self.model_kind, MODEL_KINDS)
