@@ -110,11 +110,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--softsync", type=_pos_int, default=None, help="updates S the server collects (1..N)")
     p.add_argument("--staleness-bound", type=_nonneg_int, default=None, help="max steps ahead of the slowest")
     p.add_argument(
-        "--lr-policy",
-        choices=["constant", "staleness"],
+        "--max-staleness",
+        type=_nonneg_int,
         default=None,
-        help="the server's lr per update: constant lambda, or lambda / tau for a gradient tau versions "
-        "stale (Zhang et al. 2016). Default: staleness (with lr 0.2) for train --strategy async-ps (the "
+        help="staleness gate sigma_max: delay a worker's pull while an update could exceed it (S = 1)",
+    )
+    p.add_argument(
+        "--lr-policy",
+        choices=["constant", "staleness", "zhang"],
+        default=None,
+        help="the server's lr per update: constant lambda, lambda / max(1, sigma) for a gradient sigma "
+        "versions stale, or zhang: lambda / (sigma + 1) (Zhang et al. 2016's count). Default: "
+        "staleness (with lr 0.2) for train --strategy async-ps (the "
         "lecture's CNN at a constant 0.1 diverged in about 1 run of 5 there), constant for simulate",
     )
     p.add_argument(
@@ -243,7 +250,9 @@ def summary(metrics: dict) -> str:
             lines.append(f"{key:>16}: {value:.2f}" if isinstance(value, float) else f"{key:>16}: {value:,}")
     staleness = metrics.get("staleness")
     if staleness:
-        lines.append(f"{'staleness':>16}: mean {staleness['mean']:.2f}, max {staleness['max']}")
+        # sigma: server versions between an update's pull and its application (lessons 04-05)
+        line = f"mean {staleness['mean']:.2f}, max {staleness['max']} (server versions behind)"
+        lines.append(f"{'staleness sigma':>16}: {line}")
     lines += _worker_events(metrics)
     lines += _per_worker_lines(metrics.get("per_worker") or [])
     lines += _memory_lines(metrics)

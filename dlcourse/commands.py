@@ -23,7 +23,7 @@ from dlcourse._validate import check_choice
 # diverged in about 1 run of 5; lambda / tau with lambda = 0.2 converged in 10 of 10 (seeds
 # 0-9, 0.83-0.92; lambda = 0.1 also 10 of 10 but only 0.69-0.85): benchmarks/async_ps_seeds.py
 ASYNC_PS_LR_POLICY = "staleness"
-ASYNC_PS_LR = {"staleness": 0.2, "constant": 0.1}
+ASYNC_PS_LR = {"staleness": 0.2, "zhang": 0.2, "constant": 0.1}
 
 
 def training_settings(args: argparse.Namespace, default_optimizer: str) -> dict[str, Any]:
@@ -356,6 +356,7 @@ def async_ps(args: argparse.Namespace) -> dict[str, Any]:
         num_servers=args.servers,
         softsync=1 if args.softsync is None else args.softsync,
         staleness_bound=args.staleness_bound,
+        max_staleness=args.max_staleness,
         # the defaults that converge (see ASYNC_PS_LR_POLICY)
         lr=ASYNC_PS_LR[args.lr_policy or ASYNC_PS_LR_POLICY] if args.lr is None else args.lr,
         lr_policy=args.lr_policy or ASYNC_PS_LR_POLICY,
@@ -386,6 +387,7 @@ def sim_config(args: argparse.Namespace):
         policy=args.policy,
         softsync=args.softsync,
         staleness_bound=args.staleness_bound,
+        max_staleness=args.max_staleness,
         lr=args.lr if args.lr is not None else 0.1,
         lr_policy=args.lr_policy or "constant",
         model=args.model,

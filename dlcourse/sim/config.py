@@ -11,6 +11,8 @@ reaches about 28 GFLOP/s on the CNN), so a gradient of the lecture's CNN on a ba
 takes 0.29 s and one of the MLP 3 ms; every link moves ``bandwidth`` = 1 GB/s (about
 10 Gbit Ethernet) after ``latency`` = 0.1 ms; the server applies an update at the speed of
 streaming W, the gradient and W back through 10 GB/s of memory (CNN 1.3 ms, MLP 0.06 ms).
+``network=fit_alpha_beta()`` (:mod:`dlcourse.collectives`) replaces latency and bandwidth by
+the alpha and beta fitted to this machine's gloo collectives.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.collectives import AlphaBeta
 from dlcourse.staleness import RULES, LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
 
 # policy name -> run(cluster); dlcourse.sim.parameter_server registers sync, async, softsync, bounded
@@ -57,6 +60,7 @@ class SimConfig(StalenessRules):
     straggler_slowdown: float = 4.0  # how much longer a straggling step takes
     bandwidth: float = 1e9  # bytes per second of every link: one per worker, one per server shard
     latency: float = 1e-4  # seconds per message, on top of bytes / bandwidth
+    network: AlphaBeta | None = None  # a fitted alpha-beta model: sets latency = alpha, bandwidth = beta
     apply_time: float | None = None  # server seconds per update, one shard (None: 3 x bytes at 1e10 B/s)
     servers: int = 1  # k server shards, each owning 1/k of the parameters and its own link
     evals_per_epoch: int = 4  # test-set evaluations per epoch (the curves' points)
@@ -101,6 +105,15 @@ class SimConfig(StalenessRules):
                 check_float("worker_speeds", s, low=0.0, low_open=True)
         check_float("straggler_prob", self.straggler_prob, low=0.0, high=1.0)
         check_float("straggler_slowdown", self.straggler_slowdown, low=1.0)
+        if self.network is not None:
+            if not isinstance(self.network, AlphaBeta):
+                raise ValueError(
+                    f"network must be a dlcourse.collectives.AlphaBeta (see fit_alpha_beta) or None, "
+                    f"got {self.network!r}"
+                )
+            # a message then costs alpha + bytes / beta, the fitted model of this machine's network
+            self.latency = self.network.alpha_s
+            self.bandwidth = self.network.beta_bytes_per_s
         check_float("bandwidth", self.bandwidth, low=0.0, low_open=True)
         check_float("latency", self.latency, low=0.0)
         if self.apply_time is not None:
