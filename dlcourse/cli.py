@@ -31,6 +31,7 @@ TRAIN_STRATEGIES = {
     "model-parallel": "model_parallel",
     "pipeline": "pipeline",
     "hybrid": "hybrid",
+    "tensor-parallel": "tensor_parallel",
     "decentralized": "decentralized",
     "async-ps": "async_ps",
     "zero": "zero",
@@ -230,7 +231,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--evals-per-epoch", type=_pos_int, default=4, help="test evaluations per epoch (curve points)"
     )
     simulate.set_defaults(model="mlp")  # the simulator's default: fast enough for widgets
+    _memory_parser(sub)
     return parser
+
+
+MEMORY_LAYOUTS = ("dp", "zero1", "zero2", "zero3", "tp", "pp")  # --layout: all devices in one dimension
+
+
+def _memory_parser(sub) -> None:
+    """``dlcourse memory``: the bytes per device of a model size and a layout; runs nothing."""
+    p = sub.add_parser("memory", help="bytes per device of a model and a parallel layout (runs nothing)")
+    p.add_argument("--params", type=_pos_float, required=True, help="parameters of the model (e.g. 7e9)")
+    p.add_argument("--devices", type=_pos_int, default=1, help="devices in all: N x T x K")
+    p.add_argument(
+        "--layout",
+        choices=MEMORY_LAYOUTS,
+        nargs="+",
+        default=None,
+        help="all devices in one dimension: dp (plain data parallel), zero1-3, tp, pp; several: compared",
+    )
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="ZeRO stage of the N ranks")
+    p.add_argument("--tp", type=_pos_int, default=None, help="tensor-parallel degree T")
+    p.add_argument("--pp", type=_pos_int, default=None, help="pipeline stages K")
+    p.add_argument("--microbatches", type=_pos_int, default=None, help="micro-batches M (default: K)")
+    p.add_argument("--schedule", choices=["gpipe", "1f1b"], default="1f1b")
+    p.add_argument("--recompute", action="store_true", help="activation recomputation (keep layer inputs)")
+    p.add_argument("--precision", choices=["fp32", "mixed", "fp64"], default="mixed")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="adam")
+    p.add_argument("--device-memory-gb", type=_pos_float, default=80.0, help="memory of one device (GB)")
+    p.add_argument(
+        "--model-kind",
+        choices=["cnn", "mlp", "gpt"],
+        default=None,
+        help="estimate activations too, for this kind of model (gpt: --seq-len, --d-model, --heads, --layers)",
+    )
+    p.add_argument("--batch", type=_pos_int, default=None, help="examples per data-parallel replica (default M)")
+    p.add_argument("--seq-len", type=_pos_int, default=1024)
+    p.add_argument("--d-model", type=_pos_int, default=4096)
+    p.add_argument("--heads", type=_pos_int, default=32)
+    p.add_argument("--layers", type=_pos_int, default=32)
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the accounting here")
 
 
 def summary(metrics: dict) -> str:
@@ -256,7 +296,26 @@ def summary(metrics: dict) -> str:
     lines += _worker_events(metrics)
     lines += _per_worker_lines(metrics.get("per_worker") or [])
     lines += _memory_lines(metrics)
+    lines += _per_rank_bytes(metrics.get("per_rank") or [])
     return "\n".join(lines)
+
+
+def _per_rank_bytes(per_rank: list[dict]) -> list[str]:
+    """One line per rank: bytes held (parameters measured vs predicted, state) and peak activations."""
+    rows = [r for r in per_rank if isinstance(r, dict) and isinstance(r.get("state_bytes"), dict)]
+    if not rows:
+        return []
+    lines = [f"{'peak bytes':>16}:  rank  params (predicted)       state  activations"]
+    for i, r in enumerate(rows):
+        held = r["state_bytes"]
+        predicted = r.get("predicted_parameter_bytes")
+        predicted = f"{predicted:,}" if isinstance(predicted, int) else "-"
+        state = held["parameters"] + held["gradients"] + held["optimizer"]
+        lines.append(
+            f"{'':>16}  {i:>5}  {held['parameters']:>10,} ({predicted:>10})"
+            f"  {state:>10,}  {r.get('peak_activation_bytes', 0):>11,}"
+        )
+    return lines
 
 
 def _memory_lines(metrics: dict) -> list[str]:
@@ -318,6 +377,8 @@ def _per_worker_lines(per_worker: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "memory":
+        return _memory(args)
     registry = TRAIN_STRATEGIES if args.command == "train" else SIMULATE_POLICIES
     name = args.strategy if args.command == "train" else args.policy
     if name not in registry:
@@ -365,6 +426,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
         print(f"{'metrics':>16}: {args.json}")
+    return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    """``dlcourse memory``: print the accounting table (and write --json); bad values exit 2."""
+    if args.json is not None and not args.json.parent.exists():
+        print(f"dlcourse memory: error: --json: folder {str(args.json.parent)!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        from dlcourse import commands
+
+        result = commands.memory(args)
+    except ValueError as e:
+        print(f"dlcourse memory: error: {e}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{'accounting':>16}: {args.json}")
     return 0
 
 

@@ -315,6 +315,45 @@ def hybrid(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def tensor_parallel(args: argparse.Namespace) -> dict[str, Any]:
+    """``--strategy tensor-parallel --workers N``: the dense MLP block split over N ranks (Megatron).
+
+    Every rank sees the same batch. Reports per rank the bytes it holds (measured storages)
+    next to the formula's parameter bytes, and the peak bytes of saved activations.
+    """
+    from dlcourse.metrics import run_metrics
+    from dlcourse.models import make_model
+    from dlcourse.tensor_parallel import TensorParallelConfig, tp_parameters_per_rank, train_tensor_parallel
+
+    config = TensorParallelConfig(model=args.model, **training_settings(args, "sgd"))
+    config.check_workers(_workers(args))  # a degree that does not divide: one line, before any warning
+    _processes(_workers(args))
+    split = _data(args)
+    result = train_tensor_parallel(
+        split.train, _workers(args), config, test=split.test, backend=args.backend, timeout=args.timeout
+    )
+    predicted = 4 * tp_parameters_per_rank(make_model(args.model), result.num_workers)  # float32
+    per_rank = [
+        {**r, "state_bytes": r["state_bytes"].as_dict(), "predicted_parameter_bytes": predicted}
+        for r in result.extra["per_rank"]
+    ]
+    return run_metrics(
+        "tensor-parallel",
+        result.test,
+        examples_per_s=result.examples_per_s,
+        wall_s=result.wall_s,
+        updates=result.updates,
+        bytes_sent=result.bytes_sent,
+        model=args.model,
+        workers=result.num_workers,
+        data_source=split.source,
+        epochs=args.epochs,
+        per_worker=result.per_worker,
+        per_rank=per_rank,
+        step_loss=result.step_loss,
+    )
+
+
 def _variant(args: argparse.Namespace) -> str:
     """The compression variant: ``--no-residual`` is the one-bit variant without residual."""
     return "onebit" if args.no_residual else args.compression
