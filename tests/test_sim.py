@@ -749,7 +749,19 @@ def test_cli_simulate_writes_the_metrics(tmp_path, capsys):
     metrics = json.loads(out.read_text())
     assert metrics["policy"] == "softsync" and metrics["softsync"] == 2 and metrics["model"] == "mlp"
     assert metrics["staleness"]["max"] <= 3 and metrics["test_accuracy"] > 0.3
-    assert "staleness" in capsys.readouterr().out
+    assert "staleness sigma: mean" in capsys.readouterr().out  # the lessons' letter
+
+
+def test_cli_simulate_runs_the_staleness_gate(tmp_path, capsys):
+    out = tmp_path / "gate.json"
+    args = ["simulate", "--policy", "async", "--workers", "6", "--max-staleness", "2", "--json", str(out)]
+    assert cli.main(args) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["config"]["max_staleness"] == 2 and metrics["staleness"]["max"] <= 2
+    assert (
+        f"staleness sigma: mean {metrics['staleness']['mean']:.2f}, max {metrics['staleness']['max']} ("
+        in (capsys.readouterr().out)
+    )
 
 
 @pytest.mark.parametrize(
@@ -762,6 +774,8 @@ def test_cli_simulate_writes_the_metrics(tmp_path, capsys):
         ["--bandwidth", "0"],
         ["--compute-mean", "-1"],
         ["--policy", "gossip"],
+        ["--policy", "sync", "--max-staleness", "2"],
+        ["--max-staleness", "-1"],
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(args, capsys):
