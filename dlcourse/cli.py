@@ -250,7 +250,9 @@ def _memory_parser(sub) -> None:
         default=None,
         help="all devices in one dimension: dp (plain data parallel), zero1-3, tp, pp; several: compared",
     )
-    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="ZeRO stage of the N ranks")
+    p.add_argument(
+        "--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="ZeRO stage of the N ranks"
+    )
     p.add_argument("--tp", type=_pos_int, default=None, help="tensor-parallel degree T")
     p.add_argument("--pp", type=_pos_int, default=None, help="pipeline stages K")
     p.add_argument("--microbatches", type=_pos_int, default=None, help="micro-batches M (default: K)")
@@ -263,9 +265,11 @@ def _memory_parser(sub) -> None:
         "--model-kind",
         choices=["cnn", "mlp", "gpt"],
         default=None,
-        help="estimate activations too, for this kind of model (gpt: --seq-len, --d-model, --heads, --layers)",
+        help="estimate activations for this kind of model (gpt: --seq-len, --d-model, --heads, --layers)",
     )
-    p.add_argument("--batch", type=_pos_int, default=None, help="examples per data-parallel replica (default M)")
+    p.add_argument(
+        "--batch", type=_pos_int, default=None, help="examples per data-parallel replica (default M)"
+    )
     p.add_argument("--seq-len", type=_pos_int, default=1024)
     p.add_argument("--d-model", type=_pos_int, default=4096)
     p.add_argument("--heads", type=_pos_int, default=32)
@@ -432,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
 def _memory(args: argparse.Namespace) -> int:
     """``dlcourse memory``: print the accounting table (and write --json); bad values exit 2."""
     if args.json is not None and not args.json.parent.exists():
-        print(f"dlcourse memory: error: --json: folder {str(args.json.parent)!r} does not exist", file=sys.stderr)
+        print(
+            f"dlcourse memory: error: --json: folder {str(args.json.parent)!r} does not exist",
+            file=sys.stderr,
+        )
         return 2
     try:
         from dlcourse import commands

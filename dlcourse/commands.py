@@ -497,3 +497,99 @@ def simulate_decentralized(args: argparse.Namespace) -> dict[str, Any]:
     metrics = _simulate(config, args).to_json()
     metrics["compression"] = "dense" if config.tau is None else config.variant
     return metrics
+
+
+# ---------------------------------------------------------------------------- memory
+
+_ONE_DIMENSION = {  # --layout name -> (zero stage, which dimension takes every device)
+    "dp": (0, "num_workers"),
+    "zero1": (1, "num_workers"),
+    "zero2": (2, "num_workers"),
+    "zero3": (3, "num_workers"),
+    "tp": (0, "tp"),
+    "pp": (0, "pp"),
+}
+
+
+def _memory_layouts(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, Layout) for each --layout, or the one layout --zero-stage/--tp/--pp describe."""
+    from dlcourse.memory import Layout
+
+    explicit = args.zero_stage is not None or args.tp is not None or args.pp is not None
+    if args.layout and explicit:
+        raise ValueError("give --layout or --zero-stage/--tp/--pp, not both")
+    if args.params != int(args.params):
+        raise ValueError(f"params must be a whole number of parameters, got {args.params}")
+    shapes = []  # (label, stage, N, T, K)
+    for name in args.layout or []:
+        stage, dim = _ONE_DIMENSION[name]
+        sizes = {"num_workers": 1, "tp": 1, "pp": 1, dim: args.devices}
+        shapes.append((name, stage, sizes["num_workers"], sizes["tp"], sizes["pp"]))
+    if not shapes:
+        tp, pp = args.tp or 1, args.pp or 1
+        if args.devices % (tp * pp):
+            raise ValueError(f"devices ({args.devices}) must be a multiple of tp x pp ({tp} x {pp})")
+        n, stage = args.devices // (tp * pp), args.zero_stage or 0
+        shapes.append((f"N={n} T={tp} K={pp}" + (f" zero{stage}" if stage else ""), stage, n, tp, pp))
+    layouts = []
+    for label, stage, n, tp, pp in shapes:
+        m = args.microbatches or pp
+        layouts.append(
+            (
+                label,
+                Layout(
+                    num_params=int(args.params),
+                    num_workers=n,
+                    zero_stage=stage,
+                    tp=tp,
+                    pp=pp,
+                    microbatches=m,
+                    schedule=args.schedule,
+                    recompute=args.recompute,
+                    precision=args.precision,
+                    optimizer=args.optimizer,
+                    model_kind=args.model_kind,
+                    batch=args.batch or m,
+                    seq_len=args.seq_len,
+                    d_model=args.d_model,
+                    heads=args.heads,
+                    layers=args.layers,
+                ),
+            )
+        )
+    return layouts
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    """``dlcourse memory``: bytes per device of each layout (:func:`dlcourse.memory.plan`); runs nothing."""
+    from dlcourse.memory import plan
+
+    device_memory = args.device_memory_gb * 1e9
+    rows, lines = [], []
+    for label, layout in _memory_layouts(args):
+        p = plan(layout, device_memory=device_memory)
+        rows.append(
+            {
+                "layout": label,
+                "num_workers": layout.num_workers,
+                "tp": layout.tp,
+                "pp": layout.pp,
+                "zero_stage": layout.zero_stage,
+                **p.memory.as_dict(),
+                "fits": p.fits,
+            }
+        )
+    kinds = ("parameters", "gradients", "optimizer", "activations", "total")
+    lines.append(
+        f"{int(args.params):,} parameters on {args.devices} devices, {args.precision} {args.optimizer}"
+        + (", recompute" if args.recompute else "")
+        + f"; GB per device (1 GB = 1e9 bytes), device memory {args.device_memory_gb:g} GB"
+    )
+    lines.append(f"{'layout':<20}{'N':>4}{'T':>4}{'K':>4}" + "".join(f"{k:>13}" for k in kinds) + "   fits")
+    for r in rows:
+        lines.append(
+            f"{r['layout']:<20}{r['num_workers']:>4}{r['tp']:>4}{r['pp']:>4}"
+            + "".join(f"{r[k] / 1e9:>13.3f}" for k in kinds)
+            + ("   yes" if r["fits"] else "   no")
+        )
+    return {"params": int(args.params), "devices": args.devices, "layouts": rows, "table": "\n".join(lines)}
