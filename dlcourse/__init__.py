@@ -10,10 +10,13 @@ The rules and parts (pure functions and small classes; no processes, no clock)
     staleness      tau, lambda_n = lambda / tau, soft sync (S of N), bounded staleness (SSP)
     compression    sparse + 1-bit +-tau updates with a residual, entropy-coded indices
     collectives    parameter averaging, all-reduce, the bytes a ring all-reduce moves
+    scaling        one synchronous step's time and speedup: a server's one link vs a ring all-reduce
     landscape      the loss between two replicas (is the average of two minima a minimum?)
     divergence     a run whose loss blew up stops, saying where and what to try
     environment    what this machine offers: cores, GPUs, backends
     resources      how many real processes fit here (CPU quota, memory), said in words
+    recompute      activation recomputation: keep segment inputs, recompute the rest in backward
+    precision      mixed precision: bf16 compute, fp32 master weights, the bytes of each copy
 
 The real runtime (processes on torch.distributed: gloo on CPUs, NCCL on GPUs, or torchrun)
     launcher           start N processes from a script or a notebook cell; errors name the rank
@@ -29,13 +32,14 @@ The real runtime (processes on torch.distributed: gloo on CPUs, NCCL on GPUs, or
     model_parallel     layers on different devices or processes
     pipeline           GPipe and 1F1B micro-batch schedules, and the bubble
     hybrid             model parallelism inside, data parallelism across
+    tensor_parallel    Megatron's column- and row-parallel layers: one weight matrix over N ranks
 
 The simulated cluster (:mod:`dlcourse.sim`: the same rules, real gradients, virtual time)
     sim.config, sim.cluster, sim.result, sim.parameter_server, sim.decentralized
 
 Figures and panels (:mod:`dlcourse.viz`; nothing above imports them)
     viz.figure, viz.runs, viz.techniques, viz.panel, viz.stragglers, viz.staleness,
-    viz.compression, viz.pipeline
+    viz.compression, viz.pipeline, viz.speedup
 
 The command line: :mod:`dlcourse.commands` (options -> a run) and :mod:`dlcourse.cli`.
 
