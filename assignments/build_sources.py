@@ -77,12 +77,13 @@ def notebook(cells) -> nbformat.NotebookNode:
 HOW_TO = """
 **How this works.** Write your code where it says `YOUR CODE HERE`, replacing the
 `raise NotImplementedError(...)` line. Each task is followed by a test cell with a few
-visible tests; run it to check your work. When grading, hidden tests also run, with random
-inputs, several seeds and sizes, and your functions are also run inside the library's real
-runtimes. Before submitting: *Kernel > Restart and Run All*, or `nbgrader validate` on this
-file. Do not edit or delete the test cells: they are restored from the instructor's copy
-and graded anyway. Your code must not call `dlcourse`'s own version of the function you
-are writing: it is switched off while your code is graded.
+visible tests; run it to check your work. When grading, hidden tests also run: fixed cases
+chosen to catch the usual mistakes, and random inputs drawn for you (the same at every
+regrade of your work, different for every student); your functions also run inside the
+library's real runtimes. Before submitting: *Kernel > Restart and Run All*, or
+`nbgrader validate` on this file. Do not edit or delete the test cells: they are restored
+from the instructor's copy and graded anyway. Your code must not call `dlcourse`'s own
+version of the function you are writing: it is switched off while your code is graded.
 """
 
 # =====================================================================================
@@ -130,7 +131,8 @@ GRADED_REFERENCES = [
 Cut the indices `0 .. num_examples - 1` into `num_workers` **equal, disjoint, contiguous**
 shards: shard `n` holds `[n*m, (n+1)*m)` with `m = num_examples // num_workers`. The last
 `num_examples % num_workers` examples are dropped, so that every worker processes the same
-number of examples (one of the conditions of the lecture's equivalence).
+number of examples (one of the conditions of the lecture's equivalence). Raise `ValueError`
+when `num_workers < 1` or `num_examples < num_workers`.
 """,
     ),
     solution(
@@ -156,15 +158,19 @@ assert shard_indices(6, 3) == [[0, 1], [2, 3], [4, 5]]
 assert shard_indices(7, 2) == [[0, 1, 2], [3, 4, 5]]
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: a remainder to drop (the last shard taking it, or ceil-sized shards, differ), one worker, one example each
+    cases = [(10, 3), (7, 4), (9, 9), (5, 1), (11, 2)]
     for seed in range(4):
         rng = rng_for("A1.1", seed)
         n_workers = rng.randint(1, 9)
-        n = rng.randint(n_workers, 500)
+        cases.append((rng.randint(n_workers, 500), n_workers))
+    for n, n_workers in cases:
         with references_disabled(GRADED_REFERENCES):
             got = shard_indices(n, n_workers)
         m = n // n_workers
         expect_equal(got, [list(range(k * m, (k + 1) * m)) for k in range(n_workers)], f"shard_indices({n}, {n_workers})")
     expect_raises("ValueError", shard_indices, 3, 4)
+    expect_raises("ValueError", shard_indices, 5, 0)
 hidden_test("A1.1", _hidden)
 ### END HIDDEN TESTS
 ''',
@@ -208,7 +214,7 @@ expect_close(_grads, a1_rank_gradients(0, 0, _shapes), "the mean of one worker's
 def _hidden():
     rng = rng_for("A1.2", 0)
     seed = rng.randrange(10**6)
-    shapes = [(rng.randint(1, 5), rng.randint(1, 4)) for _ in range(rng.randint(1, 3))]
+    shapes = [(rng.randint(1, 5), rng.randint(1, 4)), (rng.randint(1, 6),), (2, 3)]  # every parameter, not the first only
     ranks = in_student_process(a1_gradients_on_processes, guarded(average_gradients, GRADED_REFERENCES), 3, seed, shapes)
     per_rank = [a1_rank_gradients(r, seed, shapes) for r in range(3)]
     want = [sum(g[i] for g in per_rank) / 3 for i in range(len(shapes))]
@@ -274,24 +280,25 @@ hidden_test("A1.3", _hidden)
 
 Take linear least squares, loss `mean((X w - y)^2) / 2`, whose gradient is
 `X^T (X w - y) / n` (`least_squares_gradient(w, X, y)` computes it for you). Write one
-round of parameter averaging: every worker starts from `w`, takes `local_steps` plain SGD
-steps (learning rate `lr`) on **its whole local batch** `(Xs[n], ys[n])`, and the round
-returns the mean of the workers' parameters. Inputs and output are lists of floats.
+round of parameter averaging with averaging period H (`average_every`): every worker starts
+from `w`, takes H plain SGD steps (learning rate `lr`) on **its whole local batch**
+`(Xs[n], ys[n])`, and the round returns the plain mean of the N workers' parameters (every
+worker counts once, whatever its batch size). Inputs and output are lists of floats.
 
-Then see the lecture's claim in numbers: with `local_steps = 1` and equal batch sizes the
-round equals one SGD step on the concatenated batch; with `local_steps = 2` it does not.
+Then see the lecture's claim in numbers: with H = 1 and equal batch sizes the round equals
+one SGD step on the concatenated batch; with H = 2 it does not.
 """,
     ),
     solution(
         "a1_4",
         '''
-def averaging_round(w, Xs, ys, lr, local_steps):
-    """Mean over workers of w after local_steps SGD steps on each worker's (Xs[n], ys[n])."""
+def averaging_round(w, Xs, ys, lr, average_every):
+    """Mean over workers of w after H = average_every SGD steps on each worker's (Xs[n], ys[n])."""
     ### BEGIN SOLUTION
     finals = []
     for X, y in zip(Xs, ys):
         v = list(w)
-        for _ in range(local_steps):
+        for _ in range(average_every):
             g = least_squares_gradient(v, X, y)
             v = [a - lr * b for a, b in zip(v, g)]
         finals.append(v)
@@ -311,14 +318,14 @@ _w = [0.5, -0.2, 0.1]
 _sgd = [a - 0.1 * b for a, b in zip(_w, least_squares_gradient(_w, _Xs[0] + _Xs[1], _ys[0] + _ys[1]))]
 for _steps in (1, 2):
     _gap = max(abs(a - b) for a, b in zip(averaging_round(_w, _Xs, _ys, 0.1, _steps), _sgd))
-    print(f"local_steps={_steps}: largest difference from single-machine SGD = {_gap:.2e}")
+    print(f"H={_steps}: largest difference from single-machine SGD = {_gap:.2e}")
 """,
     ),
     test(
         "test_a1_4",
         2,
         '''
-"""A1.4: a round of parameter averaging; equal to single-machine SGD at one local step only."""
+"""A1.4: a round of parameter averaging; equal to single-machine SGD at H = 1 only."""
 _w = averaging_round([1.0, 0.0], [[[1.0, 0.0]], [[0.0, 1.0]]], [[0.0], [1.0]], 0.5, 1)
 expect_close(_w, [0.75, 0.25], "averaging_round, 2 workers, 1 step")
 ### BEGIN HIDDEN TESTS
@@ -331,6 +338,14 @@ def _reference_round(w, Xs, ys, lr, steps):
         finals.append(v)
     return [sum(c) / len(finals) for c in zip(*finals)]
 def _hidden():
+    # fixed: unequal batch sizes (a mean weighted by batch size differs) and H = 3 (H ignored, or
+    # averaged gradients applied H times, differ)
+    Xs = [[[1.0, 2.0], [0.5, -1.0]], [[-1.0, 0.0]], [[0.0, 1.0], [2.0, 1.0], [1.0, -1.0]]]
+    ys = [[1.0, 0.0], [2.0], [0.5, -0.5, 1.0]]
+    for H in (1, 3):
+        with references_disabled(GRADED_REFERENCES):
+            got = averaging_round([0.2, -0.3], Xs, ys, 0.1, H)
+        expect_close(got, _reference_round([0.2, -0.3], Xs, ys, 0.1, H), f"averaging_round, unequal batches, H={H}", rtol=1e-9, atol=1e-12)
     for seed in range(3):
         rng = rng_for("A1.4", seed)
         d, n, N = rng.randint(1, 4), rng.randint(2, 5), rng.randint(2, 4)
@@ -341,13 +356,13 @@ def _hidden():
         with references_disabled(GRADED_REFERENCES):
             one = averaging_round(w, Xs, ys, lr, 1)
             two = averaging_round(w, Xs, ys, lr, 2)
-        expect_close(one, _reference_round(w, Xs, ys, lr, 1), f"averaging_round, 1 local step (seed {seed})", rtol=1e-9, atol=1e-12)
-        expect_close(two, _reference_round(w, Xs, ys, lr, 2), f"averaging_round, 2 local steps (seed {seed})", rtol=1e-9, atol=1e-12)
+        expect_close(one, _reference_round(w, Xs, ys, lr, 1), f"averaging_round, H=1 (seed {seed})", rtol=1e-9, atol=1e-12)
+        expect_close(two, _reference_round(w, Xs, ys, lr, 2), f"averaging_round, H=2 (seed {seed})", rtol=1e-9, atol=1e-12)
         # the lecture's equivalence: one step on the concatenated batch
         big_X = [row for X in Xs for row in X]
         big_y = [v for y in ys for v in y]
         sgd = [a - lr * b for a, b in zip(w, least_squares_gradient(w, big_X, big_y))]
-        expect_close(one, sgd, "1 local step equals single-machine SGD", rtol=1e-9, atol=1e-12)
+        expect_close(one, sgd, "H=1 equals single-machine SGD", rtol=1e-9, atol=1e-12)
 hidden_test("A1.4", _hidden)
 ### END HIDDEN TESTS
 ''',
@@ -365,7 +380,7 @@ A2 = [
 
 In asynchronous SGD a worker's gradient arrives after the server has moved on: it is
 **stale** (Lecture: *Stale Gradient Problem*). You will write the lecture's rules: the
-staleness of an update, the staleness-scaled learning rate `lambda_n`, the soft-sync
+staleness σ of an update, the staleness-scaled learning rate λ_n, the soft-sync
 aggregator that waits for S updates, and the bounded-staleness gate. Each of your rules
 then drives `dlcourse`'s simulated cluster (and the lr rule a real parameter server), and
 the runs are compared number for number with the library's.
@@ -397,7 +412,9 @@ GRADED_REFERENCES = [
 ## A2.1 Staleness of an update
 
 A worker pulled the parameters at server version `pulled_version`; its update reaches the
-server at version `server_version`. Its staleness is `tau = server_version - pulled_version`.
+server at version `server_version`. Its staleness is σ = `server_version - pulled_version`:
+the server versions applied between its pull and its push (Zhang et al. 2016 count the
+update itself: theirs is σ + 1).
 Raise `ValueError` when a version is negative or `pulled_version > server_version`.
 """,
     ),
@@ -405,7 +422,7 @@ Raise `ValueError` when a version is negative or `pulled_version > server_versio
         "a2_1",
         '''
 def staleness(server_version, pulled_version):
-    """tau = server_version - pulled_version (ValueError if negative or pulled after now)."""
+    """sigma = server_version - pulled_version (ValueError if negative or pulled after now)."""
     ### BEGIN SOLUTION
     if server_version < 0 or pulled_version < 0 or pulled_version > server_version:
         raise ValueError(f"need 0 <= pulled_version <= server_version, got {pulled_version}, {server_version}")
@@ -423,6 +440,11 @@ assert staleness(5, 5) == 0
 assert staleness(7, 3) == 4
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: sigma 0, 1 and 7 (Zhang's count, sigma + 1, and pulled - server differ)
+    for v, p in ((0, 0), (1, 0), (10, 3)):
+        with references_disabled(GRADED_REFERENCES):
+            got = staleness(v, p)
+        expect_equal(as_int(got, f"staleness({v}, {p})"), v - p, f"staleness({v}, {p})")
     for seed in range(3):
         rng = rng_for("A2.1", seed)
         for _ in range(10):
@@ -433,6 +455,7 @@ def _hidden():
             expect_equal(as_int(got, f"staleness({v}, {p})"), v - p, f"staleness({v}, {p})")
     expect_raises("ValueError", staleness, 3, 4)
     expect_raises("ValueError", staleness, -1, -2)
+    expect_raises("ValueError", staleness, 2, -1)
     config = dict(policy="softsync", softsync=2, seed=rng_for("A2.1", 9).randrange(100))
     want = a2_simulate(**config)
     with references_disabled(["dlcourse.staleness:staleness"]):
@@ -451,19 +474,19 @@ hidden_test("A2.1", _hidden)
         """
 ## A2.2 Staleness-scaled learning rate
 
-Scale each update's learning rate by its staleness (Zhang et al. 2016):
-`lambda_n = lr / max(1, tau)`. Return a float. Your function is a learning-rate policy
-`f(lr, tau)` that `dlcourse`'s simulator and real parameter server accept
+Scale each update's learning rate λ by its staleness σ (Zhang et al. 2016):
+λ_n = `lr / max(1, sigma)`. Return a float. Your function is a learning-rate policy
+`f(lr, sigma)` that `dlcourse`'s simulator and real parameter server accept
 (`lr_policy=staleness_lr`).
 """,
     ),
     solution(
         "a2_2",
         '''
-def staleness_lr(lr, tau):
-    """lambda_n = lr / max(1, tau)."""
+def staleness_lr(lr, sigma):
+    """lambda_n = lr / max(1, sigma)."""
     ### BEGIN SOLUTION
-    return lr / max(1, tau)
+    return lr / max(1, sigma)
     ### END SOLUTION
     raise NotImplementedError("A2.2: staleness-scaled learning rate")
 ''',
@@ -472,18 +495,20 @@ def staleness_lr(lr, tau):
         "test_a2_2",
         3,
         '''
-"""A2.2: lambda_n = lr / max(1, tau); it drives the simulator and a real parameter server."""
+"""A2.2: lambda_n = lr / max(1, sigma); it drives the simulator and a real parameter server."""
 assert staleness_lr(0.1, 0) == 0.1
 assert abs(staleness_lr(0.1, 4) - 0.025) < 1e-12
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: sigma 0 to 7 (lr / sigma, lr / (sigma + 1), lr / sigma**2, lr / sqrt(sigma) differ)
+    cases = [(0.3, sigma) for sigma in (0, 1, 2, 4, 7)]
     for seed in range(3):
         rng = rng_for("A2.2", seed)
-        for _ in range(10):
-            lr, tau = rng.uniform(1e-4, 2.0), rng.randint(0, 64)
-            with references_disabled(GRADED_REFERENCES):
-                got = staleness_lr(lr, tau)
-            expect_close(as_float(got, "staleness_lr"), lr / max(1, tau), f"staleness_lr({lr}, {tau})", rtol=1e-12)
+        cases += [(rng.uniform(1e-4, 2.0), rng.randint(0, 64)) for _ in range(10)]
+    for lr, sigma in cases:
+        with references_disabled(GRADED_REFERENCES):
+            got = staleness_lr(lr, sigma)
+        expect_close(as_float(got, "staleness_lr"), lr / max(1, sigma), f"staleness_lr({lr}, {sigma})", rtol=1e-12)
     config = dict(policy="async", seed=rng_for("A2.2", 9).randrange(100))
     want = a2_simulate(lr_policy="staleness", **config)
     with references_disabled(["dlcourse.staleness:staleness_lr"]):
@@ -491,7 +516,7 @@ def _hidden():
     expect_equal(got["staleness"], want["staleness"], "staleness of the simulated updates")
     expect_close(got["params"], want["params"], "simulated parameters with your lr rule", rtol=1e-5, atol=1e-7)
     got = in_student_process(a2_parameter_server, guarded(staleness_lr, GRADED_REFERENCES))
-    want = a2_parameter_server_reference(lambda lr, tau: lr / max(1, tau))
+    want = a2_parameter_server_reference(lambda lr, sigma: lr / max(1, sigma))
     expect_close(got, want, "parameters of the real parameter server with your lr rule", rtol=1e-4, atol=1e-6)
 hidden_test("A2.2", _hidden)
 ### END HIDDEN TESTS
@@ -502,11 +527,11 @@ hidden_test("A2.2", _hidden)
         """
 ## A2.3 Soft-sync aggregator
 
-The server waits for S updates `dW_n` (each a list of tensors, one per parameter), then
-applies their **mean** scaled by each one's learning rate:
-`W <- W - (1/S) * sum_n lambda_n dW_n`. Return the new parameters as a new list of
-tensors (leave the inputs unchanged). With S = N and equal `lambda_n` this is synchronous
-SGD; with S = 1 it is plain async SGD.
+The server waits for S updates ΔW_n (`updates[n]`, each a list of tensors, one per
+parameter), then applies their **mean** scaled by each one's learning rate λ_n (`lrs[n]`):
+W ← W − (1/S) Σ_n λ_n ΔW_n. Return the new parameters as a new list of tensors (leave the
+inputs unchanged). With S = N and equal λ_n this is synchronous SGD; with S = 1 it is plain
+async SGD.
 """,
     ),
     solution(
@@ -534,6 +559,18 @@ _new = soft_sync([torch.tensor([1.0, 2.0])], [[torch.tensor([1.0, 0.0])], [torch
 expect_close(_new, [0.75, 1.5], "soft_sync of 2 updates")
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: S = 3 updates with unequal rates, 2 parameters (a sum, one rate for all, the mean
+    # rate times the mean update, a division by the number of parameters all differ)
+    params = [torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([[0.5, 0.0], [1.0, 3.0]], dtype=torch.float64)]
+    updates = [[torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 2.0], [0.0, -1.0]])], [torch.tensor([0.0, 4.0]), torch.tensor([[0.0, 1.0], [2.0, 0.0]])], [torch.tensor([-2.0, 1.0]), torch.tensor([[3.0, 0.0], [1.0, 1.0]])]]
+    updates = [[u.double() for u in update] for update in updates]
+    lrs = [0.1, 0.5, 1.0]
+    with references_disabled(GRADED_REFERENCES):
+        got = soft_sync([p.clone() for p in params], updates, lrs)
+    want = [w - sum(l * u[i] for u, l in zip(updates, lrs)) / 3 for i, w in enumerate(params)]
+    expect_equal(len(got), 2, "number of parameter tensors")
+    for i in range(2):
+        expect_close(got[i], want[i], f"parameter {i} (S=3, unequal rates)", rtol=1e-9, atol=1e-12)
     for seed in range(4):
         rng = rng_for("A2.3", seed)
         g = torch.Generator().manual_seed(rng.randrange(10**6))
@@ -558,7 +595,7 @@ def _hidden():
     expect_equal(got["staleness"], want["staleness"], "staleness of the simulated updates")
     expect_close(got["params"], want["params"], "simulated parameters with your soft sync", rtol=1e-5, atol=1e-7)
     got = in_student_process(a2_parameter_server, aggregate=guarded(soft_sync, GRADED_REFERENCES))
-    want = a2_parameter_server_reference(lambda lr, tau: lr)
+    want = a2_parameter_server_reference(lambda lr, sigma: lr)
     expect_close(got, want, "parameters of the real parameter server with your soft sync", rtol=1e-4, atol=1e-6)
 hidden_test("A2.3", _hidden)
 ### END HIDDEN TESTS
@@ -597,17 +634,20 @@ assert may_start([4, 1, 2], 0, 2) is False
 assert may_start([9, 0], 0, None) is True
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: a lag equal to the bound (< instead of <=), bound 0 (treated as None), the slowest
+    # not worker 0 (clocks[0] instead of min), max instead of min, None with a large lag
+    cases = [([3, 1, 2], 0, 2), ([4, 1, 2], 0, 2), ([1, 0], 0, 0), ([0, 0], 1, 0), ([3, 1, 4], 2, 2), ([2, 5, 6], 2, 3), ([9, 0], 0, None)]
     for seed in range(3):
         rng = rng_for("A2.4", seed)
         for _ in range(15):
             clocks = [rng.randint(0, 12) for _ in range(rng.randint(1, 8))]
-            worker = rng.randrange(len(clocks))
-            bound = rng.choice([None, 0, 1, 2, 3, 5])
-            with references_disabled(GRADED_REFERENCES):
-                got = may_start(list(clocks), worker, bound)
-            want = bound is None or clocks[worker] - min(clocks) <= bound
-            expect(type(got) is bool, f"may_start must return a bool, got {type(got).__name__}")
-            expect_equal(got, want, f"may_start({clocks}, {worker}, {bound})")
+            cases.append((clocks, rng.randrange(len(clocks)), rng.choice([None, 0, 1, 2, 3, 5])))
+    for clocks, worker, bound in cases:
+        with references_disabled(GRADED_REFERENCES):
+            got = may_start(list(clocks), worker, bound)
+        want = bound is None or clocks[worker] - min(clocks) <= bound
+        expect(type(got) is bool, f"may_start must return a bool, got {type(got).__name__}")
+        expect_equal(got, want, f"may_start({clocks}, {worker}, {bound})")
     config = dict(policy="bounded", staleness_bound=1, worker_speeds=(1.0, 1.0, 2.0, 4.0), seed=rng_for("A2.4", 9).randrange(100))
     want = a2_simulate(**config)
     with references_disabled(["dlcourse.staleness:within_bound"]):
@@ -615,7 +655,7 @@ def _hidden():
     expect_equal(got["staleness"], want["staleness"], "staleness of the simulated updates")
     expect_close(got["params"], want["params"], "simulated parameters with your gate", rtol=1e-5, atol=1e-7)
     real = in_student_process(a2_async_parameter_server, gate=guarded(may_start, GRADED_REFERENCES))
-    # bound 0, N = 3: every update applied at clock lag 0, and tau <= (2 * 0 + 1) * (3 - 1)
+    # bound 0, N = 3: every update applied at clock lag 0, and sigma <= (2 * 0 + 1) * (3 - 1)
     expect_equal(max(real["clock_lag"]), 0, "largest clock lag of a real run with bound 0")
     expect(max(v - p for v, p in real["versions"]) <= 2, "a real run with bound 0 let an update be more than 2 versions stale")
 hidden_test("A2.4", _hidden)
@@ -690,12 +730,15 @@ def quantize(r, tau):
 expect_close(quantize(torch.tensor([0.3, -0.05, -0.2, 0.1]), 0.1), [0.1, 0.0, -0.1, 0.1], "quantize")
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: values exactly +-tau (a strict > differs), beyond and below it, in both dtypes
+    cases = [(torch.tensor([0.5, -0.5, 0.25, -0.75, 0.0, 1.5], dtype=dtype), 0.5, "exact") for dtype in (torch.float64, torch.float32)]
     for seed in range(4):
         rng = rng_for("A3.1", seed)
         g = torch.Generator().manual_seed(rng.randrange(10**6))
         dtype = rng.choice([torch.float32, torch.float64])
-        r = torch.randn(tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3))), generator=g, dtype=dtype)
-        tau = rng.uniform(0.05, 1.5)
+        cases.append((torch.randn(tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3))), generator=g, dtype=dtype), rng.uniform(0.05, 1.5), seed))
+    for r, tau, seed in cases:
+        dtype = r.dtype
         with references_disabled(GRADED_REFERENCES):
             got = quantize(r.clone(), tau)
         expect(type(got) is torch.Tensor, f"quantize must return a tensor, got {type(got).__name__}")
@@ -742,16 +785,21 @@ expect_close(_sent, [0.1, 0.0], "sent")
 expect_close(_res, [0.01, -0.02], "residual", atol=1e-7)
 ### BEGIN HIDDEN TESTS
 def _hidden():
-    for seed in range(3):
+    # fixed: three steps where the residual carries an element over the threshold (dropping the
+    # residual, keeping r instead of r - sent, or quantizing the update alone all differ)
+    fixed = [torch.tensor(u, dtype=torch.float64) for u in ([0.3, -0.2, 0.6], [0.3, -0.4, 0.0], [0.0, 0.0, 0.0])]
+    for seed in ["fixed", 0, 1, 2]:
         rng = rng_for("A3.2", seed)
         g = torch.Generator().manual_seed(rng.randrange(10**6))
         n, steps, tau = rng.randint(1, 40), rng.randint(2, 12), rng.uniform(0.2, 1.0)
+        if seed == "fixed":
+            n, steps, tau = 3, 3, 0.5
         residual = torch.zeros(n, dtype=torch.float64)
         total_sent = torch.zeros(n, dtype=torch.float64)
         total_update = torch.zeros(n, dtype=torch.float64)
         ref_residual = torch.zeros(n, dtype=torch.float64)
         for _ in range(steps):
-            update = torch.randn(n, generator=g, dtype=torch.float64) * 0.4
+            update = fixed.pop(0) if seed == "fixed" else torch.randn(n, generator=g, dtype=torch.float64) * 0.4
             with references_disabled(GRADED_REFERENCES):
                 out = residual_step(residual.clone(), update.clone(), tau)
             expect(type(out) in (tuple, list) and len(out) == 2, "residual_step must return (sent, new_residual)")
@@ -826,11 +874,14 @@ assert gap_encode([0, 1, 5]) == "1" + "1" + "00100"
 assert gap_decode("1" + "1" + "00100") == [0, 1, 5]
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: index 0 alone (gap 1), a first index > 0, gaps of 1, 2, 7 and a power of two (1024)
+    cases = [[0], [3], [0, 2, 3, 10, 1034]]
     for seed in range(4):
         rng = rng_for("A3.3", seed)
         n = rng.randint(1, 3000)
         density = rng.choice([0.01, 0.05, 0.3])
-        idx = sorted(rng.sample(range(n), max(1, int(n * density))))
+        cases.append(sorted(rng.sample(range(n), max(1, int(n * density)))))
+    for seed, idx in enumerate(cases):
         with references_disabled(GRADED_REFERENCES):
             bits = gap_encode(list(idx))
         gaps = [b - a for a, b in zip([-1] + idx[:-1], idx)]
@@ -888,9 +939,12 @@ _bits, _h = coding_report([0, 1, 2, 3])
 expect_close([_bits, _h], [1.0, 0.0], "coding_report of 4 consecutive indexes")
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: gaps 1, 1, 1, 3, 1, 4 (entropy > 0: nats differ; not uniform: log2 of the distinct gaps differs)
+    cases = [[0, 1, 2, 5, 6, 10]]
     for seed in range(3):
         rng = rng_for("A3.4", seed)
-        idx = sorted(rng.sample(range(5000), rng.randint(2, 400)))
+        cases.append(sorted(rng.sample(range(5000), rng.randint(2, 400))))
+    for idx in cases:
         gaps = [b - a for a, b in zip([-1] + idx[:-1], idx)]
         counts = {}
         for g in gaps:
@@ -1033,10 +1087,14 @@ def cut_into_stages(num_layers, num_stages):
 expect_equal(cut_into_stages(5, 2), [(0, 3), (3, 5)], "cut_into_stages(5, 2)")
 ### BEGIN HIDDEN TESTS
 def _hidden():
+    # fixed: remainders 1 and 2 (ceil(L/K)-sized stages with the last taking the rest, floor-sized
+    # ones, and the later stages getting the extra layers all differ), K = L, K = 1
+    cases = [(7, 3), (10, 4), (11, 4), (4, 4), (9, 1)]
     for seed in range(4):
         rng = rng_for("A4.1", seed)
         layers = rng.randint(1, 40)
-        stages = rng.randint(1, layers)
+        cases.append((layers, rng.randint(1, layers)))
+    for layers, stages in cases:
         with references_disabled(GRADED_REFERENCES):
             got = cut_into_stages(layers, stages)
         size, extra = divmod(layers, stages)
@@ -1046,6 +1104,7 @@ def _hidden():
             start = want[-1][1]
         expect_equal(got, want, f"cut_into_stages({layers}, {stages})")
     expect_raises("ValueError", cut_into_stages, 2, 3)
+    expect_raises("ValueError", cut_into_stages, 3, 0)
 hidden_test("A4.1", _hidden)
 ### END HIDDEN TESTS
 ''',
@@ -1107,9 +1166,13 @@ expect_equal(_steps, [(0, 0, "F"), (0, 1, "F"), (1, 0, "F"), (1, 1, "F"), (1, 0,
 ### BEGIN HIDDEN TESTS
 def _hidden():
     from dlcourse.pipeline import schedule_steps
+    # fixed: K < M, K > M, one stage, one micro-batch (backwards in reverse, stage by stage
+    # instead of by start, ties to the later stage all differ)
+    cases = [(3, 4), (4, 2), (1, 3), (2, 1)]
     for seed in range(4):
         rng = rng_for("A4.2", seed)
-        K, M = rng.randint(1, 5), rng.randint(1, 8)
+        cases.append((rng.randint(1, 5), rng.randint(1, 8)))
+    for K, M in cases:
         with references_disabled(GRADED_REFERENCES):
             got = gpipe_schedule(K, M)
         want = schedule_steps("gpipe", K, M)
@@ -1163,9 +1226,13 @@ expect_equal(stage_order_of(_steps, 1), [("F", 0), ("B", 0), ("F", 1), ("B", 1)]
 ### BEGIN HIDDEN TESTS
 def _hidden():
     from dlcourse.pipeline import schedule_steps
+    # fixed: fewer micro-batches than warm-up steps (the min with M), more, K = M (no warm-up,
+    # K - k warm-ups, ties to the later stage all differ)
+    cases = [(4, 2), (4, 6), (3, 3), (1, 2)]
     for seed in range(4):
         rng = rng_for("A4.3", seed)
-        K, M = rng.randint(1, 5), rng.randint(1, 8)
+        cases.append((rng.randint(1, 5), rng.randint(1, 8)))
+    for K, M in cases:
         with references_disabled(GRADED_REFERENCES):
             got = one_f_one_b_schedule(K, M)
         want = schedule_steps("1f1b", K, M)
@@ -1186,8 +1253,9 @@ hidden_test("A4.3", _hidden)
 Run a schedule on a virtual clock: stage k runs its own steps in the schedule's order, a
 forward takes `forward_s` and a backward `backward_s`, and a step starts once its stage is
 free and its dependency (A4.2) has finished. The **bubble** is the idle share of all
-stages' time: `1 - sum(busy) / (K * makespan)`. For GPipe with equal costs it is
-`(K - 1) / (M + K - 1)`.
+stages' time: `1 - sum(busy) / (K * makespan)`. For GPipe with equal stage costs it is
+`(K - 1) / (M + K - 1)`; for other orders (one micro-batch at a time, or any order you
+like) it is not: run the steps you are given.
 """,
     ),
     solution(
@@ -1233,18 +1301,38 @@ for _M in (1, 2, 4, 8):
 """A4.4: the bubble fraction of a schedule on a virtual clock."""
 expect_close(bubble_fraction([(0, 0, "F"), (1, 0, "F"), (1, 0, "B"), (0, 0, "B")], 2), 0.5, "bubble of K=2, M=1")
 ### BEGIN HIDDEN TESTS
+def _reference_bubble(steps, K, f, b):
+    orders = [[(kind, m) for s, m, kind in steps if s == k] for k in range(K)]
+    done, free, nxt = {}, [0.0] * K, [0] * K
+    while any(nxt[k] < len(orders[k]) for k in range(K)):
+        for k in range(K):
+            if nxt[k] < len(orders[k]):
+                kind, m = orders[k][nxt[k]]
+                needs = (k - 1, m, "F") if kind == "F" else (k + 1, m, "B")
+                first = (kind == "F" and k == 0) or (kind == "B" and k == K - 1)
+                if first or needs in done:
+                    done[(k, m, kind)] = free[k] = max(free[k], 0.0 if first else done[needs]) + (f if kind == "F" else b)
+                    nxt[k] += 1
+    busy = sum(f if kind == "F" else b for _, _, kind in steps)
+    return 1.0 - busy / (K * max(free))
 def _hidden():
-    from dlcourse.pipeline import schedule_steps, simulate_schedule
+    from dlcourse.pipeline import schedule_steps
+    # fixed: one micro-batch at a time through all stages (the closed form and GPipe's order
+    # differ); a custom order with backward 2x forward (charging every step one cost, or
+    # swapping the costs, differ); GPipe and 1F1B with unequal costs; one stage
+    unpipelined = [(k, m, kind) for m in range(2) for kind, ks in (("F", range(3)), ("B", range(2, -1, -1))) for k in ks]
+    custom = [(0, 0, "F"), (0, 1, "F"), (1, 0, "F"), (1, 1, "F"), (1, 1, "B"), (1, 0, "B"), (0, 0, "B"), (0, 1, "B")]
+    cases = [(unpipelined, 3, 1.0, 1.0, "unpipelined"), (custom, 2, 1.0, 2.0, "a custom order"), (schedule_steps("gpipe", 3, 4), 3, 1.0, 2.0, "gpipe"), (schedule_steps("1f1b", 4, 3), 4, 1.0, 3.0, "1f1b"), (schedule_steps("gpipe", 1, 3), 1, 1.0, 2.0, "gpipe")]
     for seed in range(4):
         rng = rng_for("A4.4", seed)
         K, M = rng.randint(1, 5), rng.randint(1, 8)
         kind = rng.choice(["gpipe", "1f1b"])
-        f, b = rng.uniform(0.5, 2.0), rng.uniform(0.5, 3.0)
-        steps = schedule_steps(kind, K, M)
-        want = simulate_schedule(K, M, kind, f, b).bubble_fraction
+        cases.append((schedule_steps(kind, K, M), K, rng.uniform(0.5, 2.0), rng.uniform(0.5, 3.0), kind))
+    for steps, K, f, b, label in cases:
+        M = len(steps) // (2 * K)
         with references_disabled(GRADED_REFERENCES):
-            got = bubble_fraction(steps, K, f, b)
-        expect_close(as_float(got, "bubble_fraction"), want, f"bubble of {kind} (K={K}, M={M})", rtol=1e-9, atol=1e-12)
+            got = bubble_fraction(list(steps), K, f, b)
+        expect_close(as_float(got, "bubble_fraction"), _reference_bubble(steps, K, f, b), f"bubble of {label} (K={K}, M={M}, forward {f:.3g} s, backward {b:.3g} s)", rtol=1e-9, atol=1e-12)
 hidden_test("A4.4", _hidden)
 ### END HIDDEN TESTS
 ''',
