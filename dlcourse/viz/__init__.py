@@ -17,7 +17,8 @@ renders it without a display. Panels (ipywidgets 8) are explorers you display in
 - :mod:`dlcourse.viz.staleness`: :class:`StalenessExplorer`, N, S, staleness bound, lr policy,
   server shards, a student's own ``f(lr, tau)`` and "Run it for real";
 - :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau and residual;
-- :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M.
+- :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M;
+- :mod:`dlcourse.viz.speedup`: :class:`SpeedupExplorer`, speedup against N, parameter server vs ring.
 
 Everything public is importable from here: ``from dlcourse.viz import StalenessExplorer, timeline``.
 """
@@ -30,6 +31,7 @@ from dlcourse.viz.compression import CompressionExplorer, message_bytes_per_step
 from dlcourse.viz.figure import KIND_COLORS, PIPELINE_KINDS, TIMELINE_KINDS, Plot, lookup
 from dlcourse.viz.panel import PANEL_DEFAULTS, Panel, SimPanel, sim_config, slider
 from dlcourse.viz.pipeline import PipelineExplorer
+from dlcourse.viz.speedup import SpeedupExplorer
 from dlcourse.viz.runs import (
     CurvesPlot,
     IdlePlot,
@@ -63,6 +65,7 @@ __all__ = [  # every figure and panel, wherever it lives
     "PipelineExplorer",
     "RealRun",
     "SimPanel",
+    "SpeedupExplorer",
     "StalenessExplorer",
     "StragglerExplorer",
     "message_bytes_per_step",
