@@ -68,6 +68,36 @@ def test_straggler_explorer_redraws_in_place_when_a_slider_moves(small, base):
     assert "StragglerExplorer(" in repr(panel) and isinstance(panel.widget, W.VBox)
 
 
+def test_lesson_04s_n_slider_reruns_both_simulations_and_redraws(small, base):
+    """Lesson 04's straggler panel, moved as the lesson moves it: N from 4 to 16 (checked here, not there)."""
+    panel = viz.StragglerExplorer(num_workers=4, straggler_prob=0.1, base=base, data=small)
+    before = (panel.updates, panel.image.value, len(panel.results["sync"].idle_fraction))
+    panel.num_workers.value = 16
+    assert panel.updates == before[0] + 1 and panel.image.value != before[1] and before[2] == 4
+    assert len(panel.results["sync"].idle_fraction) == len(panel.results["async"].idle_fraction) == 16
+
+
+def test_lesson_05s_panel_moves_rerun_with_each_setting(small, base):
+    """Lesson 05's staleness panel, moved as the lesson moves it: lr policy, S, the clock bound."""
+    panel = viz.StalenessExplorer(num_workers=8, softsync=1, base=base, data=small)
+    image, accuracy = panel.image.value, panel.result.test.accuracy
+    assert "staleness σ mean" in panel.status.value  # the lessons' letter
+    panel.lr_policy.value = "staleness"
+    assert panel.result.config.lr_policy == "staleness" and panel.last_error is None
+    assert panel.image.value != image and panel.result.test.accuracy != accuracy
+    mean_async = panel.result.staleness_summary()["mean"]
+    panel.softsync.value = 4
+    assert panel.result.config.policy == "softsync" and panel.result.config.softsync == 4
+    assert panel.result.staleness_summary()["mean"] < mean_async
+    panel.softsync.value = 1
+    panel.bounded.value = True
+    panel.staleness_bound.value = 1
+    r = panel.result
+    assert r.config.policy == "bounded" and r.config.staleness_bound == 1 and panel.last_error is None
+    assert max(r.clock_lag) <= 1 and "clock lag max" in panel.status.value
+    assert "zhang" in panel.lr_policy.options  # Zhang et al.'s own count is on the menu too
+
+
 def test_staleness_explorer_clamps_S_when_N_drops(small, base):
     panel = viz.StalenessExplorer(num_workers=8, softsync=6, base=base, data=small)
     assert panel.result.config.policy == "softsync" and panel.result.config.softsync == 6
@@ -129,14 +159,14 @@ def test_staleness_explorer_shows_invalid_combinations_in_the_panel(small, base)
 def test_staleness_explorer_runs_a_students_lr_rule(small, base):
     seen = []
 
-    def damped(lr, tau):
-        seen.append(tau)
-        return lr / (1 + tau) ** 2
+    def damped(lr, sigma):
+        seen.append(sigma)
+        return lr / (1 + sigma) ** 2
 
     panel = viz.StalenessExplorer(num_workers=8, lr_policy=damped, base=base, data=small)
     assert panel.lr_policy.value == "yours: damped"
     assert panel.result.config.lr_policy is damped
-    assert sorted(set(seen)) == sorted(set(panel.result.staleness))  # called for every applied tau
+    assert sorted(set(seen)) == sorted(set(panel.result.staleness))  # called for every applied sigma
     loss_line = panel.curves_plot.lines["simulated"][0]
     yours = loss_line.get_ydata().copy()
     panel.lr_policy.value = "constant"
@@ -168,7 +198,7 @@ def test_staleness_explorer_overlays_a_real_run(small, base):
     xs, ys = panel.hist_plot.overlay.get_data()
     assert panel.hist_plot.overlay.get_visible() and ys.max() == pytest.approx(0.5)
     np.testing.assert_allclose(panel.curves_plot.lines["real"][1].get_ydata(), [0.1, 0.5])
-    assert "real run: staleness mean 1.00" in panel.status.value
+    assert "real run: staleness σ mean 1.00" in panel.status.value
     panel.servers.value = 2  # other settings: the real run no longer applies
     assert panel.real is None and "real" not in panel.curves_plot.lines
 

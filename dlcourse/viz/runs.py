@@ -156,23 +156,23 @@ def timeline(trace: Any, server_busy: Any = None, *, ax: Axes | None = None, tit
 # Staleness histogram
 
 
-def staleness_counts(taus: Any) -> np.ndarray:
-    """Counts per staleness 0..max from a list of taus, a {tau: count} dict, or a result."""
-    if taus is None:
+def staleness_counts(sigmas: Any) -> np.ndarray:
+    """Counts per staleness 0..max from a list of sigmas, a {sigma: count} dict, or a result."""
+    if sigmas is None:
         return np.zeros(0)
-    if not isinstance(taus, (Mapping, np.ndarray, list, tuple)):
-        taus = lookup(taus, "staleness", "taus", default=taus)
-    if isinstance(taus, Mapping) and "histogram" in taus:  # the JSON staleness summary
-        taus = taus["histogram"]
-    if isinstance(taus, Mapping):
-        hist = {int(k): int(v) for k, v in taus.items()}
+    if not isinstance(sigmas, (Mapping, np.ndarray, list, tuple)):
+        sigmas = lookup(sigmas, "staleness", "taus", default=sigmas)
+    if isinstance(sigmas, Mapping) and "histogram" in sigmas:  # the JSON staleness summary
+        sigmas = sigmas["histogram"]
+    if isinstance(sigmas, Mapping):
+        hist = {int(k): int(v) for k, v in sigmas.items()}
         if any(k < 0 or v < 0 for k, v in hist.items()):
-            raise ValueError(f"staleness histogram must have non-negative keys and counts, got {taus!r}")
+            raise ValueError(f"staleness histogram must have non-negative keys and counts, got {sigmas!r}")
         counts = np.zeros(max(hist, default=-1) + 1)
         for k, v in hist.items():
             counts[k] = v
         return counts
-    arr = np.asarray(list(taus), dtype=np.int64)
+    arr = np.asarray(list(sigmas), dtype=np.int64)
     if arr.size and arr.min() < 0:
         raise ValueError(f"staleness values must be >= 0, got min {arr.min()}")
     return np.bincount(arr).astype(float) if arr.size else np.zeros(0)
@@ -195,7 +195,7 @@ def _outline(heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class StalenessPlot(Plot):
-    """Fraction of applied updates per staleness tau; a second run (the real one) as an outline."""
+    """Fraction of applied updates per staleness σ; a second run (the real one) as an outline."""
 
     def __init__(self, ax: Axes | None = None):
         fig, ax = new_axes(ax, (5, 3.5))
@@ -204,13 +204,13 @@ class StalenessPlot(Plot):
         ax.add_collection(self.bars)
         (self.overlay,) = ax.plot([], [], color="black", lw=1.5, label="real run")
         self.mean_line = ax.axvline(0, color=KIND_COLORS["push"], ls="--", label="mean")
-        ax.set_xlabel("staleness tau (server versions behind)")
+        ax.set_xlabel("staleness σ (server versions behind)")
         ax.set_ylabel("fraction of updates")
         ax.legend(fontsize="small")
 
-    def update(self, taus: Any, real: Any = None, *, title: str | None = None) -> None:
-        """``taus``: staleness per applied update (or a histogram dict / result); ``real``: the same."""
-        frac = _fractions(staleness_counts(taus))
+    def update(self, sigmas: Any, real: Any = None, *, title: str | None = None) -> None:
+        """``sigmas``: staleness per applied update (or a histogram dict / result); ``real``: the same."""
+        frac = _fractions(staleness_counts(sigmas))
         self.bars.set_verts(bar_verts(np.arange(len(frac)), frac, 0.8))
         real_frac = _fractions(staleness_counts(real))
         self.overlay.set_data(*_outline(real_frac))
@@ -225,13 +225,13 @@ class StalenessPlot(Plot):
 
     @property
     def heights(self) -> np.ndarray:
-        """The drawn bar heights (fractions per tau)."""
+        """The drawn bar heights (fractions per sigma)."""
         return bar_heights(self.bars)
 
 
-def staleness_histogram(taus: Any, real: Any = None, *, ax: Axes | None = None) -> StalenessPlot:
+def staleness_histogram(sigmas: Any, real: Any = None, *, ax: Axes | None = None) -> StalenessPlot:
     """Histogram of the staleness of applied updates; ``real`` overlays a second run."""
-    return StalenessPlot(ax).drawn(taus, real)
+    return StalenessPlot(ax).drawn(sigmas, real)
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Sliders for N, soft-sync S (Zhang et al., "Staleness-aware Async-SGD for Distributed Deep
 Learning", IJCAI 2016), a staleness bound (stale synchronous parallel, Ho et al., NIPS
 2013), the lr policy and k server shards; the panel shows the staleness histogram and the
-test curves of the simulated run. A student's own rule ``f(lr, tau) -> lambda_n`` plugs
+test curves of the simulated run. A student's own rule ``f(lr, sigma) -> lambda_n`` plugs
 into the lr-policy menu, and "Run it for real" runs the same configuration on the real
 parameter server (:mod:`dlcourse.parameter_server`) and overlays what really happened.
 """
@@ -34,7 +34,7 @@ def _policy_name(fn: LrPolicy) -> str:
 class StalenessExplorer(SimPanel):
     """Stale gradients: N, soft-sync S, a staleness bound, the lr policy, k server shards.
 
-    ``lr_policy`` may be a student's function ``f(lr, tau) -> lambda_n``: it becomes the
+    ``lr_policy`` may be a student's function ``f(lr, sigma) -> lambda_n``: it becomes the
     selected entry of the lr-policy menu and is what the simulator (and the real run)
     apply. ``real_run(config, updates, progress)`` runs ``config`` on real processes
     (default: :func:`run_for_real_default`, the parameter server); ``progress(done, total)``
@@ -72,7 +72,7 @@ class StalenessExplorer(SimPanel):
             selected = lr_policy
             if selected not in self.policies:
                 raise ValueError(
-                    f"lr_policy must be one of {sorted(LR_POLICIES)} or a function f(lr, tau), "
+                    f"lr_policy must be one of {sorted(LR_POLICIES)} or a function f(lr, sigma), "
                     f"got {lr_policy!r}"
                 )
         self.num_workers = slider(W.IntSlider, "workers N", num_workers, 1, 32)
@@ -159,12 +159,12 @@ class StalenessExplorer(SimPanel):
             runs["real"] = real["curve"]
         self.curves_plot.update(runs)
         s = r.staleness_summary()
-        text = f"{config.policy}: staleness mean {s['mean']:.2f}, max {s['max']} (versions); "
+        text = f"{config.policy}: staleness σ mean {s['mean']:.2f}, max {s['max']} (versions); "
         if r.clock_lag:  # SSP's own figure, apart from the staleness: at most the bound
             text += f"clock lag max {max(r.clock_lag)} (bound {config.staleness_bound}); "
         text += f"test accuracy {r.test.accuracy:.3f} after {config.epochs} epoch(s)"
         if real:
-            text += f" | real run: staleness mean {real['mean']:.2f}"
+            text += f" | real run: staleness σ mean {real['mean']:.2f}"
             if real.get("note"):
                 text += f" ({html.escape(real['note'])})"
         return text
@@ -216,7 +216,7 @@ def _real_summary(outcome: Any) -> dict:
             "loss": [float(lookup(outcome, "test_loss"))],
             "accuracy": [float(lookup(outcome, "test_accuracy"))],
         }
-    histogram = {tau: int(c) for tau, c in enumerate(counts) if c}  # counts, not a list of taus
+    histogram = {sigma: int(c) for sigma, c in enumerate(counts) if c}  # counts, not a list of sigmas
     return {"staleness": histogram, "mean": mean, "curve": curve, "note": lookup(outcome, "note")}
 
 
