@@ -80,14 +80,19 @@ def _nbgrader() -> str:
     return str(Path(sys.executable).parent / "nbgrader")
 
 
-def prepare(course: Path, assignment: str, workdir: Path) -> Path:
-    """Copy the course's gradebook into ``workdir`` once (the template every job starts from)."""
-    course, workdir = Path(course), Path(workdir)
+def _check_course(course: Path, assignment: str) -> None:
     db = course / "gradebook.db"
     if not db.exists():
         raise ValueError(f"course has no gradebook.db at {db}: run nbgrader generate_assignment {assignment}")
     if not (course / "source" / assignment).is_dir():
         raise ValueError(f"assignment {assignment!r} has no source folder in {course / 'source'}")
+
+
+def prepare(course: Path, assignment: str, workdir: Path) -> Path:
+    """Copy the course's gradebook into ``workdir`` once (the template every job starts from)."""
+    course, workdir = Path(course), Path(workdir)
+    _check_course(course, assignment)
+    db = course / "gradebook.db"
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(db, workdir / TEMPLATE)
     return workdir / TEMPLATE
@@ -253,6 +258,7 @@ def grade_cohort(
     """
     jobs = check_int("jobs", jobs, low=1)
     course = Path(course).resolve()
+    _check_course(course, assignment)
     students = submitted_students(course, assignment) if students is None else list(students)
     if not students:
         raise ValueError(f"no submissions of {assignment!r} in {course / 'submitted'}")
