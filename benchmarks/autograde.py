@@ -97,9 +97,7 @@ def _cohort_course(path: Path, name: str, size: int) -> Course:
 def cohort(names, size: int, jobs: int) -> None:
     from dlcourse.cohort import grade_cohort
 
-    print(
-        f"cohort of {size} per assignment; sequential = one `nbgrader autograde`, parallel = cohort --jobs {jobs}"
-    )
+    print(f"{size} submissions each; sequential: one `nbgrader autograde`; parallel: cohort --jobs {jobs}")
     print(
         f"{'assignment':<22} {'n':>3} {'sequential s':>12} {'s/sub':>6} {'parallel s':>10} {'s/sub':>6} "
         f"{'speed-up':>8}  grades"
@@ -119,8 +117,8 @@ def cohort(names, size: int, jobs: int) -> None:
             if report.failed:
                 same += f"; failed: {[r.student for r in report.failed]}"
             print(
-                f"{name:<22} {size:>3} {seq_s:>12.1f} {seq_s / size:>6.1f} {par_s:>10.1f} {par_s / size:>6.1f} "
-                f"{seq_s / par_s:>7.2f}x  {same}",
+                f"{name:<22} {size:>3} {seq_s:>12.1f} {seq_s / size:>6.1f} {par_s:>10.1f} "
+                f"{par_s / size:>6.1f} {seq_s / par_s:>7.2f}x  {same}",
                 flush=True,
             )
 
