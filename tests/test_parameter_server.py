@@ -47,6 +47,8 @@ SMALL = dict(
         (dict(num_servers=9, model="cnn"), "num_servers must be <= 8"),
         (dict(staleness_bound=-1), "staleness_bound must be >= 0"),
         (dict(max_staleness=-1), "max_staleness must be >= 0"),
+        (dict(reduce="max"), "reduce must be one of"),
+        (dict(reduce="sum", aggregate=lambda p, u, l: p), "reduce must be 'mean' with an aggregate"),
         (dict(num_workers=3, softsync=2, max_staleness=1), "max_staleness needs softsync 1"),
         (dict(lr=0.0), "lr must be > 0"),
         (dict(lr_policy="fancy"), "lr_policy must be one of"),

@@ -244,6 +244,19 @@ def test_the_staleness_gate_refuses_what_it_cannot_keep(fields, message):
         SimConfig(**fields)
 
 
+def test_soft_sync_with_the_lectures_sum_is_the_mean_at_S_times_lambda(small):
+    """reduce="sum" (W - sum lambda_n dW, the lecture's formula) = the mean at S x lambda; S = 1 alike."""
+    base = dict(num_workers=6, policy="softsync", softsync=3, batch_size=16, evals_per_epoch=1, seed=2)
+    summed = simulate(SimConfig(reduce="sum", lr=0.05, **base), small)
+    mean = simulate(SimConfig(reduce="mean", lr=0.15, **base), small)
+    plain = simulate(SimConfig(reduce="mean", lr=0.05, **base), small)
+    torch.testing.assert_close(summed.params, mean.params, rtol=0, atol=1e-6)
+    assert summed.staleness == mean.staleness
+    assert not torch.allclose(summed.params, plain.params)  # the 1/S is not a no-op
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        SimConfig(reduce="max")
+
+
 def test_a_bound_no_worker_reaches_is_async_with_the_same_staleness(mnist):
     """One staleness for every policy: bounded with b = 10^6 is async, bit for bit and in tau."""
     base = dict(num_workers=8, epochs=1, straggler_prob=0.2, evals_per_epoch=1)

@@ -16,7 +16,7 @@ import torch
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.data import SOURCES
 from dlcourse.models import MODELS, make_model
-from dlcourse.staleness import LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
+from dlcourse.staleness import REDUCTIONS, LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
 
 DEVICES = ("cpu", "cuda")
 
@@ -31,6 +31,7 @@ class PSConfig(StalenessRules):
     softsync: int = 1  # S: pushes the server averages per update (1 = async, N = synchronous)
     staleness_bound: int | None = None  # b: a worker may be at most b steps ahead (None = no bound)
     max_staleness: int | None = None  # sigma_max: staleness gate, softsync 1 only (None = no gate)
+    reduce: str = "mean"  # soft sync: W - (1/S) sum lambda_n dW ("mean") or the lecture's sum ("sum")
     lr: float = 0.1  # lambda, the server's learning rate
     lr_policy: str | LrPolicy = "constant"  # "constant", "staleness", "zhang" or f(lr, sigma) -> lambda_n
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
@@ -78,6 +79,11 @@ class PSConfig(StalenessRules):
         check_float("lr", self.lr, low=0.0, low_open=True)
         resolve_lr_policy(self.lr_policy)
         self.check_rules()
+        check_choice("reduce", self.reduce, REDUCTIONS)
+        if self.aggregate is not None and self.reduce != "mean":
+            raise ValueError(
+                f"reduce must be 'mean' with an aggregate (it takes the mean), got {self.reduce!r}"
+            )
         check_int("batch_size", self.batch_size, low=1)
         check_int("epochs", self.epochs, low=1)
         if self.steps is not None:

@@ -248,6 +248,7 @@ class _Server:
             config.softsync,
             config.lr,
             config.lr_policy,
+            config.reduce,
             staleness_fn=config.staleness_fn,
             aggregate=config.aggregate,
         )

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.collectives import AlphaBeta
-from dlcourse.staleness import RULES, LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
+from dlcourse.staleness import REDUCTIONS, RULES, LrPolicy, StalenessRules, lr_policy_name, resolve_lr_policy
 
 # policy name -> run(cluster); dlcourse.sim.parameter_server registers sync, async, softsync, bounded
 POLICIES: dict[str, Callable[..., None]] = {}
@@ -47,6 +47,7 @@ class SimConfig(StalenessRules):
     softsync: int | None = None  # S, updates the server collects before applying (policy "softsync")
     staleness_bound: int | None = None  # b: max steps ahead of the slowest worker (policy "bounded")
     max_staleness: int | None = None  # sigma_max: staleness gate, S = 1 only (None: no gate)
+    reduce: str = "mean"  # soft sync: W - (1/S) sum lambda_n dW ("mean") or the lecture's sum ("sum")
     lr: float = 0.1  # lambda, the server's learning rate (plain SGD)
     lr_policy: str | LrPolicy = "constant"  # lambda_n: "constant", "staleness", "zhang" or f(lr, sigma)
     model: str = "mlp"  # "mlp" (fast) or "cnn" (the lecture's network)
@@ -87,6 +88,11 @@ class SimConfig(StalenessRules):
         check_float("lr", self.lr, low=0.0, low_open=True)
         resolve_lr_policy(self.lr_policy)
         self.check_rules()
+        check_choice("reduce", self.reduce, REDUCTIONS)
+        if self.aggregate is not None and self.reduce != "mean":
+            raise ValueError(
+                f"reduce must be 'mean' with an aggregate (it takes the mean), got {self.reduce!r}"
+            )
         check_choice("model", self.model, ("mlp", "cnn"))
         check_int("epochs", self.epochs, low=1)
         check_int("batch_size", self.batch_size, low=1)

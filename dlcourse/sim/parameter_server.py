@@ -10,7 +10,8 @@ one at a time, first come first served, with the rules of :mod:`dlcourse.stalene
 
 - ``async``: every update is applied on arrival (S = 1); staleness grows with N.
 - ``softsync``: the server collects S updates, then applies their mean (Zhang et al.,
-  IJCAI 2016); a worker whose update waits in an unfinished batch waits with it.
+  IJCAI 2016; ``reduce="sum"``: their sum, the lecture's formula as written); a worker
+  whose update waits in an unfinished batch waits with it.
 - ``sync``: S = N, so each step averages one gradient from every worker, all computed
   from the same parameters: synchronous data parallelism and its "last executor" effect.
 - ``bounded``: async, but a worker may start its step c only while c is at most
@@ -51,7 +52,7 @@ def run_parameter_server(cluster: Cluster) -> None:
     # see the same updates in the same order, so they stay at the same version
     bounds = cluster.shard_bounds
     shards = [
-        SoftSync(n, S, c.lr, c.lr_policy, staleness_fn=c.staleness_fn, aggregate=c.aggregate)
+        SoftSync(n, S, c.lr, c.lr_policy, c.reduce, staleness_fn=c.staleness_fn, aggregate=c.aggregate)
         for _ in range(k)
     ]
     W_parts = [[cluster.W[bounds[j] : bounds[j + 1]]] for j in range(k)]
