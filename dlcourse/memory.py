@@ -177,9 +177,10 @@ class SavedActivations:
     - ``saved.live``: bytes alive now (0 once every graph was freed by its backward).
 
     Parameters (and views of them, like ``weight.t()``) that autograd saves are not
-    activations and are not counted: a tensor is left out when its storage is that of one of
-    ``model``'s parameters at the time it is saved, of any tensor in ``exclude``, or when it
-    is a leaf that requires grad. Storages are counted once however many ops save them.
+    activations and are not counted: a tensor is left out when it is an ``nn.Parameter`` or a
+    view of one, or when its storage is that of one of ``model``'s parameters at the time it
+    is saved or of a tensor in ``exclude`` (weights a runtime keeps as plain tensors). Storages
+    are counted once however many ops save them.
     """
 
     def __init__(self, model: nn.Module | None = None, *, exclude: Iterable[torch.Tensor] = ()) -> None:
@@ -207,7 +208,8 @@ class SavedActivations:
         return keys
 
     def _pack(self, t: torch.Tensor) -> Any:
-        if isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad):
+        base = t._base if t._base is not None else t  # autograd saves w.t() for a Linear: a view of w
+        if isinstance(base, nn.Parameter):
             return t
         key3 = _storage_key(t)
         if key3 is None:
@@ -317,26 +319,50 @@ def shard_numel(numel: int, num_workers: int) -> int:
 
 _INDEX_BYTES = 8  # max-pooling keeps int64 indices of the maxima for its backward pass
 
-
-def _cnn_saved(batch: int, e: int, tp: int) -> list[int]:
-    """Bytes autograd saves per layer boundary of MnistCNN + cross-entropy (see activation_bytes)."""
-    return [
-        batch * 784 * e,  # input image, kept by conv1
-        batch * 32 * 24 * 24 * e,  # conv1 output, kept by max-pool 1
-        batch * 32 * 12 * 12 * (e + _INDEX_BYTES),  # pool 1 output (kept by conv2) + its indices
-        batch * 64 * 8 * 8 * e,  # conv2 output, kept by max-pool 2
-        batch * 64 * 4 * 4 * (e + _INDEX_BYTES),  # pool 2 output (kept by the first dense) + indices
-        batch * 1024 * e // tp,  # ReLU output, kept by ReLU and the last dense (split by TP)
-        batch * 10 * e + batch * 8,  # log-softmax output and the int64 targets of the loss
-    ]
+# What each layer of an nn.Sequential makes autograd save, as (storage, elements or bytes):
+# storages are named so that a tensor two layers save (the ReLU output) counts once.
+# ("e", n): n elements of the compute dtype; ("b", n): n bytes. "/tp": split by tensor parallelism.
 
 
-def _mlp_saved(batch: int, e: int, tp: int, hidden: int) -> list[int]:
-    return [
-        batch * 784 * e,  # flattened input, kept by the first dense layer
-        batch * hidden * e // tp,  # ReLU output, kept by ReLU and the second dense (split by TP)
-        batch * 10 * e + batch * 8,  # log-softmax output and the int64 targets of the loss
-    ]
+def _sequential_saves(kind: str, batch: int, e: int, tp: int, hidden: int):
+    """(per-layer saves, per-layer output storage, the loss's saves) of MnistCNN or MLP."""
+    if kind == "cnn":
+        layers = [
+            [("x", batch * 784 * e)],  # conv1 keeps its input
+            [("c1", batch * 18432 * e), ("i1", batch * 4608 * _INDEX_BYTES)],  # pool 1: input, indices
+            [("p1", batch * 4608 * e)],  # conv2 keeps its input
+            [("c2", batch * 4096 * e), ("i2", batch * 1024 * _INDEX_BYTES)],  # pool 2: input, indices
+            [],  # flatten: a view
+            [("p2", batch * 1024 * e)],  # dense 1 keeps its input (pool 2's output)
+            [("r", batch * 1024 * e // tp)],  # ReLU keeps its output (split under TP)
+            [("r", batch * 1024 * e // tp)],  # dense 2 keeps its input: the same storage
+        ]
+        outputs = ["c1", "p1", "c2", "p2", "p2", "d1", "r", "logits"]
+    else:
+        layers = [
+            [],  # flatten: a view of the input
+            [("x", batch * 784 * e)],  # dense 1 keeps its input
+            [("r", batch * hidden * e // tp)],  # ReLU keeps its output
+            [("r", batch * hidden * e // tp)],  # dense 2 keeps its input: the same storage
+        ]
+        outputs = ["x", "d1", "r", "logits"]
+    loss = [("logp", batch * 10 * e), ("y", batch * 8)]  # cross-entropy: log-softmax output, int64 targets
+    return layers, outputs, loss
+
+
+def _distinct(saves) -> int:
+    return sum(dict(saves).values())
+
+
+def _segment_bounds(num_layers: int, segments: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of layers, sizes within one (as dlcourse.recompute cuts them)."""
+    base, extra = divmod(num_layers, segments)
+    bounds, start = [], 0
+    for s in range(segments):
+        stop = start + base + (1 if s < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def _gpt_layer(batch: int, e: int, tp: int, seq_len: int, d_model: int, heads: int) -> int:
@@ -348,37 +374,23 @@ def _gpt_layer(batch: int, e: int, tp: int, seq_len: int, d_model: int, heads: i
     return replicated + split + scores
 
 
-def activation_bytes(
+def activation_parts(
     model_kind: str,
     batch: int,
     *,
     precision: str = "fp32",
     tp: int = 1,
     recompute: bool = False,
+    segments: int = 2,
     hidden: int = 64,
     seq_len: int = 1024,
     d_model: int = 4096,
     heads: int = 32,
     layers: int = 32,
-) -> int:
-    """Estimated bytes autograd saves for backward in one forward pass of ``batch`` examples.
-
-    - ``"cnn"``: the lecture's CNN plus the cross-entropy loss, tensor by tensor (the input
-      of each convolution, pooling outputs with their int64 indices, the ReLU output). Exact
-      up to a few scalars against :class:`SavedActivations`.
-    - ``"mlp"``: :class:`dlcourse.models.MLP` with ``hidden`` units plus the loss.
-    - ``"gpt"``: ``layers`` transformer layers of width ``d_model``, ``heads`` heads,
-      ``seq_len`` tokens per example (Korthikanti et al., "Reducing Activation Recomputation
-      in Large Transformer Models", 2022: ``s b h (34 + 5 a s / h)`` bytes per layer in 16 bits;
-      with tensor parallelism ``s b h (10 + 24/t + 5 a s / (h t))``); embeddings and the
-      output layer are left out, as in the paper.
-
-    ``tp`` splits what tensor-parallel layers hold (for the CNN and MLP, the hidden layer of
-    the dense block; for GPT, the attention and MLP internals). ``recompute``: only each
-    layer's input is kept, and during backward one layer's activations are recomputed at a
-    time, so the peak is the sum of layer inputs plus the largest layer's saved tensors.
-    Element size from ``precision``: 4 bytes (fp32), 2 (mixed), 8 (fp64).
-    """
+) -> tuple[int, int]:
+    """``(held, rebuilt)``: bytes saved by the forward and held until backward, and the most
+    bytes one recomputed segment saves again while backward reruns it (0 without recompute).
+    The peak of a step is their sum (:func:`activation_bytes`); see there for the arguments."""
     check_choice("model_kind", model_kind, MODEL_KINDS)
     check_int("batch", batch, low=1)
     e = _WEIGHT_BYTES[check_choice("precision", precision, PRECISIONS)]
@@ -389,20 +401,77 @@ def activation_bytes(
         for name, value in (("seq_len", seq_len), ("d_model", d_model), ("heads", heads), ("layers", layers)):
             check_int(name, value, low=1)
         layer = _gpt_layer(batch, e, tp, seq_len, d_model, heads)
-        if recompute:
-            return layers * seq_len * batch * d_model * e + layer
-        return layers * layer
-    if model_kind == "cnn":
-        saved = _cnn_saved(batch, e, tp)
-        # the input of every layer: image, conv1, pool1, conv2, pool2, dense1 and ReLU outputs, logits
-        inputs = [batch * n * e for n in (784, 18432, 4608, 4096, 1024, 1024 // tp, 1024 // tp, 10)]
-    else:
-        check_int("hidden", hidden, low=1)
-        saved = _mlp_saved(batch, e, tp, hidden)
-        inputs = [batch * n * e for n in (784, hidden // tp, hidden // tp, 10)]
-    if recompute:
-        return sum(inputs) + max(saved)
-    return sum(saved)
+        if recompute:  # every layer is a segment: its input (s b h elements) is kept
+            return layers * seq_len * batch * d_model * e, layer
+        return layers * layer, 0
+    check_int("hidden", hidden, low=1)
+    saves, outputs, loss = _sequential_saves(model_kind, batch, e, tp, hidden)
+    if not recompute:
+        return _distinct([s for layer in saves for s in layer] + loss), 0
+    check_int("segments", segments, low=1, high=len(saves))
+    bounds = _segment_bounds(len(saves), segments)
+    sizes = dict(s for layer in saves for s in layer)
+    sizes["x"] = batch * 784 * e
+    sizes["d1"] = (
+        batch * (1024 if model_kind == "cnn" else hidden) * e // tp
+    )  # dense 1's output: saved by none
+    inputs = ["x"] + [outputs[start - 1] for start, _ in bounds[1:]]
+    held = _distinct([(name, sizes.get(name, 0)) for name in inputs] + loss)
+    rebuilt = 0
+    for (start, stop), name in zip(bounds, inputs):
+        inside = [s for layer in saves[start:stop] for s in layer if s[0] != name]
+        rebuilt = max(rebuilt, _distinct(inside))
+    return held, rebuilt
+
+
+def activation_bytes(
+    model_kind: str,
+    batch: int,
+    *,
+    precision: str = "fp32",
+    tp: int = 1,
+    recompute: bool = False,
+    segments: int = 2,
+    hidden: int = 64,
+    seq_len: int = 1024,
+    d_model: int = 4096,
+    heads: int = 32,
+    layers: int = 32,
+) -> int:
+    """Estimated peak bytes autograd saves for backward in one step on ``batch`` examples.
+
+    - ``"cnn"``: the lecture's CNN plus the cross-entropy loss, tensor by tensor (the input
+      of each convolution, pooling inputs with their int64 indices, the ReLU output). Equal,
+      up to a few scalars, to what :class:`SavedActivations` measures.
+    - ``"mlp"``: :class:`dlcourse.models.MLP` with ``hidden`` units plus the loss.
+    - ``"gpt"``: ``layers`` transformer layers of width ``d_model``, ``heads`` heads,
+      ``seq_len`` tokens per example (Korthikanti et al., "Reducing Activation Recomputation
+      in Large Transformer Models", 2022: ``s b h (34 + 5 a s / h)`` bytes per layer in 16 bits;
+      with tensor parallelism ``s b h (10 + 24/t + 5 a s / (h t))``); embeddings and the
+      output layer are left out, as in the paper.
+
+    ``tp`` splits what tensor-parallel layers hold (for the CNN and MLP, the hidden layer of
+    the dense block; for GPT, the attention and MLP internals). ``recompute`` (Chen et al.
+    2016): only the inputs of ``segments`` contiguous segments of the CNN's or MLP's layers
+    are held (as :func:`dlcourse.recompute.recompute_segments` cuts them; GPT: every layer
+    is a segment), and during backward one segment at a time is rebuilt, so the peak is the
+    held inputs plus the largest segment (:func:`activation_parts` gives both). Element
+    size from ``precision``: 4 bytes (fp32), 2 (mixed), 8 (fp64).
+    """
+    held, rebuilt = activation_parts(
+        model_kind,
+        batch,
+        precision=precision,
+        tp=tp,
+        recompute=recompute,
+        segments=segments,
+        hidden=hidden,
+        seq_len=seq_len,
+        d_model=d_model,
+        heads=heads,
+        layers=layers,
+    )
+    return held + rebuilt
 
 
 # -- a whole layout: data x tensor x pipeline parallelism -------------------------------------
@@ -426,7 +495,8 @@ class Layout:
     pp: int = 1  # K, pipeline stages: the layers split over K devices
     microbatches: int = 1  # M, micro-batches per step (pipeline schedules, gradient accumulation)
     schedule: str = "1f1b"  # "gpipe" (all M forwards, then backwards) or "1f1b" (at most K in flight)
-    recompute: bool = False  # activation recomputation: keep only each layer's input
+    recompute: bool = False  # activation recomputation: keep only each segment's input
+    segments: int = 2  # recomputed segments of the CNN's or MLP's layers (GPT: one per layer)
     precision: str = "fp32"  # "fp32" (this library's runs), "mixed" (bf16 + fp32 master), "fp64"
     optimizer: str = "adam"  # "sgd", "momentum" or "adam"
     units: tuple[int, ...] | None = None  # sizes of the flat buffers ZeRO shards (None: one, all P / (T K))
@@ -483,7 +553,7 @@ class Layout:
             raise ValueError(
                 f"batch ({self.batch}) must split into microbatches ({self.microbatches}) equal parts"
             )
-        for name in ("hidden", "seq_len", "d_model", "heads", "layers"):
+        for name in ("segments", "hidden", "seq_len", "d_model", "heads", "layers"):
             check_int(name, getattr(self, name), low=1)
         if self.model_kind == "gpt" and self.pp > self.layers:
             raise ValueError(f"pp ({self.pp}) must be <= layers ({self.layers}): a stage holds whole layers")
@@ -547,24 +617,28 @@ def predict(layout: Layout) -> MemoryBreakdown:
 
 
 def _layout_activations(layout: Layout) -> int:
+    """In-flight micro-batches' held activations on a stage, plus one segment rebuilt."""
     if layout.model_kind is None:
         return 0
     micro = layout.batch // layout.microbatches
     kw = dict(precision=layout.precision, tp=layout.tp, recompute=layout.recompute)
     if layout.model_kind == "gpt":
-        per_stage = activation_bytes(
+        layers = -(-layout.layers // layout.pp)
+        held, rebuilt = activation_parts(
             "gpt",
             micro,
             **kw,
             seq_len=layout.seq_len,
             d_model=layout.d_model,
             heads=layout.heads,
-            layers=-(-layout.layers // layout.pp),
+            layers=layers,
         )
     else:
-        whole = activation_bytes(layout.model_kind, micro, **kw, hidden=layout.hidden)
-        per_stage = -(-whole // layout.pp)
-    return per_stage * layout.in_flight()
+        held, rebuilt = activation_parts(
+            layout.model_kind, micro, **kw, segments=layout.segments, hidden=layout.hidden
+        )
+        held = -(-held // layout.pp)  # an even split over the stages: an estimate
+    return held * layout.in_flight() + rebuilt
 
 
 # -- the planner: does it fit, and how long does a step take? ---------------------------------
