@@ -1,0 +1,189 @@
+"""Reduce-scatter and all-gather on a ring (ours vs torch.distributed), their bytes, the alpha-beta model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlcourse import collectives
+from dlcourse.collectives import (
+    AlphaBeta,
+    all_gather_bytes,
+    allreduce_bytes_per_rank,
+    collective_steps,
+    fit,
+    fit_alpha_beta,
+    reduce_scatter_bytes,
+    ring_all_gather,
+    ring_allreduce_bytes,
+    ring_reduce_scatter,
+)
+from dlcourse.launcher import launch
+from dlcourse.sim import SimConfig, simulate
+
+SIZES = (1, 2, 5, 7, 13, 64, 1001)  # numel: smaller than N, odd, not a multiple of N
+
+
+def _ours_vs_torch(rank, world_size, sizes):
+    """Every size, integer-valued float64 and int64 (sums exact): ours, torch's, and what we sent."""
+    sent = []
+    isend = dist.isend
+
+    def counting_isend(tensor, dst, *args, **kwargs):  # count what our ring puts on the wire
+        sent.append(tensor.numel() * tensor.element_size())
+        return isend(tensor, dst, *args, **kwargs)
+
+    collectives.dist.isend = counting_isend
+    out = []
+    for numel in sizes:
+        for dtype in (torch.float64, torch.int64):
+            g = torch.Generator().manual_seed(1000 * rank + numel)
+            x = torch.randint(-1000, 1000, (numel,), generator=g).to(dtype).reshape(-1)
+            if numel % 2 == 0:
+                x = x.view(2, -1)  # any shape: flattened
+            sent.clear()
+            ours = ring_reduce_scatter(x)
+            rs_sent = sum(sent)
+            shard = math.ceil(numel / world_size)
+            padded = torch.zeros(shard * world_size, dtype=dtype)
+            padded[:numel] = x.reshape(-1)
+            theirs = torch.empty(shard, dtype=dtype)
+            dist.reduce_scatter_tensor(theirs, padded)
+            sent.clear()
+            gathered = ring_all_gather(ours)
+            ag_sent = sum(sent)
+            reference = torch.empty(shard * world_size, dtype=dtype)
+            dist.all_gather_into_tensor(reference, ours)
+            total = x.clone()
+            dist.all_reduce(total)
+            out.append(
+                {
+                    "numel": numel,
+                    "reduce_scatter": torch.equal(ours, theirs),
+                    "all_gather": torch.equal(gathered, reference),
+                    "round_trip": torch.equal(ring_all_gather(ours, numel=numel), total.reshape(-1)),
+                    "shard": ours.numel() == shard,
+                    "bytes": (rs_sent, ag_sent, shard * world_size * x.element_size()),
+                }
+            )
+    collectives.dist.isend = isend
+    return out
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_ring_collectives_equal_torch_distributed(world_size):
+    """Ours == reduce_scatter_tensor / all_gather_into_tensor (gloo), bit for bit, for odd sizes."""
+    for rank, results in enumerate(
+        launch(_ours_vs_torch, world_size, SIZES, threads_per_worker=1, run_timeout=120)
+    ):
+        for r in results:
+            assert r["reduce_scatter"] and r["all_gather"] and r["round_trip"] and r["shard"], (rank, r)
+            rs_sent, ag_sent, padded_bytes = r["bytes"]
+            # each of N-1 steps sends one chunk: (N-1)/N of the padded tensor, the formula's bytes
+            assert rs_sent == ag_sent == reduce_scatter_bytes(padded_bytes, world_size)
+
+
+def test_ring_collectives_need_a_process_group_and_a_tensor():
+    if dist.is_initialized():  # pragma: no cover - only under torchrun
+        pytest.skip("a process group exists in this process")
+    with pytest.raises(RuntimeError, match="no process group"):
+        ring_reduce_scatter(torch.zeros(4))
+    with pytest.raises(ValueError, match="shard must be a torch.Tensor"):
+        ring_all_gather([1.0, 2.0])
+
+
+# ------------------------------------------------------------------- bytes and steps
+
+
+@settings(max_examples=100, deadline=None)
+@given(nbytes=st.integers(0, 10**12), n=st.integers(1, 1024))
+def test_an_all_reduce_is_a_reduce_scatter_plus_an_all_gather(nbytes, n):
+    """Per rank: (N-1)/N each half, 2(N-1)/N in all; all ranks together: the ring's 2(N-1) x size."""
+    rs, ag, ar = (
+        reduce_scatter_bytes(nbytes, n),
+        all_gather_bytes(nbytes, n),
+        allreduce_bytes_per_rank(nbytes, n),
+    )
+    assert rs == ag == pytest.approx((n - 1) / n * nbytes)
+    assert ar == pytest.approx(rs + ag)
+    assert n * ar == pytest.approx(ring_allreduce_bytes(nbytes, n))
+    assert rs <= nbytes and ar < 2 * nbytes or nbytes == 0
+    steps = [collective_steps(op, n) for op in ("reduce_scatter", "all_gather", "all_reduce")]
+    assert steps == [n - 1, n - 1, 2 * (n - 1)]
+
+
+def test_one_rank_sends_nothing():
+    assert reduce_scatter_bytes(100, 1) == allreduce_bytes_per_rank(100, 1) == 0
+    assert AlphaBeta(1e-3, 1e9).time("all_reduce", 10**6, 1) == 0
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="num_workers"):
+        reduce_scatter_bytes(10, 0)
+    with pytest.raises(ValueError, match="nbytes"):
+        all_gather_bytes(-1, 2)
+    with pytest.raises(ValueError, match="op"):
+        collective_steps("broadcast", 2)
+    with pytest.raises(ValueError, match="beta_bytes_per_s"):
+        AlphaBeta(1e-4, 0)
+    with pytest.raises(ValueError, match="alpha_s"):
+        AlphaBeta(-1, 1e9)
+    with pytest.raises(ValueError, match="sizes"):
+        collectives.measure_collectives(2, sizes=())
+    with pytest.raises(ValueError, match="num_workers"):
+        fit_alpha_beta(num_workers=1)
+
+
+# ------------------------------------------------------------------- the alpha-beta model
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    alpha=st.floats(1e-6, 1e-2),
+    beta=st.floats(1e7, 1e11),
+    n=st.integers(2, 16),
+)
+def test_time_is_steps_times_alpha_plus_bytes_over_beta_and_fit_recovers_it(alpha, beta, n):
+    """Times made by a known model are fitted back to that model."""
+    model = AlphaBeta(alpha, beta)
+    nbytes = 4 * 10**6
+    assert model.time("all_reduce", nbytes, n) == pytest.approx(
+        2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes / beta
+    )
+    assert model.time("send", nbytes, n) == pytest.approx(alpha + nbytes / beta)
+    times = {(op, s): model.time(op, s, n) for op in collectives.FIT_OPS for s in (1024, 65536, 4 * 1024**2)}
+    fitted = fit(times, n)
+    assert fitted.alpha_s == pytest.approx(alpha, rel=1e-6)
+    assert fitted.beta_bytes_per_s == pytest.approx(beta, rel=1e-6)
+
+
+@pytest.mark.multiprocess
+def test_fit_alpha_beta_on_real_processes_gives_positive_finite_numbers():
+    """Measured gloo times on 2 processes: a latency and a bandwidth, both positive and finite."""
+    fitted = fit_alpha_beta(2, sizes=(1024, 64 * 1024, 1024**2), repeats=3)
+    assert 0 < fitted.alpha_s < 1 and math.isfinite(fitted.alpha_s)
+    assert 1e5 < fitted.beta_bytes_per_s < 1e13
+    assert "us" in repr(fitted) and "GB/s" in repr(fitted)
+
+
+# ------------------------------------------------------------------- the simulator's network
+
+
+def test_the_simulator_uses_a_fitted_network():
+    """network=AlphaBeta sets every message's latency and bandwidth; the default is unchanged."""
+    network = AlphaBeta(alpha_s=2e-3, beta_bytes_per_s=5e7)
+    base = dict(policy="sync", num_workers=2, epochs=1, model="mlp", evals_per_epoch=1)
+    fitted = SimConfig(**base, network=network)
+    assert (fitted.latency, fitted.bandwidth) == (2e-3, 5e7)
+    assert SimConfig(**base).latency == 1e-4 and SimConfig(**base).network is None
+    by_hand = SimConfig(**base, latency=2e-3, bandwidth=5e7)
+    a, b = simulate(fitted), simulate(by_hand)
+    assert a.virtual_s == b.virtual_s and a.virtual_s > simulate(SimConfig(**base)).virtual_s
+    with pytest.raises(ValueError, match="network"):
+        SimConfig(**base, network=(2e-3, 5e7))
