@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ from dlcourse.sim import (
     simulate,
 )
 from dlcourse.sim.decentralized import DecentralizedSimConfig
+from dlcourse.sim.parameter_server import incorporation_delays
 
 PROPERTY = settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -255,6 +257,43 @@ def test_soft_sync_with_the_lectures_sum_is_the_mean_at_S_times_lambda(small):
     assert not torch.allclose(summed.params, plain.params)  # the 1/S is not a no-op
     with pytest.raises(ValueError, match="reduce must be one of"):
         SimConfig(reduce="max")
+
+
+def brute_force_incorporation(result) -> list[float]:
+    """The oracle: for each applied update, scan every pull of every other worker."""
+    starts = {w: [e.end for e in result.trace if e.kind == "pull" and e.worker == w] for w in range(8)}
+    ends = {w: [e.end for e in result.trace if e.kind == "compute" and e.worker == w] for w in range(8)}
+    delays = []
+    for i, (worker, step) in enumerate(result.apply_log):
+        later = [starts[w][s] for w, s, held in result.pull_log if held > i and w != worker]
+        if later:
+            delays.append(min(later) - ends[worker][step])
+    return delays
+
+
+@pytest.mark.parametrize("policy", ["sync", "async", "softsync", "bounded"])
+def test_incorporation_delays_match_a_brute_force_scan(small, policy):
+    config = SimConfig(
+        num_workers=4,
+        policy=policy,
+        softsync=2 if policy == "softsync" else None,
+        staleness_bound=1 if policy == "bounded" else None,
+        batch_size=16,
+        straggler_prob=0.3,
+        evals_per_epoch=1,
+    )
+    result = simulate(config, small)
+    delays = incorporation_delays(result)
+    assert delays == pytest.approx(brute_force_incorporation(result))
+    assert len(delays) >= result.updates - 2 * 4 and min(delays) >= 0  # the last ones nobody pulls
+
+
+def test_async_workers_incorporate_others_updates_sooner(small):
+    """The lecture's claim, with a straggler: a fast worker's update reaches the others sooner."""
+    base = dict(num_workers=3, batch_size=16, worker_speeds=(0.25, 1.0, 1.0), evals_per_epoch=1)
+    sync = incorporation_delays(simulate(SimConfig(policy="sync", **base), small))
+    asyn = incorporation_delays(simulate(SimConfig(policy="async", **base), small))
+    assert statistics.mean(asyn) < 0.75 * statistics.mean(sync)
 
 
 def test_a_bound_no_worker_reaches_is_async_with_the_same_staleness(mnist):

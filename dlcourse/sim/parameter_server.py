@@ -173,3 +173,36 @@ def run_parameter_server(cluster: Cluster) -> None:
 
 for _policy in ("sync", "async", "softsync", "bounded"):  # they differ only in S and the bound
     register_policy(_policy, run_parameter_server)
+
+
+def incorporation_delays(result) -> list[float]:
+    """Virtual seconds from each update's push until another worker first computes from it.
+
+    The lecture's second argument for asynchronous SGD: workers "incorporate information
+    (parameter updates) from other workers sooner than when using synchronous updating".
+    For every applied update (in ``result.apply_log`` order) this finds the earliest moment
+    another worker starts computing from parameters that contain it (its pull has arrived,
+    ``result.pull_log`` says how many updates that pull held) and subtracts the moment the
+    update was pushed (its compute ended, ``result.trace``). Updates no other worker ever
+    pulled (the last ones) are left out.
+    """
+    n = result.config.num_workers
+    pushed: list[list[float]] = [[] for _ in range(n)]  # worker -> end of each compute, in step order
+    arrived: list[list[float]] = [[] for _ in range(n)]  # worker -> end of each pull (computing starts)
+    for e in result.trace:
+        if e.kind == "compute":
+            pushed[e.worker].append(e.end)
+        elif e.kind == "pull":
+            arrived[e.worker].append(e.end)
+    pulls = sorted((held, arrived[w][step], w) for w, step, held in result.pull_log)
+    first: dict[int, float] = {}  # worker -> earliest start among the pulls added so far
+    delays = []
+    for i in range(len(result.apply_log) - 1, -1, -1):  # the pulls holding update i: held > i
+        while pulls and pulls[-1][0] > i:
+            _, t, w = pulls.pop()
+            first[w] = min(t, first.get(w, t))
+        worker, step = result.apply_log[i]
+        others = [t for w, t in first.items() if w != worker]
+        if others:
+            delays.append(min(others) - pushed[worker][step])
+    return delays[::-1]
