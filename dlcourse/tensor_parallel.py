@@ -48,6 +48,7 @@ over 2 ranks), or :func:`train_tensor_parallel` from Python.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -469,6 +470,7 @@ def tensor_parallel_worker(
         "steps": total,
         "batch": config.batch_size,
         "step_s": sum(step_s) / len(step_s) if step_s else 0.0,
+        "step_s_median": statistics.median(step_s) if step_s else 0.0,
         "compute_s": None,  # the all-reduces sit inside forward and backward
         "sync_s": None,
         "delay_s": 0.0,
@@ -546,7 +548,13 @@ def train_tensor_parallel(
             "per_rank": [
                 {
                     k: o[k]
-                    for k in ("parameter_count", "state_bytes", "peak_activation_bytes", "allreduced_bytes")
+                    for k in (
+                        "parameter_count",
+                        "state_bytes",
+                        "peak_activation_bytes",
+                        "allreduced_bytes",
+                        "step_s_median",
+                    )
                 }
                 for o in outputs
             ]
