@@ -100,11 +100,12 @@ def test_the_grading_commands_refuse_bad_arguments_in_one_line(tmp_path):
 
 
 # A submission that records, in its own kernel, the inputs its A4.1 function is called with,
-# and prints the environment its code sees (the student's key is there, the secret is not).
+# and the environment its code sees (the student's key is there, the secret is not).
 SPY = """
 import os
 if os.environ.get("DLCOURSE_SANDBOX") != "1":  # the kernel, not the judge's sandbox
-    print(sorted(os.environ.items()))
+    with open("environ.txt", "w") as f:
+        f.write(repr(sorted(os.environ.items())))
     _cut = cut_into_stages
     def cut_into_stages(num_layers, num_stages):
         with open("inputs.txt", "a") as f:
@@ -171,15 +172,25 @@ def test_a_cohort_graded_twice_in_parallel_gets_identical_grades_and_feedback(tm
     assert once["inputs"]["spy_ann"] != once["inputs"]["spy_bob"]
     assert once["inputs"]["spy_ann"].startswith("5 2\n")
     # the student's code saw its key, never the secret; neither the release nor feedback holds it
-    graded = (course.path / "autograded" / "spy_ann" / NAME / f"{NAME}.ipynb").read_text()
-    assert grading.KEY_ENV in graded and grading.grading_key(SECRET, "spy_ann") in graded
-    assert SECRET not in graded
+    environ = (course.path / "autograded" / "spy_ann" / NAME / "environ.txt").read_text()
+    assert grading.KEY_ENV in environ and grading.grading_key(SECRET, "spy_ann") in environ
+    assert SECRET not in environ
     for path in [*(course.path / "release").rglob("*"), *(course.path / "feedback").rglob("*")]:
         assert not path.is_file() or SECRET not in path.read_text(errors="replace"), path
 
     second = _cli("cohort", NAME, "--jobs", "2", "--course", str(course.path))
     assert second.returncode == 1 and "4 graded, 1 failed" in second.stdout, second.stdout
-    assert _snapshot(course) == once, "a regrade changed scores, feedback or hidden inputs"
+    again = _snapshot(course)
+    assert again["scores"] == once["scores"], "a regrade changed scores"
+    assert again["inputs"] == once["inputs"], "a regrade changed the hidden inputs"
+    for student, html in once["feedback"].items():
+        if again["feedback"][student] != html:
+            import difflib
+
+            diff = difflib.unified_diff(
+                html.splitlines(), again["feedback"][student].splitlines(), lineterm=""
+            )
+            pytest.fail(f"a regrade changed {student}'s feedback:\n" + "\n".join(list(diff)[:40]))
     assert _grade_rows(course) == rows, "a regrade added grades"
 
     # the scheduler's path: the jobs' results merged into another copy of the course
