@@ -51,7 +51,6 @@ here as :func:`fsdp2_worker`: the oracle the tests and the benchmark compare aga
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,8 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcourse._validate import check_choice, check_int
+from dlcourse.collectives import all_gather_bytes, reduce_scatter_bytes, ring_all_gather, ring_reduce_scatter
 from dlcourse.data import Dataset
-from dlcourse.memory import MemoryBreakdown, state_bytes
+from dlcourse.memory import MemoryBreakdown, bytes_per_parameter, shard_numel, state_bytes
 from dlcourse.models import make_model
 from dlcourse.train import make_optimizer
 from dlcourse.worker_run import (
@@ -87,8 +87,7 @@ def shard_layout(numel: int, world_size: int) -> tuple[int, int]:
     """``(shard, padded)``: each of ``world_size`` ranks owns ``shard = ceil(numel / N)``
     elements of a flat vector zero-padded to ``padded = N * shard``."""
     check_int("numel", numel, low=1)
-    check_int("world_size", world_size, low=1)
-    shard = math.ceil(numel / world_size)
+    shard = shard_numel(numel, world_size)
     return shard, shard * world_size
 
 
@@ -105,14 +104,14 @@ def check_shards(numels: Sequence[int], world_size: int, optimizer: str) -> None
             raise ValueError(
                 f"num_workers={world_size} is too many for a unit of {numel} parameters (unit {i}): with "
                 f"Adam the last rank's shard of {shard} would hold no parameters, only padding; "
-                f"use at most {math.ceil(numel / shard) if shard > 1 else numel} workers"
+                "use fewer workers"
             )
 
 
 def zero_units(model: nn.Module, stage: int) -> list[nn.Module]:
     """The modules whose parameters form one flat vector: the whole model for stage 1, each
     layer that holds parameters for stages 2 and 3."""
-    check_choice("stage", stage, STAGES)
+    check_int("stage", stage, low=1, high=3)
     if stage == 1:
         return [model]
     return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
@@ -130,12 +129,12 @@ def predicted_bytes(
 ) -> MemoryBreakdown:
     """Bytes one rank holds under ZeRO ``stage``: parameters, gradients, optimizer state.
 
-    The ZeRO paper's per-parameter counts (Psi for parameters and gradients, K Psi for the
-    optimizer; full copies, or one N-th of them once sharded) applied to units padded to a
-    multiple of N, so the count is exact: stage 1 keeps full parameters and gradients and a
-    shard of the state, stage 2 also a shard of the gradients, stage 3 only shards.
+    The ZeRO paper's per-parameter counts (:func:`dlcourse.memory.bytes_per_parameter`)
+    applied to the units padded to a multiple of N, so the count is exact: stage 1 keeps
+    full parameters and gradients and a shard of the state, stage 2 also a shard of the
+    gradients, stage 3 only shards. Their sum is ``bytes_per_parameter(stage, N) * padded``.
     """
-    check_choice("stage", stage, STAGES)
+    check_int("stage", stage, low=1, high=3)
     check_choice("optimizer", optimizer, STATE_PER_ELEMENT)
     check_int("element_size", element_size, low=1)
     layouts = [shard_layout(n, world_size) for n in numels]
@@ -149,12 +148,24 @@ def predicted_bytes(
 
 
 def step_bytes(numels: Sequence[int], world_size: int, stage: int, element_size: int = 4) -> int:
-    """Bytes all ranks send together in one step: ``(N-1)`` times the padded flat vector per
-    reduce-scatter or all-gather (ring), two of them for stages 1 and 2, three for stage 3."""
-    check_choice("stage", stage, STAGES)
+    """Bytes all N ranks send together in one step: a reduce-scatter of the padded gradients
+    and an all-gather of the parameters (stages 1, 2: DDP's all-reduce, in its two halves),
+    and stage 3 a second all-gather (once before forward, once before backward): 1.5x."""
+    check_int("stage", stage, low=1, high=3)
+    nbytes = element_size * sum(shard_layout(n, world_size)[1] for n in numels)
+    gathers = 2 if stage == 3 else 1
+    per_rank = reduce_scatter_bytes(nbytes, world_size) + gathers * all_gather_bytes(nbytes, world_size)
+    return round(world_size * per_rank)
+
+
+def predicted_state_bytes(
+    numels: Sequence[int], world_size: int, stage: int, optimizer: str, element_size: int
+) -> int:
+    """The paper's formula as it stands, ``bytes_per_parameter(stage, N) * padded elements``:
+    the total of :func:`predicted_bytes`, computed the other way round."""
+    precision = {4: "fp32", 8: "fp64"}[check_choice("element_size", element_size, (4, 8))]
     padded = sum(shard_layout(n, world_size)[1] for n in numels)
-    collectives = 3 if stage == 3 else 2
-    return collectives * (world_size - 1) * padded * element_size
+    return round(bytes_per_parameter(stage, world_size, optimizer=optimizer, precision=precision) * padded)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,12 +181,10 @@ def zero1_step(
 ) -> None:
     """Reduce-scatter the gradients, step the own chunk, all-gather the parameters."""
     shard = flat_params.numel() // world_size
-    grad_shard = torch.empty(shard, dtype=flat_grads.dtype, device=flat_grads.device)
-    dist.reduce_scatter_single(grad_shard, flat_grads)  # sum of chunk `rank` over all ranks
-    grad_shard.div_(world_size)  # the mean gradient (gloo has no ReduceOp.AVG)
+    grad_shard = ring_reduce_scatter(flat_grads) / world_size  # chunk `rank` of the mean gradient
     mine = flat_params[rank * shard : (rank + 1) * shard]
-    shard_update(mine, grad_shard)
-    dist.all_gather_single(flat_params, mine.clone())  # everyone gets every rank's new chunk
+    shard_update(mine, grad_shard)  # the optimizer steps this rank's chunk only
+    flat_params.copy_(ring_all_gather(mine))  # everyone gets every rank's new chunk
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,7 +237,7 @@ class FlatUnit:
         storage = self.flat.untyped_storage()
         if storage.nbytes() == 0:
             storage.resize_(self.padded * self.flat.element_size())
-        dist.all_gather_single(self.flat, self.shard)
+        self.flat.copy_(ring_all_gather(self.shard))
 
     def free(self) -> None:
         """Drop the full parameters (stage 3): the views stay, their storage holds 0 bytes."""
@@ -236,14 +245,10 @@ class FlatUnit:
 
     def reduce_scatter_grads(self) -> None:
         """The mean gradient of the own chunk into ``grad_shard``; the full gradients go."""
-        flat_grad = torch.zeros_like(self.grad_shard).repeat(self.world_size)
-        offset = 0
+        flat_grad = torch.cat([p.grad.reshape(-1) for p in self.params])  # the ring pads it
         for p in self.params:
-            flat_grad[offset : offset + p.numel()].copy_(p.grad.reshape(-1))
-            offset += p.numel()
             p.grad = None
-        dist.reduce_scatter_single(self.grad_shard, flat_grad)
-        self.grad_shard.div_(self.world_size)
+        torch.div(ring_reduce_scatter(flat_grad), self.world_size, out=self.grad_shard)
 
     def on_grad(self, watch: Callable[[], None]) -> None:
         """Called as each parameter's gradient is ready; after the unit's last one, shard it."""
@@ -274,7 +279,7 @@ class ShardedModel:
         momentum: float = 0.9,
         step_fn: StepFn | None = None,
     ) -> None:
-        check_choice("stage", stage, STAGES)
+        check_int("stage", stage, low=1, high=3)
         if step_fn is not None and (stage != 1 or not callable(step_fn)):
             raise ValueError(
                 f"step_fn must be a function and needs stage=1, got {step_fn!r} at stage={stage}"
@@ -360,7 +365,7 @@ class ShardedModel:
                 unit.shard.grad = None
             if self.stage == 2:
                 for unit in self.units:
-                    dist.all_gather_single(unit.flat, unit.shard.clone())
+                    unit.flat.copy_(ring_all_gather(unit.shard))
         self.held = _most(self.held, self.memory())
         self._watch()
 
@@ -482,7 +487,7 @@ def train_zero(
     gradient), ``peak_state`` (most of all three at once),
     ``predicted`` (:func:`predicted_bytes`) and ``step_bytes`` (:func:`step_bytes`).
     """
-    check_choice("stage", stage, STAGES)
+    check_int("stage", stage, low=1, high=3)
     config = config_or_default(config)
     if config.checkpoint_dir is not None or config.resume:
         raise ValueError(
