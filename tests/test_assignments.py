@@ -160,7 +160,7 @@ def check_reference_release_controls_and_gaming(tmp_path, name):
             task = grade_id.removeprefix("test_").upper().replace("_", ".", 1).replace("_", ".")
             assert f"{task}:" in html, (label, task)
         assert "Error" in html or "hidden test failed" in html, label
-        for hidden in ("_hidden", "BEGIN HIDDEN TESTS", "_reference_round", "rng_for("):
+        for hidden in ("_hidden", "BEGIN HIDDEN TESTS", "_reference_round", "_reference_bubble", "rng_for("):
             assert hidden not in html, (label, hidden)
 
 
