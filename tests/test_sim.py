@@ -290,10 +290,12 @@ def test_incorporation_delays_match_a_brute_force_scan(small, policy):
 
 def test_async_workers_incorporate_others_updates_sooner(small):
     """The lecture's claim, with a straggler: a fast worker's update reaches the others sooner."""
-    base = dict(num_workers=3, batch_size=16, worker_speeds=(0.25, 1.0, 1.0), evals_per_epoch=1)
+    base = dict(
+        num_workers=3, batch_size=16, compute_mean=1.0, worker_speeds=(0.25, 1.0, 1.0), evals_per_epoch=1
+    )
     sync = incorporation_delays(simulate(SimConfig(policy="sync", **base), small))
     asyn = incorporation_delays(simulate(SimConfig(policy="async", **base), small))
-    assert statistics.mean(asyn) < 0.75 * statistics.mean(sync)
+    assert statistics.mean(asyn) < 0.5 * statistics.mean(sync)
 
 
 def test_a_bound_no_worker_reaches_is_async_with_the_same_staleness(mnist):
