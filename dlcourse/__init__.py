@@ -9,7 +9,10 @@ The rules and parts (pure functions and small classes; no processes, no clock)
     train          single-machine SGD: the baseline every distributed run is compared with
     staleness      tau, lambda_n = lambda / tau, soft sync (S of N), bounded staleness (SSP)
     compression    sparse + 1-bit +-tau updates with a residual, entropy-coded indices
-    collectives    parameter averaging, all-reduce, the bytes a ring all-reduce moves
+    collectives    parameter averaging, all-reduce; reduce-scatter and all-gather on a ring, their
+                   bytes per rank, the alpha-beta model fitted to measured gloo times
+    memory         bytes per device: measured (storages, autograd's saved tensors) and predicted
+                   (ZeRO's 2+2+K per parameter, tensor and pipeline parallelism, activations)
     scaling        one synchronous step's time and speedup: a server's one link vs a ring all-reduce
     landscape      the loss between two replicas (is the average of two minima a minimum?)
     divergence     a run whose loss blew up stops, saying where and what to try
