@@ -305,19 +305,23 @@ def summary(metrics: dict) -> str:
 
 
 def _per_rank_bytes(per_rank: list[dict]) -> list[str]:
-    """One line per rank: bytes held (parameters measured vs predicted, state) and peak activations."""
+    """One line per rank: bytes held, measured (and the formula's): parameters, parameters +
+    gradients + optimizer state; and the peak bytes of saved activations."""
     rows = [r for r in per_rank if isinstance(r, dict) and isinstance(r.get("state_bytes"), dict)]
     if not rows:
         return []
-    lines = [f"{'peak bytes':>16}:  rank  params (predicted)       state  activations"]
+
+    def cell(measured: int, predicted) -> str:
+        predicted = f"{predicted:,}" if isinstance(predicted, int) else "-"
+        return f"{measured:>11,} ({predicted:>11})"
+
+    lines = [f"{'peak bytes':>16}:  rank       params (predicted)        state (predicted)  activations"]
     for i, r in enumerate(rows):
         held = r["state_bytes"]
-        predicted = r.get("predicted_parameter_bytes")
-        predicted = f"{predicted:,}" if isinstance(predicted, int) else "-"
         state = held["parameters"] + held["gradients"] + held["optimizer"]
         lines.append(
-            f"{'':>16}  {i:>5}  {held['parameters']:>10,} ({predicted:>10})"
-            f"  {state:>10,}  {r.get('peak_activation_bytes', 0):>11,}"
+            f"{'':>16}  {i:>5}  {cell(held['parameters'], r.get('predicted_parameter_bytes'))}"
+            f"  {cell(state, r.get('predicted_state_bytes'))}  {r.get('peak_activation_bytes', 0):>11,}"
         )
     return lines
 

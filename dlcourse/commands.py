@@ -319,10 +319,12 @@ def tensor_parallel(args: argparse.Namespace) -> dict[str, Any]:
     """``--strategy tensor-parallel --workers N``: the dense MLP block split over N ranks (Megatron).
 
     Every rank sees the same batch. Reports per rank the bytes it holds (measured storages)
-    next to the formula's parameter bytes, and the peak bytes of saved activations.
+    next to the formula's (parameters, and parameters + gradients + optimizer state), and the
+    peak bytes of saved activations.
     """
     from dlcourse.metrics import run_metrics
     from dlcourse.models import make_model
+    from dlcourse.precision import bytes_per_parameter
     from dlcourse.tensor_parallel import TensorParallelConfig, tp_parameters_per_rank, train_tensor_parallel
 
     config = TensorParallelConfig(model=args.model, **training_settings(args, "sgd"))
@@ -332,9 +334,15 @@ def tensor_parallel(args: argparse.Namespace) -> dict[str, Any]:
     result = train_tensor_parallel(
         split.train, _workers(args), config, test=split.test, backend=args.backend, timeout=args.timeout
     )
-    predicted = 4 * tp_parameters_per_rank(make_model(args.model), result.num_workers)  # float32
+    count = tp_parameters_per_rank(make_model(args.model), result.num_workers)
+    per_parameter = bytes_per_parameter(config.optimizer, mixed=False)  # float32: weights, grads, state
     per_rank = [
-        {**r, "state_bytes": r["state_bytes"].as_dict(), "predicted_parameter_bytes": predicted}
+        {
+            **r,
+            "state_bytes": r["state_bytes"].as_dict(),
+            "predicted_parameter_bytes": per_parameter["weights"] * count,
+            "predicted_state_bytes": per_parameter["total"] * count,
+        }
         for r in result.extra["per_rank"]
     ]
     return run_metrics(

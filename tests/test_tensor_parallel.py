@@ -330,7 +330,12 @@ def test_the_command_line_trains_and_reports_peak_bytes_per_rank(tmp_path, capsy
     assert metrics["strategy"] == "tensor-parallel" and metrics["workers"] == 2
     for rank in metrics["per_rank"]:
         assert rank["state_bytes"]["parameters"] == 4 * rank["parameter_count"]
-        assert rank["predicted_parameter_bytes"] == 4 * tp_parameters_per_rank(make_model("mlp"), 2)
+        count = tp_parameters_per_rank(make_model("mlp"), 2)
+        assert rank["predicted_parameter_bytes"] == 4 * count
+        # plain SGD (the default here): fp32 weights and gradients, no optimizer state
+        assert rank["predicted_state_bytes"] == 8 * count
+        held = rank["state_bytes"]
+        assert held["parameters"] + held["gradients"] + held["optimizer"] == 8 * count
 
 
 def test_the_command_line_refuses_a_degree_that_does_not_divide_in_one_line(capsys):
