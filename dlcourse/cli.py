@@ -297,11 +297,20 @@ def summary(metrics: dict) -> str:
         # sigma: server versions between an update's pull and its application (lessons 04-05)
         line = f"mean {staleness['mean']:.2f}, max {staleness['max']} (server versions behind)"
         lines.append(f"{'staleness sigma':>16}: {line}")
+    lines += _phase_line(metrics.get("phases"))
     lines += _worker_events(metrics)
     lines += _per_worker_lines(metrics.get("per_worker") or [])
     lines += _memory_lines(metrics)
     lines += _per_rank_bytes(metrics.get("per_rank") or [])
     return "\n".join(lines)
+
+
+def _phase_line(phases) -> list[str]:
+    """Where the seconds went (dlcourse.worker_run.run_phases): start-up, training, ..., tear-down."""
+    if not isinstance(phases, dict) or not phases:
+        return []
+    parts = ", ".join(f"{key[:-2].replace('_', ' ')} {value:.2f} s" for key, value in phases.items())
+    return [f"{'time':>16}: {parts} (total {sum(phases.values()):.2f} s)"]
 
 
 def _per_rank_bytes(per_rank: list[dict]) -> list[str]:

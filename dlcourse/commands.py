@@ -148,6 +148,7 @@ def _data_parallel(train_fn, args: argparse.Namespace, default_optimizer: str) -
         epochs=args.epochs,
         per_worker=result.per_worker,
         step_loss=result.step_loss,
+        phases=result.phases,
         config=asdict(config),
     )
 

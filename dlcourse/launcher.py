@@ -15,6 +15,15 @@ What it takes care of, so that students can run it from a notebook:
 - ``fn`` may be defined in a notebook cell: it travels to the workers serialized by
   cloudpickle and is unpacked by an importable trampoline (plain ``mp.spawn`` pickles by
   reference and cannot find a function of ``__main__``).
+- **Start-up does not grow with N.** Workers are forked from a ``forkserver`` that has
+  imported torch once (``spawn`` where there is none, as on Windows), so a worker starts in
+  milliseconds instead of importing torch itself, and all N start at once: ``fn`` and its
+  arguments (the training data) go to them in a file, not through the start method's pipe.
+  The caller's environment variables, ``sys.path`` and working folder at the time of the
+  call travel with them, as a freshly spawned worker would have them. The forkserver itself
+  stays, like multiprocessing's resource tracker, until the caller exits (a worker forked
+  from it still dies with it). ``phases=`` (a dict) receives where the seconds of the run
+  went (see :data:`PHASES`).
 - Every run gets a fresh rendezvous (a file store in a new temporary folder), so runs
   never collide on a port.
 - The first failure (of a rank not in ``may_fail``, below) stops the run: a worker's
@@ -69,6 +78,17 @@ MAY_FAIL_GRACE_S = 5.0
 # seconds a rank that exited without a word is given for its last queue message to arrive
 # (the feeder thread flushes at exit) before it counts as dead
 _EXIT_GRACE_S = 1.0
+# what the forkserver imports once; every worker forked from it has torch and this module
+_PRELOAD = ["dlcourse.launcher"]
+
+# Where a run's seconds go, as ``launch(..., phases={})`` fills them in (the slowest rank's
+# time for each worker phase; the one definition the JSON's "phases" and the summary use):
+PHASES = {
+    "start_s": "from the call until the last worker is running (process start, imports, the payload)",
+    "process_group_s": "joining the process group (rendezvous) and the first barrier",
+    "run_s": "fn itself: training, evaluation and whatever else it does",
+    "teardown_s": "from the last worker's return until the call returns (group torn down, processes joined)",
+}
 
 
 class WorkerError(RuntimeError):
@@ -150,13 +170,42 @@ def _die_with_parent() -> None:
             pass
 
 
-def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, threads, results, reports):
-    """Entry point of every spawned worker (importable, so ``spawn`` can find it)."""
+def _context():
+    """The start method: a forkserver with torch imported once where there is one, else spawn."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _write_payload(path: str, fn, args, kwargs) -> None:
+    """The caller's surroundings (environment, sys.path, folder), then fn and its arguments."""
+    with open(path, "wb") as f:
+        cloudpickle.dump((dict(os.environ), list(sys.path), os.getcwd()), f)
+        cloudpickle.dump((fn, args, kwargs), f)
+
+
+def _read_payload(path: str):
+    with open(path, "rb") as f:
+        environ, path_list, cwd = cloudpickle.load(f)
+        # a forked worker has the forkserver's surroundings: take the caller's, as of this call
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.path[:] = path_list
+        os.chdir(cwd)
+        return cloudpickle.load(f)
+
+
+def _trampoline(rank, world_size, payload_path, init_method, backend, timeout_s, threads, results, reports):
+    """Entry point of every worker (importable, so ``spawn`` and the forkserver can find it)."""
     global _channel
+    clock: dict[str, float] = {}
     _die_with_parent()
     torch.set_num_threads(threads)
     try:
-        fn, args, kwargs = cloudpickle.loads(payload)
+        fn, args, kwargs = _read_payload(payload_path)
+        clock["loaded"] = time.time()
         if reports:
             # the same queue as the result: one rank's messages arrive before its result, in order
             _channel = lambda obj: results.put((rank, "message", cloudpickle.dumps(obj)))  # noqa: E731
@@ -173,8 +222,10 @@ def _trampoline(rank, world_size, payload, init_method, backend, timeout_s, thre
         # a rank whose fn returns at once would then tear the group down under that peer
         # ("connectFullMesh failed ... Connection closed by peer"). Meet once before fn.
         dist.barrier()
+        clock["joined"] = time.time()
         value = fn(rank, world_size, *args, **kwargs)
-        results.put((rank, "ok", cloudpickle.dumps(value)))
+        clock["returned"] = time.time()
+        results.put((rank, "ok", cloudpickle.dumps(value), clock))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
         results.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc()))
         # Leave at once, once the error is on its way: no destroy_process_group (it can block
@@ -213,6 +264,7 @@ def launch(
     threads_per_worker: int | None = None,
     may_fail: Iterable[int] = (),
     on_message: Callable[[int, Any], None] | None = None,
+    phases: dict[str, float] | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(rank, num_workers, *args, **kwargs)`` on ``num_workers`` processes.
@@ -233,6 +285,9 @@ def launch(
 
     ``on_message(rank, obj)`` is called in this process for every :func:`report` of a
     worker, as it arrives; an exception it raises stops the run and propagates.
+
+    ``phases``: a dict that a successful run fills with the seconds of each of
+    :data:`PHASES` (not filled under torchrun, where the launcher is torchrun's).
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {fn!r}")
@@ -246,6 +301,8 @@ def launch(
     optional = _check_may_fail(may_fail, num_workers)
     if on_message is not None and not callable(on_message):
         raise ValueError(f"on_message must be a function f(rank, obj) or None, got {on_message!r}")
+    if phases is not None and not isinstance(phases, dict):
+        raise ValueError(f"phases must be a dict to fill in or None, got {phases!r}")
     # "auto" asks whether each process can have its own GPU: under torchrun that is the
     # processes on this machine (LOCAL_WORLD_SIZE), not the whole world across machines
     local = int(os.environ.get("LOCAL_WORLD_SIZE", num_workers)) if under_torchrun() else num_workers
@@ -256,12 +313,18 @@ def launch(
             fn = _reporting_in_process(fn, on_message)
         return _run_under_torchrun(fn, args, kwargs, backend, timeout)
 
-    ctx = mp.get_context("spawn")
+    called_at = time.time()
+    ctx = _context()
     results = ctx.Queue()
     store_dir = tempfile.mkdtemp(prefix="dlcourse-rdzv-")
     init_method = "file://" + os.path.join(store_dir, "store")
-    payload = cloudpickle.dumps((fn, args, kwargs))
+    # fn and its arguments (the training data, often megabytes) go to the workers in a file,
+    # not through spawn's pipe: a child reads that pipe only after importing torch, so a large
+    # payload made each start() wait for the previous worker's imports (2 s a worker, measured)
+    payload_path = os.path.join(store_dir, "payload")
+    _write_payload(payload_path, fn, args, kwargs)
     processes = []
+    collector = None
     try:
         for rank in range(num_workers):
             p = ctx.Process(
@@ -269,7 +332,7 @@ def launch(
                 args=(
                     rank,
                     num_workers,
-                    payload,
+                    payload_path,
                     init_method,
                     backend,
                     timeout,
@@ -282,12 +345,26 @@ def launch(
             )
             p.start()
             processes.append(p)
-        return _Collector(processes, results, optional, on_message, timeout, run_timeout).run()
+        collector = _Collector(processes, results, optional, on_message, timeout, run_timeout)
+        return collector.run()
     finally:
         _stop(processes)
         results.close()
         results.join_thread()
         shutil.rmtree(store_dir, ignore_errors=True)
+        if phases is not None and collector is not None and collector.clocks:
+            phases.update(_phases(called_at, collector.clocks, time.time()))
+
+
+def _phases(called_at: float, clocks: list[dict[str, float]], ended_at: float) -> dict[str, float]:
+    """:data:`PHASES` from the workers' clocks (wall-clock seconds: one machine, one clock)."""
+    last = lambda key: max(c[key] for c in clocks)  # noqa: E731 - the slowest rank decides
+    return {
+        "start_s": last("loaded") - called_at,
+        "process_group_s": last("joined") - last("loaded"),
+        "run_s": last("returned") - last("joined"),
+        "teardown_s": ended_at - last("returned"),
+    }
 
 
 def _check_may_fail(may_fail: Iterable[int], num_workers: int) -> frozenset[int]:
@@ -320,6 +397,7 @@ class _Collector:
         self.values: dict[int, Any] = {}  # rank -> its result, or a WorkerLost for a may_fail rank
         self.exited_at: dict[int, float] = {}  # rank -> when it was first seen exited without a result
         self.failed: set[int] = set()  # required ranks whose failure has been reported
+        self.clocks: list[dict[str, float]] = []  # the clock of every rank that returned
 
     def run(self) -> list[Any]:
         n = len(self.processes)
@@ -363,6 +441,7 @@ class _Collector:
                     self.on_message(rank, cloudpickle.loads(message[2]))
             elif status == "ok":
                 self.values[rank] = cloudpickle.loads(message[2])
+                self.clocks.append(message[3])
             elif rank in self.optional:
                 self.values[rank] = WorkerLost(rank, message[2], None, message[3])
             else:

@@ -326,7 +326,9 @@ class WorkerRun:
             out["parameters"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             out["step_loss"] = [sum(per_step) / len(per_step) for per_step in zip(*everyone)]
             out["sent"] = self.sent
+            t0 = time.perf_counter()
             out["test"] = evaluate(self.model, test) if test is not None else None
+            out["eval_s"] = time.perf_counter() - t0
         return out
 
 
@@ -349,6 +351,8 @@ class DataParallelResult:
     bytes_sent: int  # bytes all workers sent, as a ring all-reduce would
     test: dict[str, float] | None = None  # loss, accuracy, macro_f1 on the test data
     extra: dict[str, Any] = field(default_factory=dict)
+    # where the run's seconds went: start-up, training, evaluation, other, tear-down (run_phases)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def examples_per_s(self) -> float:
@@ -385,6 +389,24 @@ def collect(strategy: str, outputs: list[dict[str, Any]]) -> DataParallelResult:
         test=head["test"],
         extra=dict(head.get("extra", {})),  # what a strategy adds (zero: bytes per rank)
     )
+
+
+def run_phases(launched: dict[str, float], training_s: float, eval_s: float) -> dict[str, float]:
+    """Where a run's seconds went, from the launcher's :data:`~dlcourse.launcher.PHASES`.
+
+    ``startup_s``: processes, imports, data and the process group; ``training_s``: rank 0's
+    training loop (``wall_s``, what examples/s divides by); ``evaluation_s``: rank 0 on the test
+    data; ``other_s``: the rest of the workers' time (model, optimizer, final gathers and
+    checkpoint); ``teardown_s``: ending the processes. Their sum is the launch's whole time.
+    """
+    run_s = launched["run_s"]
+    return {
+        "startup_s": launched["start_s"] + launched["process_group_s"],
+        "training_s": training_s,
+        "evaluation_s": eval_s,
+        "other_s": max(0.0, run_s - training_s - eval_s),
+        "teardown_s": launched["teardown_s"],
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -425,6 +447,7 @@ def run_workers(
     if config.resume:
         fingerprint = run_fingerprint(config, strategy, [len(s) for s in shards])
         load_checkpoint(config.checkpoint_dir, strategy=strategy, fingerprint=fingerprint)
+    launched: dict[str, float] = {}
     try:
         outputs = launch(
             worker,
@@ -437,10 +460,14 @@ def run_workers(
             timeout=timeout,
             run_timeout=run_timeout,
             threads_per_worker=threads_per_worker,
+            phases=launched,
         )
     except WorkerError as e:
         diverged = find_diverged(e)  # a worker's loss blew up: say so, not how the launcher saw it
         if diverged is None:
             raise
         raise diverged from None
-    return collect(strategy, outputs)
+    result = collect(strategy, outputs)
+    if launched:  # not under torchrun, whose launcher is torchrun's
+        result.phases = run_phases(launched, result.wall_s, outputs[0].get("eval_s", 0.0))
+    return result

@@ -40,16 +40,23 @@ def mnist():
 
 
 def worker_processes() -> list[psutil.Process]:
-    """This process's live descendants that are workers (not multiprocessing's resource tracker)."""
+    """This process's live descendants that are workers.
+
+    Not multiprocessing's resource tracker, nor the launcher's forkserver (a child of this
+    process, kept for the next run); the workers forked from it share its command line but
+    are its children, so they still count.
+    """
+    me = psutil.Process()
     found = []
-    for child in psutil.Process().children(recursive=True):
+    for child in me.children(recursive=True):
         try:
             cmd = " ".join(child.cmdline())
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
+            parent = child.ppid()
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
-        if "resource_tracker" in cmd:
+        if "resource_tracker" in cmd or ("multiprocessing.forkserver" in cmd and parent == me.pid):
             continue
         found.append(child)
     return found

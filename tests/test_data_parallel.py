@@ -205,6 +205,11 @@ def test_cli_writes_the_metrics(tmp_path, capsys, no_orphans, strategy):
     assert metrics["test_accuracy"] > 0.5
     printed = capsys.readouterr().out
     assert "test_accuracy" in printed and "per worker" in printed  # every rank's clocks in the terminal
+    phases = metrics["phases"]  # where the seconds went (worker_run.run_phases), in the JSON and printed
+    assert set(phases) == {"startup_s", "training_s", "evaluation_s", "other_s", "teardown_s"}
+    assert all(v >= 0 for v in phases.values()) and phases["training_s"] == metrics["wall_s"]
+    assert phases["evaluation_s"] > 0  # rank 0 evaluated the test data
+    assert f"training {metrics['wall_s']:.2f} s" in printed
 
 
 def test_cli_replicated_runs_in_one_process(tmp_path):

@@ -36,6 +36,38 @@ def test_runs_a_closure_that_plain_pickle_cannot(no_orphans):
     assert launch(local, 2) == [0, 7]
 
 
+def _surroundings(rank, world_size):
+    return os.environ.get("DLCOURSE_PROBE"), os.getcwd(), sys.path[0]
+
+
+def test_workers_get_the_callers_environment_folder_and_path_of_the_call(tmp_path, monkeypatch, no_orphans):
+    """Workers fork from a forkserver started earlier: they must still see the caller as it is now."""
+    launch(_sum_of_ranks, 1)  # the forkserver exists before the caller changes anything
+    monkeypatch.setenv("DLCOURSE_PROBE", "set after the forkserver started")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "student_modules"))
+    expected = ("set after the forkserver started", str(tmp_path), str(tmp_path / "student_modules"))
+    assert launch(_surroundings, 2) == [expected, expected]
+
+
+def test_phases_say_where_the_seconds_went(no_orphans):
+    phases: dict[str, float] = {}
+    start = time.perf_counter()
+    launch(_sleep_then_return, 2, 0.3, phases=phases)
+    total = time.perf_counter() - start
+    assert set(phases) == {"start_s", "process_group_s", "run_s", "teardown_s"}
+    assert all(v >= 0 for v in phases.values()), phases
+    assert phases["run_s"] >= 0.3  # fn slept 0.3 s on each rank
+    assert abs(sum(phases.values()) - total) < 0.25, (phases, total)  # the phases cover the call
+    with pytest.raises(ValueError, match="phases must be a dict"):
+        launch(_sum_of_ranks, 1, phases=[])
+
+
+def _sleep_then_return(rank, world_size, seconds):
+    time.sleep(seconds)
+    return rank
+
+
 def _raise_on_rank_1(rank, world_size):
     if rank == 1:
         raise KeyError("missing shard")
