@@ -348,16 +348,38 @@ def test_the_command_line_refuses_a_degree_that_does_not_divide_in_one_line(caps
 
 
 def _nccl_block(rank, world_size):
-    dense = _dense_mlp(8, 8, 3, seed=0).cuda().float()
-    x = torch.randn(4, 8, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    block = ParallelMLP(dense[0], dense[2], rank, world_size)
-    return (block(x) - dense(x)).abs().max().item()
+    from dlcourse.environment import full_float32
+    from dlcourse.launcher import device_for
+
+    device = device_for(rank)
+    torch.cuda.set_device(device)
+    with full_float32():  # TF32 would round the dense reference differently
+        dense = _dense_mlp(8, 8, 3, seed=0).float().to(device)
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
+        block = ParallelMLP(dense[0], dense[2], rank, world_size)
+        y = block(x)
+        y.sum().backward()
+        xd = x.detach().clone().requires_grad_(True)
+        dense(xd).sum().backward()
+        return max((y - dense(xd)).abs().max().item(), (x.grad - xd.grad).abs().max().item())
 
 
 @pytest.mark.gpu
 @pytest.mark.multiprocess
 def test_the_parallel_mlp_runs_on_nccl():
-    """One rank per GPU (NCCL allows no more); with one GPU that is N = 1."""
+    """One rank per GPU (NCCL allows no more); with one GPU that is N = 1: forward and input gradient."""
     n = torch.cuda.device_count()
     errors = launch(_nccl_block, n, backend="nccl", run_timeout=120)
     assert max(errors) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.multiprocess
+def test_tensor_parallel_training_runs_on_nccl(mnist):
+    """float64 on the GPUs (as many as divide the MLP's 64 hidden features): one process's result."""
+    n = max(d for d in (1, 2, 4, 8) if d <= torch.cuda.device_count())
+    train = mnist.train[:200]
+    config = TensorParallelConfig(model="mlp", batch_size=20, lr=0.05, max_steps=3, dtype="float64")
+    result = train_tensor_parallel(train, n, config, backend="nccl", run_timeout=180)
+    for name, value in _reference(train, config).items():
+        assert torch.allclose(result.parameters[name], value, rtol=0, atol=1e-10), name
