@@ -49,6 +49,9 @@ c.OverwriteCells.add_missing_cells = True
 # source/<name>/). Make it once a term: `python -m dlcourse.grading secret course_secret`.
 # It may live anywhere the grader can read: point this at it (README.md: where, and rotation).
 c.SeedHiddenInputs.secret_file = os.path.join(c.CourseDirectory.root, "course_secret")
+# Where there is no secret file (a cohort job's workspace): the student's key, written by
+# `python -m dlcourse.grading cohort` / `prepare` from the secret (dlcourse/cohort.py).
+c.SeedHiddenInputs.keys_file = os.path.join(c.CourseDirectory.root, "grading_keys.json")
 
 # The test cells also run apart from the student's code (regrade.py), side by side with the
 # kernel; a cell keeps its points only if it passes in both.

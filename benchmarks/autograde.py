@@ -96,6 +96,7 @@ def _cohort_course(path: Path, name: str, size: int) -> Course:
 
 def cohort(names, size: int, jobs: int) -> None:
     from dlcourse.cohort import grade_cohort
+    from dlcourse.grading import grading_key
 
     print(f"{size} submissions each; sequential: one `nbgrader autograde`; parallel: cohort --jobs {jobs}")
     print(
@@ -109,10 +110,12 @@ def cohort(names, size: int, jobs: int) -> None:
             start = time.perf_counter()
             seq.autograde(name, check=False)
             seq_s = time.perf_counter() - start
+            a = seq.scores(name)
             start = time.perf_counter()
-            report = grade_cohort(par.path, name, jobs=jobs, feedback=False, log=lambda line: None)
+            keys = {s: grading_key(par.secret, s) for s in a}  # as `python -m dlcourse.grading cohort` does
+            report = grade_cohort(par.path, name, jobs=jobs, feedback=False, log=lambda line: None, keys=keys)
             par_s = time.perf_counter() - start
-            a, b = seq.scores(name), par.scores(name)
+            b = par.scores(name)
             same = "identical" if a == b and len(a) == size else f"DIFFER ({len(a)} vs {len(b)} graded)"
             if report.failed:
                 same += f"; failed: {[r.student for r in report.failed]}"

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from dlcourse._validate import check_int
 
-COURSE_FILES = ("nbgrader_config.py", "regrade.py", "course_secret")  # copied into each workspace
+COURSE_FILES = ("nbgrader_config.py", "regrade.py")  # copied into each workspace
 TEMPLATE = "gradebook-template.db"  # the gradebook as generate_assignment left it, read-only
+KEYS = "grading_keys.json"  # {student: grading key}; a workspace gets its student's key only
 
 
 @dataclass
@@ -80,7 +81,8 @@ def _nbgrader() -> str:
     return str(Path(sys.executable).parent / "nbgrader")
 
 
-def _check_course(course: Path, assignment: str) -> None:
+def check_course(course: Path, assignment: str) -> None:
+    """ValueError unless ``course`` has a gradebook and a source folder of ``assignment``."""
     db = course / "gradebook.db"
     if not db.exists():
         raise ValueError(f"course has no gradebook.db at {db}: run nbgrader generate_assignment {assignment}")
@@ -88,13 +90,22 @@ def _check_course(course: Path, assignment: str) -> None:
         raise ValueError(f"assignment {assignment!r} has no source folder in {course / 'source'}")
 
 
-def prepare(course: Path, assignment: str, workdir: Path) -> Path:
-    """Copy the course's gradebook into ``workdir`` once (the template every job starts from)."""
+def prepare(course: Path, assignment: str, workdir: Path, keys: dict[str, str] | None = None) -> Path:
+    """Copy the course's gradebook into ``workdir`` once (the template every job starts from).
+
+    ``keys``: every student's grading key (``dlcourse.grading.grading_key``), written to
+    ``workdir/grading_keys.json``. The jobs' workspaces then hold their student's key, never
+    the course secret: a job (a container, a cluster node) needs no access to the secret.
+    """
     course, workdir = Path(course), Path(workdir)
-    _check_course(course, assignment)
+    check_course(course, assignment)
     db = course / "gradebook.db"
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(db, workdir / TEMPLATE)
+    if keys is not None:
+        fd = os.open(workdir / KEYS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f, indent=1, sort_keys=True)
     return workdir / TEMPLATE
 
 
@@ -141,6 +152,13 @@ def grade_one(
         for name in COURSE_FILES:
             if (course / name).exists():
                 shutil.copy(course / name, space / name)
+        if (workdir / KEYS).exists():  # this student's key only (regrade.SeedHiddenInputs reads it)
+            key = json.loads((workdir / KEYS).read_text()).get(student)
+            if key is None:
+                raise RuntimeError(f"no grading key for {student!r} in {workdir / KEYS}: run prepare again")
+            (space / KEYS).write_text(json.dumps({student: key}))
+        elif (course / "course_secret").exists():  # no keys prepared: the job derives the key itself
+            shutil.copy(course / "course_secret", space / "course_secret")
         shutil.copytree(course / "source" / assignment, space / "source" / assignment)
         shutil.copytree(
             course / "submitted" / student / assignment, space / "submitted" / student / assignment
@@ -249,23 +267,26 @@ def grade_cohort(
     feedback: bool = True,
     timeout: float = 3600.0,
     log=print,
+    keys: dict[str, str] | None = None,
 ) -> CohortReport:
     """Autograde every submission of ``assignment`` with ``jobs`` isolated jobs at once, merge, feedback.
 
     ``course``: the nbgrader course folder (``gradebook.db`` from ``generate_assignment``,
     ``submitted/``). ``workdir``: where the jobs' workspaces go (default
-    ``<course>/cohort/<assignment>``; kept afterwards for inspection).
+    ``<course>/cohort/<assignment>``; kept afterwards for inspection). ``keys``: the students'
+    grading keys (:func:`prepare`); ``python -m dlcourse.grading cohort`` derives them from
+    the course secret, so that no workspace holds the secret.
     """
     jobs = check_int("jobs", jobs, low=1)
     course = Path(course).resolve()
-    _check_course(course, assignment)
+    check_course(course, assignment)
     students = submitted_students(course, assignment) if students is None else list(students)
     if not students:
         raise ValueError(f"no submissions of {assignment!r} in {course / 'submitted'}")
     workdir = Path(workdir) if workdir is not None else course / "cohort" / assignment
     if workdir.exists():
         shutil.rmtree(workdir)  # results of an earlier grading must not be merged again
-    prepare(course, assignment, workdir)
+    prepare(course, assignment, workdir, keys)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     report = CohortReport(assignment, jobs)
     start = time.perf_counter()

@@ -968,12 +968,18 @@ def read_secret(path: str) -> str:
 def _command_line(argv: list[str]) -> int:
     """``cohort``, ``grade-one``, ``merge`` and ``secret``: the instructor's commands (exit 2 on bad use)."""
     import argparse
+    from pathlib import Path
 
     from dlcourse import cohort
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # one line and exit 2, as the course's command line does
             self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def keys_for(course: str, assignment: str, secret_file: str | None) -> dict[str, str]:
+        cohort.check_course(Path(course), assignment)  # a missing gradebook is said first
+        secret = read_secret(secret_file or os.path.join(course, "course_secret"))
+        return {s: grading_key(secret, s) for s in cohort.submitted_students(course, assignment)}
 
     def positive(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
@@ -989,6 +995,7 @@ def _command_line(argv: list[str]) -> int:
     c.add_argument("--workdir", default=None, help="the jobs' workspaces (default: COURSE/cohort/ASSIGNMENT)")
     c.add_argument("--student", action="append", help="grade only these (repeatable)")
     c.add_argument("--no-feedback", action="store_true")
+    c.add_argument("--secret-file", default=None, help="the course secret (default: COURSE/course_secret)")
     o = sub.add_parser("grade-one", help="one student's job in its own workspace (a scheduler's task)")
     o.add_argument("assignment")
     o.add_argument("student")
@@ -1003,20 +1010,29 @@ def _command_line(argv: list[str]) -> int:
     p.add_argument("assignment")
     p.add_argument("--course", default=".")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--secret-file", default=None, help="the course secret (default: COURSE/course_secret)")
     s = sub.add_parser("secret", help="write a new course secret (once a term)")
     s.add_argument("path")
     s.add_argument("--force", action="store_true", help="replace an existing secret (rotation)")
     args = parser.parse_args(argv)
     try:
         if args.command == "cohort":
+            keys = keys_for(args.course, args.assignment, args.secret_file)
             report = cohort.grade_cohort(
-                args.course, args.assignment, args.jobs, args.workdir, args.student, not args.no_feedback
+                args.course,
+                args.assignment,
+                args.jobs,
+                args.workdir,
+                args.student,
+                not args.no_feedback,
+                keys=keys,
             )
             print(f"{len(report.results) - len(report.failed)} graded, {len(report.failed)} failed, "
                   f"{report.wall_s:.1f} s with {args.jobs} jobs")  # fmt: skip
             return 1 if report.failed else 0
         if args.command == "prepare":
-            print(cohort.prepare(args.course, args.assignment, args.workdir))
+            keys = keys_for(args.course, args.assignment, args.secret_file)
+            print(cohort.prepare(args.course, args.assignment, args.workdir, keys))
             return 0
         if args.command == "grade-one":
             job = cohort.grade_one(args.course, args.assignment, args.student, args.workdir)

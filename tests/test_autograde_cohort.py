@@ -175,8 +175,10 @@ def test_a_cohort_graded_twice_in_parallel_gets_identical_grades_and_feedback(tm
     environ = (course.path / "autograded" / "spy_ann" / NAME / "environ.txt").read_text()
     assert grading.KEY_ENV in environ and grading.grading_key(SECRET, "spy_ann") in environ
     assert SECRET not in environ
-    for path in [*(course.path / "release").rglob("*"), *(course.path / "feedback").rglob("*")]:
-        assert not path.is_file() or SECRET not in path.read_text(errors="replace"), path
+    # ... nor any file of the jobs' workspaces: each holds its student's key, not the secret
+    for folder in ("release", "feedback", "autograded", "cohort"):
+        for path in (course.path / folder).rglob("*"):
+            assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
 
     second = _cli("cohort", NAME, "--jobs", "2", "--course", str(course.path))
     assert second.returncode == 1 and "4 graded, 1 failed" in second.stdout, second.stdout
