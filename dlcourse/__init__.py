@@ -32,6 +32,7 @@ The real runtime (processes on torch.distributed: gloo on CPUs, NCCL on GPUs, or
                        (parameter_server.config: the run, its sharding; parameter_server.protocol:
                        the processes and their messages)
     decentralized      peer-to-peer compressed updates without a server
+    ddp_compression    DDP's fp16 and PowerSGD all-reduce hooks, to compare with the peers' 1-bit updates
     model_parallel     layers on different devices or processes
     pipeline           GPipe and 1F1B micro-batch schedules, and the bubble
     hybrid             model parallelism inside, data parallelism across

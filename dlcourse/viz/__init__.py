@@ -16,7 +16,7 @@ renders it without a display. Panels (ipywidgets 8) are explorers you display in
 - :mod:`dlcourse.viz.stragglers`: :class:`StragglerExplorer`, sync vs async with stragglers;
 - :mod:`dlcourse.viz.staleness`: :class:`StalenessExplorer`, N, S, staleness bound, lr policy,
   server shards, a student's own ``f(lr, tau)`` and "Run it for real";
-- :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau and residual;
+- :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau, residual, N, topology;
 - :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M;
 - :mod:`dlcourse.viz.speedup`: :class:`SpeedupExplorer`, speedup against N, parameter server vs ring.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dlcourse.viz.compression import CompressionExplorer, message_bytes_per_step
+from dlcourse.viz.compression import CompressionExplorer, mean_message_bytes, message_bytes_per_step
 from dlcourse.viz.figure import KIND_COLORS, PIPELINE_KINDS, TIMELINE_KINDS, Plot, lookup
 from dlcourse.viz.panel import PANEL_DEFAULTS, Panel, SimPanel, sim_config, slider
 from dlcourse.viz.pipeline import PipelineExplorer
@@ -68,6 +68,7 @@ __all__ = [  # every figure and panel, wherever it lives
     "SpeedupExplorer",
     "StalenessExplorer",
     "StragglerExplorer",
+    "mean_message_bytes",
     "message_bytes_per_step",
     "run_for_real_default",
     "sim_config",
