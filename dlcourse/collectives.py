@@ -323,16 +323,22 @@ def measure_collectives(
     return _slowest_median(per_rank)
 
 
-def fit(times: dict[tuple[str, int], float], num_workers: int) -> AlphaBeta:
+def fit(times: dict[tuple[str, int], float], num_workers: int, op: str | None = None) -> AlphaBeta:
     """Least-squares alpha and beta from measured ``{(op, bytes): seconds}``.
 
     Minimises the relative error ``(predicted - measured) / measured`` (sizes span five
     orders of magnitude: plain least squares would fit only the largest). Both are kept
     positive: if the unconstrained fit gives a negative one, the other is fitted alone.
+    ``op`` fits that collective's times only: gloo does not run every collective as a ring
+    (for small tensors its all-reduce takes about one latency, not 2(N-1)), so one model
+    per collective fits better than one for all.
     """
     import numpy as np
 
     check_int("num_workers", num_workers, low=2)
+    if op is not None:
+        check_choice("op", op, FIT_OPS)
+        times = {key: t for key, t in times.items() if key[0] == op}
     if not times:
         raise ValueError("times must hold at least one measurement, got none")
     rows, target = [], []
@@ -354,11 +360,12 @@ def fit(times: dict[tuple[str, int], float], num_workers: int) -> AlphaBeta:
 
 
 def fit_alpha_beta(
-    num_workers: int = 2, sizes: tuple[int, ...] = DEFAULT_SIZES, repeats: int = 5
+    num_workers: int = 2, sizes: tuple[int, ...] = DEFAULT_SIZES, repeats: int = 5, op: str | None = None
 ) -> AlphaBeta:
     """Measure gloo's collectives on ``num_workers`` real processes and fit the alpha-beta model.
 
-    All-reduce, reduce-scatter and all-gather of every size in ``sizes`` (bytes), median of
-    ``repeats`` runs each, slowest rank: a few seconds with the defaults.
+    All-reduce, reduce-scatter and all-gather (or only ``op``) of every size in ``sizes``
+    (bytes), median of ``repeats`` runs each, slowest rank: a few seconds with the defaults.
     """
-    return fit(measure_collectives(num_workers, sizes, repeats), num_workers)
+    ops = FIT_OPS if op is None else (check_choice("op", op, FIT_OPS),)
+    return fit(measure_collectives(num_workers, sizes, repeats, ops), num_workers)

@@ -163,6 +163,25 @@ def test_time_is_steps_times_alpha_plus_bytes_over_beta_and_fit_recovers_it(alph
     assert fitted.beta_bytes_per_s == pytest.approx(beta, rel=1e-6)
 
 
+def test_a_fit_per_collective_recovers_each_collectives_own_model():
+    """Times from a different model per collective: fit(..., op) finds each; one fit for all cannot."""
+    models = {
+        "all_reduce": AlphaBeta(1e-4, 2e9),
+        "reduce_scatter": AlphaBeta(3e-4, 1e9),
+        "all_gather": AlphaBeta(5e-5, 4e9),
+    }
+    sizes = (1024, 65536, 4 * 1024**2)
+    times = {(op, s): m.time(op, s, 4) for op, m in models.items() for s in sizes}
+    for op, model in models.items():
+        fitted = fit(times, 4, op)
+        assert fitted.alpha_s == pytest.approx(model.alpha_s, rel=1e-6)
+        assert fitted.beta_bytes_per_s == pytest.approx(model.beta_bytes_per_s, rel=1e-6)
+    together = fit(times, 4)
+    assert max(abs(together.time(op, s, 4) / t - 1) for (op, s), t in times.items()) > 0.05
+    with pytest.raises(ValueError, match="op"):
+        fit(times, 4, "broadcast")
+
+
 @pytest.mark.multiprocess
 def test_fit_alpha_beta_on_real_processes_gives_positive_finite_numbers():
     """Measured gloo times on 2 processes: a latency and a bandwidth, both positive and finite."""
