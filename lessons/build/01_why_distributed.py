@@ -27,11 +27,14 @@ This lesson measures each of those claims on your machine. After it you will be 
 - recognise underfitting and overfitting when the network and the data do not match in size.
 
 There are no distributed ideas yet in the sense of algorithms: this is the lesson that tells you when the later ones are worth their trouble.
+
+Where this sits on [the map of approaches](00_start_here.ipynb#The-map-of-approaches): before the map. It measures the costs every approach pays; section 3 compares the two ways a synchronous step can combine gradients, a central server and an all-reduce among the workers.
 """)
 
 code("""
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import Markdown, display
 
 from dlcourse.data import MnistSplit, load_mnist
 from dlcourse.models import MLP, count_parameters, flops_per_example, make_model
@@ -107,8 +110,10 @@ for name in ("mlp", "cnn"):
 
 md("""
 The CNN does several times more arithmetic for every byte it would send. Does that show on real processes? The next cell runs synchronous data-parallel SGD for 10 steps on **N = 2 real processes**, once with each network: each worker computes the gradient of its half of the batch, then the two average their gradients with an all-reduce (lesson 03 explains how). Each worker times its compute and its synchronization.
+""")
 
-**Predict.** For which network will the synchronization take a larger share of each step?
+md("""
+**Predict.** For which network will the synchronization take a larger share of each step? Will either spend *most* of its step synchronizing?
 """)
 
 code("""
@@ -134,7 +139,11 @@ for i, name in enumerate(("mlp", "cnn")):
     ax.barh(i, ratio[name] / (1 + ratio[name]), left=1 / (1 + ratio[name]), color="tab:orange", label="synchronize" if i == 0 else None)
 ax.set_yticks([0, 1], ["MLP", "CNN"])
 ax.set(xlabel="share of a step (2 real processes)", xlim=(0, 1))
-ax.legend(loc="lower right");
+ax.legend(loc="lower right")
+share = {name: r / (1 + r) for name, r in ratio.items()}  # synchronizing's share of a step
+display(Markdown(
+    f"On this run the MLP spent **{share['mlp']:.0%}** of each step synchronizing, the CNN **{share['cnn']:.0%}**."
+))
 """)
 
 md("""
@@ -142,8 +151,8 @@ Each bar is one step of one worker, split into computing (blue) and synchronizin
 """)
 
 code('''
-"""Checks the measured runs: the MLP spends a larger share of its step synchronizing than the CNN, and the bytes match the ring all-reduce."""
-assert ratio["mlp"] > ratio["cnn"], ratio
+"""Checks the measured runs: the MLP spends most of its step synchronizing, the CNN most of its step computing; the bytes are the ring all-reduce's."""
+assert share["mlp"] > 0.5 > share["cnn"], share
 for name, run in real.items():
     assert run.updates == 10
     # 10 all-reduces of the gradient plus the initial broadcast of the parameters
@@ -151,72 +160,117 @@ for name, run in real.items():
 ''')
 
 md("""
-On two processes on one machine the "network" is shared memory, as fast as it gets, and still the MLP spends most of each step synchronizing while the CNN spends most of it computing. Between real machines, with a network thousands of times slower than memory, the difference only grows. (The absolute milliseconds depend on how busy your machine is; the ordering does not.)
+On two processes on one machine the "network" is shared memory, as fast as it gets, and still the MLP spends most of each step synchronizing while the CNN spends most of it computing (the sentence above the bars gives this run's shares; the cell before checked them). Between real machines, with a network thousands of times slower than memory, the difference only grows. The absolute milliseconds depend on how busy your machine is.
 """)
 
 md("""
 ## 3. When distributing helps: speedup against N
 
-Two processes on one machine cannot show what 32 machines do. The **simulated cluster** can: it runs synchronous SGD with N workers and a parameter server on a virtual clock. Every gradient is real, but time is modelled: a gradient takes FLOPs per example x batch / `device_flops` virtual seconds (10 GFLOP/s per worker by default), each message takes bytes / `bandwidth` (1 GB/s by default), and all messages to and from the server share the server's one link. The **throughput** is training examples per virtual second; the **speedup** at N workers is the throughput at N divided by the throughput at 1.
+Two processes on one machine cannot show what 32 machines do. The **simulated cluster** can: it runs synchronous SGD with N workers and a parameter server on a virtual clock. Every gradient is real, but time is modelled: a gradient takes FLOPs per example x batch / `device_flops` virtual seconds (10 GFLOP/s per worker by default, with a 10% random spread), each message takes bytes / `bandwidth` (1 GB/s by default) plus a latency of 0.1 ms, and all messages to and from the server share the server's one link. The **throughput** is training examples per virtual second; the **speedup** at N workers is the throughput at N divided by that of one machine that computes the same mini-batches and sends nothing.
 
-**Predict.** Sketch the speedup curves of the MLP and the CNN for N = 1 to 32 before you run the cell. Will either reach 32? Which bends first, and why?
+The server is one way to combine gradients. The other is a **ring all-reduce** among the workers, with no server (lesson 03): each worker sends 2(N-1) chunks of 1/N of the model to its neighbour, in 2(N-1) steps that each pay the latency. `dlcourse.scaling` writes both steps' times as formulas; without the random spread, the server's formula is the simulator's step exactly.
+""")
+
+md("""
+**Predict.** Sketch the speedup curves of the MLP and the CNN for N = 1 to 32 before you run the cell, once with the server and once with the ring. Will either reach 32? Which bends first, and why?
 """)
 
 code("""
+from dlcourse.scaling import speedup as model_speedup
 from dlcourse.sim import SimConfig, simulate
+from dlcourse.sim.cluster import SERVER_MEMORY_BANDWIDTH
 
-sim_data = MnistSplit(split.train, split.test[:200], split.source)  # a small test set: only time matters here
+# 3,200 = 32 x 100 training digits: every N in Ns takes whole steps; a small test set, only time matters
+sim_data = MnistSplit(split.train[:3200], split.test[:200], split.source)
 Ns = (1, 2, 4, 8, 16, 32)
+config = SimConfig()
+timing = {  # what the formulas need, from the simulator's settings
+    name: dict(compute_s=cost[name] * batch / config.device_flops, nbytes=4 * params[name],
+               bandwidth=config.bandwidth, latency=config.latency,
+               apply_s=3 * 4 * params[name] / SERVER_MEMORY_BANDWIDTH)  # the server's time to apply one update
+    for name in ("mlp", "cnn")
+}
 sims = {
     name: [simulate(SimConfig(num_workers=n, policy="sync", model=name, batch_size=batch, evals_per_epoch=1), sim_data) for n in Ns]
     for name in ("mlp", "cnn")
 }
-speedup = {name: [r.examples_per_s / runs[0].examples_per_s for r in runs] for name, runs in sims.items()}
-config = SimConfig()
+# over one machine that computes the same mini-batches and sends nothing: batch / compute_s examples per second
+speedup = {name: [r.examples_per_s * timing[name]["compute_s"] / batch for r in runs] for name, runs in sims.items()}
+formula = {(name, design): [model_speedup(design, n, **timing[name]) for n in Ns]
+           for name in ("mlp", "cnn") for design in ("parameter-server", "ring")}
 for name in ("mlp", "cnn"):
-    compute_s = cost[name] * batch / config.device_flops
-    message_s = 4 * params[name] / config.bandwidth
-    print(f"{name}: compute {compute_s * 1e3:7.2f} ms, one message {message_s * 1e3:5.2f} ms per step; "
-          f"speedup at N = {Ns}: {[round(s, 1) for s in speedup[name]]}")
+    print(f"{name}: compute {timing[name]['compute_s'] * 1e3:7.2f} ms, one message {timing[name]['nbytes'] / config.bandwidth * 1e3:5.2f} ms per step")
+    print(f"   server, simulated  at N = {Ns}: {[round(s, 1) for s in speedup[name]]}")
+    print(f"   server, formula    at N = {Ns}: {[round(s, 1) for s in formula[name, 'parameter-server']]}")
+    print(f"   ring all-reduce    at N = {Ns}: {[round(s, 1) for s in formula[name, 'ring']]}")
 """)
 
 code("""
 from dlcourse.viz import timeline
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-for name in ("mlp", "cnn"):
-    axes[0].plot(Ns, speedup[name], "o-", label=name.upper())
+for name, color in (("mlp", "tab:red"), ("cnn", "tab:blue")):
+    axes[0].plot(Ns, speedup[name], "o", color=color, label=f"{name.upper()}: server, simulated")
+    axes[0].plot(Ns, formula[name, "parameter-server"], "-", color=color, label=f"{name.upper()}: server, formula")
+    axes[0].plot(Ns, formula[name, "ring"], "--", color=color, label=f"{name.upper()}: ring all-reduce")
 axes[0].plot(Ns, Ns, ":", color="grey", label="linear (ideal)")
-axes[0].set(xscale="log", yscale="log", xlabel="workers N", ylabel="speedup over N = 1", title="sync SGD, simulated")
+axes[0].set(xscale="log", yscale="log", xlabel="workers N", ylabel="speedup over one machine", title="sync SGD")
+axes[0].legend(fontsize="x-small")
 axes[0].set_xticks(Ns, [str(n) for n in Ns])
-axes[0].legend()
 mlp_timeline = timeline(sims["mlp"][3], ax=axes[1], title="MLP, N = 8: who computes, who waits")
 cnn_timeline = timeline(sims["cnn"][3], ax=axes[2], title="CNN, N = 8: who computes, who waits")
 fig.tight_layout()
 """)
 
 md("""
-Left: the speedup of each network against N, on log-log axes, with the ideal line. Middle and right: the first steps of N = 8 workers; look at how much of each row is computing and how much is pulling parameters, pushing gradients and waiting for the server's link.
+Left: the speedup of each network against N, on log-log axes, with the ideal line: dots are the simulated server, solid lines the server's formula, dashed lines the ring all-reduce. Middle and right: the first steps of N = 8 workers with the server; look at how much of each row is computing and how much is pulling parameters, pushing gradients and waiting for the server's link.
+""")
+
+code("""
+display(Markdown(
+    f"At N = 32 the simulated server reaches **{speedup['mlp'][-1]:.1f}x** for the MLP and **{speedup['cnn'][-1]:.1f}x** for the CNN; "
+    f"a ring all-reduce would reach **{formula['mlp', 'ring'][-1]:.1f}x** and **{formula['cnn', 'ring'][-1]:.1f}x**. "
+    f"The simulated runs stay within {max(1 - s / f for name in ('mlp', 'cnn') for s, f in zip(speedup[name], formula[name, 'parameter-server'])):.0%} "
+    f"of the server's formula: the gap is the last executor, the slowest of N workers' random compute times."
+))
 """)
 
 code('''
-"""Checks the lecture's claim on the simulated runs: the CNN scales further than the MLP, and neither scales linearly to 32."""
-assert speedup["cnn"][-1] > speedup["mlp"][-1], speedup
-assert speedup["cnn"][3] > speedup["mlp"][3], speedup  # at N = 8 as well
+"""Checks the simulated runs: the CNN scales further than the MLP, neither linearly; the formula matches them within the compute spread; the ring beats the one link at N = 32."""
+assert speedup["cnn"][-1] > speedup["mlp"][-1] and speedup["cnn"][3] > speedup["mlp"][3], speedup  # N = 32 and 8
 assert max(speedup["mlp"]) < 0.5 * Ns[-1] and speedup["cnn"][-1] < Ns[-1], speedup
+for name in ("mlp", "cnn"):
+    for s, f in zip(speedup[name], formula[name, "parameter-server"]):
+        assert 0.75 * f < s < 1.05 * f, (name, s, f)
+    assert formula[name, "ring"][-1] > speedup[name][-1], (name, formula[name, "ring"], speedup[name])
 ''')
 
 md("""
-Both curves start near the ideal line and then bend. A synchronous step with N workers costs the compute of one gradient (which does not shrink as N grows: each worker still processes its own batch), plus N pulls and N pushes queued on the server's one link, plus the time for the slowest of N workers to finish (the *last executor*, lesson 03). The useful work grows like N, the communication also grows like N, so the speedup levels off where communication catches up with compute, and can even fall. The MLP reaches that point early: its compute per step is tiny next to its messages. The CNN, with many more FLOPs per byte, goes much further. That is the lecture's point that small and shallow networks are not good candidates for distributed training, and CNNs are.
+With the server, both curves start near the ideal line and then bend. A synchronous step with N workers costs the compute of one gradient (which does not shrink as N grows: each worker still processes its own batch), plus N pulls and N pushes queued on the server's one link, plus the time for the slowest of N workers to finish (the *last executor*, lesson 03). The useful work grows like N and so does the traffic through the server's link, so the speedup levels off where that traffic catches up with compute: it can never pass compute / (2 x one message). The MLP reaches that point early: its compute per step is tiny next to its messages. The CNN, with many more FLOPs per byte, goes much further. That is the lecture's point that small and shallow networks are not good candidates for distributed training, and CNNs are.
 
-Two knobs move these curves, and you will turn them in the exercises: a faster device (a GPU instead of 10 GFLOP/s) shrinks the compute and makes *every* network communication-bound sooner, and a faster network or several server shards (lesson 05) push the bend to larger N.
+"Communication grows like N" is a property of the **one link**, not of data parallelism. In a ring all-reduce each worker sends less than two copies of the model per step whatever N is, so its bytes per worker are nearly flat; what grows with N is the number of ring steps, 2(N-1), each paying the latency. That is why the dashed curves stay much closer to the ideal line, and why all-reduce (lesson 03) and sharded servers (lesson 05) are how systems scale.
+
+Three knobs move these curves; try them in the panel below. A faster device (a GPU instead of 10 GFLOP/s) shrinks the compute and makes *every* network communication-bound sooner; a faster network pushes the bend to larger N; and the network itself sets the FLOPs per byte.
+""")
+
+md("""
+**Predict.** Set the compute speed to 1e13 FLOP/s (a GPU) and keep the bandwidth at 1e9 B/s. Which design still gives the CNN a speedup above 10 at N = 32?
+""")
+
+code("""
+from dlcourse.viz import SpeedupExplorer
+
+explorer = SpeedupExplorer(max_workers=32, bandwidth=config.bandwidth, device_flops=config.device_flops, model="cnn")
+explorer
 """)
 
 md("""
 ## 4. Data size vs network size
 
 The lecture's last consideration: distributed training is for large networks or large data sets, but a *mismatch* between them hurts whatever hardware you use. A large network on little data **overfits**: it memorises the training examples and generalises poorly. A small network on lots of data **underfits**: it cannot even fit the training data. We measure both by training MLPs of two sizes (2 hidden units: 1,600 parameters; 256 hidden units: 200,000 parameters) on the first 50, 200, 1,000 and 4,000 training digits, for the same number of steps each, and comparing accuracy on the training subset with accuracy on the 1,000 test digits.
+""")
 
+md("""
 **Predict.** Which of the eight runs will have the largest gap between training and test accuracy? Which will have the lowest training accuracy?
 """)
 
@@ -265,15 +319,15 @@ So before distributing, match the two: more data calls for a network with the ca
 
 - A training job's time is roughly FLOPs per example x examples x epochs / achieved FLOP/s: minutes for MNIST, years for ImageNet on one CPU.
 - Per step, data parallelism sends bytes in proportion to the parameters and computes FLOPs in proportion to FLOPs per example: the CNN does several times more work per byte than the MLP, and on real processes the MLP spends a larger share of its step synchronizing.
-- Simulated speedup curves bend where communication catches up with compute; the CNN scales much further than the MLP, neither linearly.
+- Simulated speedup curves bend where communication catches up with compute; the CNN scales much further than the MLP, neither linearly. Through a server's one link the traffic grows like N; a ring all-reduce keeps each worker's bytes nearly flat and pays 2(N-1) latencies instead.
 - A large network overfits small data; a small network underfits large data.
 """)
 
 md("""
 ## Exercises
 
-1. Repeat the speedup sweep with a 10x faster device (`device_flops=1e11`) and then with a 10x slower network (`bandwidth=1e8`). For each, at which N does the CNN's speedup stop growing?
-   <details><summary>Hint</summary>The bend comes where the N messages on the server's link take about as long as one gradient's compute. Compare <code>cost[name] * batch / device_flops</code> with <code>N * 4 * params[name] / bandwidth</code>.</details>
+1. Repeat the speedup sweep with a 10x faster device (`device_flops=1e11`) and then with a 10x slower network (`bandwidth=1e8`), in the simulator and in the panel. For each, at which N does the CNN's speedup with the server stop growing?
+   <details><summary>Hint</summary>The bend comes where the 2N messages on the server's link take about as long as one gradient's compute. Compare <code>cost[name] * batch / device_flops</code> with <code>2 * N * 4 * params[name] / bandwidth</code>.</details>
 
 2. Sending fewer bytes moves the bend too. Use `SimConfig(servers=4, ...)` (four server shards, each with its own link and a quarter of the parameters) and compare the MLP's speedup at N = 16 with one server. Lesson 05 comes back to sharded servers.
    <details><summary>Hint</summary>Each shard carries a quarter of every message on its own link, so the queue at any one link is four times shorter.</details>
