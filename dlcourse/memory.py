@@ -155,6 +155,25 @@ def state_bytes(
     )
 
 
+def device_peak_bytes(device: torch.device | str | None = None, *, reset: bool = False) -> int | None:
+    """``torch.cuda.max_memory_allocated``: the most bytes PyTorch's allocator held on a CUDA device
+    since the last reset (everything: state, activations, workspaces); ``None`` on the CPU.
+
+    A cross-check for :func:`state_bytes` + :class:`SavedActivations` on a GPU, never a
+    replacement: it includes temporaries and the allocator's rounding. ``reset=True`` starts
+    a new peak after reading this one.
+    """
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return None
+    peak = torch.cuda.max_memory_allocated(device)
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return int(peak)
+
+
 class _Saved:
     """What the pack hook hands autograd: the tensor, and a note to the counter when freed."""
 

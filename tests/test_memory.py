@@ -21,6 +21,7 @@ from dlcourse.memory import (
     activation_bytes,
     activation_parts,
     bytes_per_parameter,
+    device_peak_bytes,
     optimizer_bytes_per_parameter,
     plan,
     predict,
@@ -420,3 +421,27 @@ def test_cli_memory_bad_values_exit_2_with_one_line(args, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_device_peak_bytes_is_none_on_the_cpu():
+    assert device_peak_bytes("cpu") is None
+    if not torch.cuda.is_available():
+        assert device_peak_bytes() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_allocators_peak_covers_the_measured_state_and_activations():
+    """max_memory_allocated >= state bytes + saved activations: the allocator holds those and more."""
+    device = torch.device("cuda", 0)
+    device_peak_bytes(device, reset=True)  # the peak counts from here
+    model = MnistCNN().to(device)
+    opt = torch.optim.Adam(model.parameters())
+    x, y = torch.randn(64, 1, 28, 28, device=device), torch.randint(0, 10, (64,), device=device)
+    with SavedActivations(model) as saved:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    opt.step()
+    state = state_bytes(model, opt)
+    assert state == predict(Layout(model=model, optimizer="adam"))
+    assert device_peak_bytes(device) >= state.parameters + state.gradients + saved.peak
