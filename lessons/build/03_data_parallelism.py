@@ -21,13 +21,19 @@ md("""
 
 **The lecture's picture, in words.** In the data-parallelism figure every worker machine holds *the whole network*: a complete copy, called a **replica**. The training data is cut into pieces, one per worker, called **shards**. Each worker trains its replica on its own shard, and an arrow from every worker goes to one place where the results are combined into a single set of parameters, which goes back to every worker. Model parallelism (lesson 02) cuts the *network*; data parallelism cuts the *data*.
 
-Throughout: **N** is the number of workers, **lambda** (`lr`) the learning rate, and **K** the number of mini-batches a worker trains on its own between two averages.
+Throughout (the course's [notation](00_start_here.ipynb#The-notation)): **N** is the number of workers, **lambda** (`lr`) the learning rate, and **H** the averaging period, the number of mini-batches a worker trains on its own between two averages.
+
+Where this sits on [the map of approaches](00_start_here.ipynb#The-map-of-approaches): synchronous data parallelism, first by parameter averaging, then update-based (gradients averaged by an all-reduce among the workers, no server).
 """)
 
 md("""
 ## 1. Replicas and shards
 
 Every worker gets an equal, disjoint slice of the training set. To keep the real runs of this lesson quick, we train the small multilayer perceptron (`mlp`, one hidden layer of 64 units) on the first 2,000 training digits.
+""")
+
+md("""
+**Predict.** Cut the first 2,000 digits into 4 shards of 500. Will every shard hold all ten digits?
 """)
 
 code("""
@@ -56,7 +62,14 @@ print(make_model("mlp"), "- every worker holds this whole network")
 """)
 
 md("""
-Four shards of 500 digits, no digit in two shards, every class present in each: the shards look alike, but they are *different* data. If each replica simply trained on its own shard and never talked to the others, we would end with four different networks. The whole question of data parallelism is how to combine them.
+Four shards of 500 digits, no digit in two shards, every class present in each (the next cell checks it): the shards look alike, but they are *different* data. If each replica simply trained on its own shard and never talked to the others, we would end with four different networks. The whole question of data parallelism is how to combine them.
+""")
+
+code("""
+\"\"\"Checks the shards: four of 500 digits, together exactly the 2,000, and all ten classes in each.\"\"\"
+assert [len(s) for s in shards] == [500] * 4, shards
+assert torch.equal(torch.cat([s.y for s in shards]).sort().values, train.y.sort().values)
+assert all(len(np.unique(s.y.numpy())) == 10 for s in shards)
 """)
 
 md("""
@@ -66,14 +79,16 @@ The procedure from the lecture, step by step:
 
 1. randomly initialize the network's parameters;
 2. give each worker a copy of the current parameters;
-3. let each worker train on its shard (here: for K mini-batches);
+3. let each worker train on its shard (here: for H mini-batches);
 4. set the global parameters to the average of the workers' parameters;
 5. while there is data left, go back to step 2.
 
-`train_averaging` starts N real processes joined by `torch.distributed`; step 2 is a `broadcast` from rank 0 and step 4 an `all_reduce` followed by a division by N. We use the global mini-batch of 100 examples, so each of the N = 4 workers takes 25 per step, plain SGD with lr = 0.1, and K = 1 (average after every mini-batch). We compute in float64 so that rounding cannot hide or fake a difference.
+`train_averaging` starts N real processes joined by `torch.distributed`; step 2 is a `broadcast` from rank 0 and step 4 an `all_reduce` followed by a division by N. We use the global mini-batch of 100 examples, so each of the N = 4 workers takes 25 per step, plain SGD with lr = 0.1, and H = 1 (average after every mini-batch). We compute in float64 so that rounding cannot hide or fake a difference.
 
 `train_reference` is the oracle: **one** process and **one** model that, at step t, takes a single SGD step on the *concatenation* of the four workers' t-th mini-batches. That is "training on a single machine" with exactly the examples the workers saw.
+""")
 
+md("""
 **Predict.** After 20 steps, how far apart (largest difference in any single weight) will the averaged model and the single-machine model be? About 0.1? 0.001? Or zero up to rounding?
 """)
 
@@ -95,14 +110,20 @@ ax.legend();
 """)
 
 md("""
-The two loss curves lie on top of each other: every cross sits inside a circle. The printed distance is of the order of 1e-16, the rounding of float64.
+The two loss curves lie on top of each other: every cross sits inside a circle.
 """)
 
 code("""
-\"\"\"Checks that parameter averaging after every step equals single-machine SGD within 1e-6.\"\"\"
+from IPython.display import Markdown, display
+
+display(Markdown(f"After {averaged.updates} steps the largest difference in any weight is **{gap:.1e}**: the rounding of float64, whose steps are 2.2e-16 near 1."))
+""")
+
+code("""
+\"\"\"Checks that parameter averaging after every step equals single-machine SGD: weights at float64 rounding (under 1e-12), losses within 1e-9.\"\"\"
 assert averaged.updates == reference.updates == 20
-assert gap < 1e-6, gap
-assert np.allclose(averaged.step_loss, reference.step_loss, atol=1e-6)
+assert gap < 1e-12, gap
+assert np.allclose(averaged.step_loss, reference.step_loss, atol=1e-9)
 """)
 
 md("""
@@ -116,7 +137,7 @@ Because every worker's batch has the same size, the mean of the N batch means *i
 md("""
 ### Your own step 4, in real worker processes
 
-The library's `average_parameters` is four lines of `torch.distributed`. You can write your own and hand it to `train_averaging(..., average=...)`. A function defined in a notebook cell cannot normally reach a process started with `spawn`: Python pickles a function by its name, and a worker process cannot import your notebook. The launcher therefore serializes it with `cloudpickle`, by value, and an importable trampoline in each worker unpacks it and runs it. Here it is, run by two real processes.
+The library's `average_parameters` is four lines of `torch.distributed`. You can write your own and hand it to `train_averaging(..., average=...)`: the launcher ships a function defined in a notebook cell to the worker processes. Here it is, run by two real processes.
 
 From here on we use N = 2 workers and two epochs (40 steps), to keep the real runs short; everything else stays as above. The three conditions still hold, so your average should again reproduce single-machine SGD.
 """)
@@ -153,8 +174,10 @@ Now we break the three conditions, one at a time, with N = 2 workers and two epo
 
 - **Adam** keeps a running mean and a running variance per weight, and divides one by the square root of the other. Averaging the parameters of two Adam optimizers is not the Adam step of the averaged gradient, because that division is not linear.
 - **Unequal shards**: worker 0 gets 1,400 examples and worker 1 only 600. Both still take the same number of steps, so worker 0's mini-batches are larger, but the plain average gives both replicas equal weight.
-- **K = 5**: each worker takes five steps on its own before the average. After the first local step the workers compute gradients at *different* points, so their sum is no longer the gradient of the global batch at one point.
+- **H = 5**: each worker takes five steps on its own before the average. After the first local step the workers compute gradients at *different* points, so their sum is no longer the gradient of the global batch at one point.
+""")
 
+md("""
 **Predict.** Rank the three broken runs by their distance from the single-machine model. Which do you expect to be furthest away, and roughly how far compared with the 1e-16 of the last section?
 """)
 
@@ -162,7 +185,7 @@ code("""
 breaks = {
     "Adam": (dataclasses.replace(two, optimizer="adam", lr=1e-3), None),
     "unequal shards": (two, [1400, 600]),
-    "K = 5": (dataclasses.replace(two, average_every=5), None),
+    "H = 5": (dataclasses.replace(two, average_every=5), None),
 }
 distance = {"all three hold": mine_gap}
 results = {}
@@ -186,14 +209,22 @@ ax.legend(loc="lower right");
 """)
 
 md("""
-Look at the logarithmic axis: the green bar sits at the rounding floor, far left of the dashed 1e-6 line; each red bar is many orders of magnitude to the right of it. None of the broken runs is *bad* training (you will see their accuracy below), but none of them is single-machine training any more.
+Look at the logarithmic axis: the green bar sits at the rounding floor, far left of the dashed 1e-6 line; each red bar lies to the right of it, by the factor printed below. Breaking a condition does not make training *bad* (section 4 measures the accuracy of H = 5), but it is no longer single-machine training.
 """)
 
 code("""
-\"\"\"Checks that breaking any one of the three conditions moves the result far beyond 1e-6.\"\"\"
+closest = min(breaks, key=distance.get)
+display(Markdown(
+    f"The closest broken run, **{closest}**, is {distance[closest] / 1e-6:,.0f} times the 1e-6 line; "
+    f"the run with all three conditions is {distance['all three hold']:.1e}."
+))
+""")
+
+code("""
+\"\"\"Checks that breaking any one of the three conditions moves the result at least 100 times beyond 1e-6.\"\"\"
 for name in breaks:
     assert distance[name] > 1e-4, (name, distance[name])
-assert distance["all three hold"] < 1e-6
+assert distance["all three hold"] < 1e-12
 """)
 
 md("""
@@ -203,15 +234,17 @@ A remark on the first condition: "no internal update of the optimizer" is *suffi
 md("""
 ## 4. Averaging too rarely
 
-Averaging after every mini-batch is costly: every step, every worker sends its whole parameter vector. The obvious saving is to average less often, every K steps. The lecture warns about what happens then: the replicas drift apart between averages, and the average of two points that are far apart can be a poor model.
+Averaging after every mini-batch is costly: every step, every worker sends its whole parameter vector. The obvious saving is to average less often, every H steps. The lecture warns about what happens then: the replicas drift apart between averages, and the average of two points that are far apart can be a poor model.
 
-We compare K = 1 (your run), 5 (from above) and 40 (the workers train alone for the whole run and are averaged once, at the end) and measure the distance from single-machine SGD and the test accuracy of the averaged model.
+We compare H = 1 (your run), 5 (from above) and 40 (the workers train alone for the whole run and are averaged once, at the end) and measure the distance from single-machine SGD and the test accuracy of the averaged model.
+""")
 
-**Predict.** As K grows from 1 to 40, will the distance from the single-machine model grow steadily, and will the test accuracy fall with it?
+md("""
+**Predict.** As H grows from 1 to 40, will the distance from the single-machine model grow steadily, and will the test accuracy fall with it?
 """)
 
 code("""
-sweep = {1: mine, 5: results["K = 5"]}
+sweep = {1: mine, 5: results["H = 5"]}
 sweep[40] = train_averaging(train, 2, dataclasses.replace(two, average_every=40))
 
 
@@ -221,37 +254,50 @@ def accuracy_of(parameters):
     return evaluate(model, split.test)["accuracy"]
 
 
-Ks = sorted(sweep)
-k_distance = [parameter_distance(sweep[k].parameters, single.parameters) for k in Ks]
-k_accuracy = [accuracy_of(sweep[k].parameters) for k in Ks]
-k_bytes = [sweep[k].bytes_sent for k in Ks]
-for k, d, a, b in zip(Ks, k_distance, k_accuracy, k_bytes):
-    print(f"K = {k:2d}: distance {d:.2e}, test accuracy {a:.3f}, {b / 1e6:.2f} MB sent")
+Hs = sorted(sweep)
+k_distance = [parameter_distance(sweep[k].parameters, single.parameters) for k in Hs]
+k_accuracy = [accuracy_of(sweep[k].parameters) for k in Hs]
+k_bytes = [sweep[k].bytes_sent for k in Hs]
+for k, d, a, b in zip(Hs, k_distance, k_accuracy, k_bytes):
+    print(f"H = {k:2d}: distance {d:.2e}, test accuracy {a:.3f}, {b / 1e6:.2f} MB sent")
 print(f"single machine: test accuracy {accuracy_of(single.parameters):.3f}")
 """)
 
 code("""
 fig, (ax_d, ax_a, ax_b) = plt.subplots(1, 3, figsize=(12, 3))
-ax_d.plot(Ks, [max(d, 1e-17) for d in k_distance], "o-")
-ax_d.set(xscale="log", yscale="log", xlabel="K (steps between averages)")
+ax_d.plot(Hs, [max(d, 1e-17) for d in k_distance], "o-")
+ax_d.set(xscale="log", yscale="log", xlabel="H (steps between averages)")
 ax_d.set_ylabel("distance from single machine")
-ax_a.plot(Ks, k_accuracy, "o-", label="averaged replicas")
+ax_a.plot(Hs, k_accuracy, "o-", label="averaged replicas")
 ax_a.axhline(accuracy_of(single.parameters), color="grey", ls="--", label="single machine")
-ax_a.set(xscale="log", xlabel="K", ylabel="test accuracy", ylim=(min(k_accuracy) - 0.2, 1.0))
+ax_a.set(xscale="log", xlabel="H", ylabel="test accuracy", ylim=(min(k_accuracy) - 0.2, 1.0))
 ax_a.legend()
-ax_b.plot(Ks, [b / 1e6 for b in k_bytes], "o-", color="C1")
-ax_b.set(xscale="log", yscale="log", xlabel="K", ylabel="MB sent in all")
+ax_b.plot(Hs, [b / 1e6 for b in k_bytes], "o-", color="C1")
+ax_b.set(xscale="log", yscale="log", xlabel="H", ylabel="MB sent in all")
 fig.tight_layout()
 """)
 
 md("""
-On the left, the distance from single-machine SGD climbs from rounding noise at K = 1 by many orders of magnitude. In the middle, the test accuracy of the averaged model: with only two workers that started from *the same* initial weights and trained for 40 steps, averaging once at the end costs almost nothing in accuracy here, while the bytes sent (right) fell by about a factor of K. Whether it stays modest depends on how far the replicas wander, which is what the loss landscape below shows.
+On the left, the distance from single-machine SGD climbs from rounding noise at H = 1 by many orders of magnitude. In the middle, the test accuracy of the averaged model; on the right, the bytes sent.
 """)
 
 code("""
-\"\"\"Checks that the replicas end further from single-machine SGD the more rarely they are averaged.\"\"\"
+saving = k_bytes[0] / k_bytes[-1]
+display(Markdown(
+    f"Averaging once at the end (H = 40) instead of after every step cut the bytes by **{saving:.0f}x**, not 40x: "
+    "every run also sends one copy of the model at the start (step 2's broadcast), so H = 1 sent 1 + 40 x 2 = 81 copies' worth "
+    "(each all-reduce of N = 2 sends two) and H = 40 sent 1 + 2 = 3. "
+    f"The test accuracy went from **{k_accuracy[0]:.3f}** to **{k_accuracy[-1]:.3f}** "
+    f"(single machine: {accuracy_of(single.parameters):.3f}): with only two workers that started from *the same* weights "
+    "and trained for 40 steps, the replicas did not wander far. How far they may wander is what the loss landscape below shows."
+))
+""")
+
+code("""
+\"\"\"Checks that the replicas end further from single-machine SGD the more rarely they are averaged, and that H = 40 sent 81/3 = 27x fewer bytes.\"\"\"
 assert k_distance[0] < 1e-6 < k_distance[1] < k_distance[2], k_distance
 assert k_bytes[0] > k_bytes[1] > k_bytes[2], k_bytes
+assert abs(k_bytes[0] / k_bytes[2] - 81 / 3) < 1e-9, k_bytes
 """)
 
 md("""
@@ -260,7 +306,9 @@ md("""
 "The average of multiple different local minima is not guaranteed to be a local minimum." We can look at that directly. `dlcourse.landscape` evaluates the training loss along the straight line between two trained networks W_a and W_b, at (1 - alpha) W_a + alpha W_b; alpha = 0.5 is exactly their parameter average. The **barrier** is how far the loss on that line rises above the straight chord between its two end points.
 
 Two cases: two replicas that start from the **same** weights and train on different shards (what parameter averaging keeps you close to), and three networks trained from **different** random initializations (replicas that have drifted as far apart as they can).
+""")
 
+md("""
 **Predict.** In which case will the midpoint (the average) have a higher loss than both end points?
 """)
 
@@ -306,15 +354,17 @@ assert apart.barrier > together.barrier, (apart.barrier, together.barrier)
 """)
 
 md("""
-Replicas that share their starting point stay in one basin: their average is as good as either of them (the orange curve is nearly flat between 0 and 1). Networks trained independently land in different basins; their hidden units can be arranged in any order without changing what the network computes, so averaging them mixes unrelated units and the loss at the average shoots up. Frequent averaging keeps the replicas in the first situation; averaging too rarely drifts towards the second. That is why K is a trade-off between bytes and quality.
+Replicas that share their starting point stay in one basin: their average is as good as either of them (the orange curve is nearly flat between 0 and 1). Networks trained independently land in different basins; their hidden units can be arranged in any order without changing what the network computes, so averaging them mixes unrelated units and the loss at the average shoots up. Frequent averaging keeps the replicas in the first situation; averaging too rarely drifts towards the second. That is why H is a trade-off between bytes and quality.
 """)
 
 md("""
 ## 5. Update-based synchronous SGD and DDP, and the bytes they move
 
 Instead of averaging the *parameters* after each worker's step, the workers can average their *gradients* (the updates) and then all take the same step. The lecture notes that, with synchronous updates, this update-based approach is equivalent to parameter averaging. `train_sync_sgd` writes it out (one `all_reduce` of each gradient tensor); `train_ddp` uses PyTorch's `DistributedDataParallel`, which does the same in buckets that start sending while the backward pass is still running.
+""")
 
-**Predict.** With the settings of your own run (N = 2, K = 1, plain SGD, two epochs), will synchronous SGD and DDP end at the same parameters as parameter averaging, up to rounding?
+md("""
+**Predict.** With the settings of your own run (N = 2, H = 1, plain SGD, two epochs), will synchronous SGD and DDP end at the same parameters as parameter averaging, up to rounding?
 """)
 
 code("""
@@ -358,10 +408,72 @@ assert sync.bytes_sent == ddp.bytes_sent == expected
 """)
 
 md("""
+### The ring's latency steps: an alpha-beta model fitted on this machine
+
+Bytes are half the cost. The ring moves its chunks in 2(N-1) steps, one after the other, and every step is a message that pays a fixed **latency** (alpha seconds: software, a round trip) before its bytes flow at **bandwidth** beta. The alpha-beta model (Hockney 1994; Thakur, Rabenseifner and Gropp 2005) prices a ring all-reduce of B bytes on N workers at
+
+2(N-1) alpha + 2(N-1)/N x B / beta.
+
+The next cell times gloo's all-reduce (and its two halves, reduce-scatter and all-gather) on two real processes for tensors from 1 KB to 4 MB, takes the slowest process's median of five runs, and fits alpha and beta to those times.
+""")
+
+md("""
+**Predict.** Will an all-reduce of 1 KB take about 4,000 times less than one of 4 MB, or much more than that? For a ring of 32 workers and our MLP's 0.4 MB, which will cost more: the 62 latencies or the bytes?
+""")
+
+code("""
+from dlcourse.collectives import fit, measure_collectives
+
+times = measure_collectives(2, repeats=5)  # {(op, bytes): seconds}, gloo on 2 real processes
+model = fit(times, 2)
+sizes = sorted({b for op, b in times if op == "all_reduce"})
+measured_ar = [times["all_reduce", b] for b in sizes]
+print(model)
+for b, t in zip(sizes, measured_ar):
+    print(f"all-reduce of {b / 1024:7,.0f} KB: measured {t * 1e3:7.3f} ms, model {model.time('all_reduce', b, 2) * 1e3:7.3f} ms")
+
+ring_Ns = [2, 4, 8, 16, 32, 64]
+latency_part = [2 * (n - 1) * model.alpha_s for n in ring_Ns]
+bytes_part = [2 * (n - 1) / n * nbytes / model.beta_bytes_per_s for n in ring_Ns]
+fig, (ax_fit, ax_ring) = plt.subplots(1, 2, figsize=(11, 3.2))
+ax_fit.plot(sizes, [t * 1e3 for t in measured_ar], "o", label="measured (gloo, N = 2)")
+ax_fit.plot(sizes, [model.time("all_reduce", b, 2) * 1e3 for b in sizes], "-", label="alpha-beta fit")
+ax_fit.set(xscale="log", yscale="log", xlabel="bytes", ylabel="ms", title="all-reduce on this machine")
+ax_fit.legend(fontsize="small")
+ax_ring.plot(ring_Ns, [t * 1e3 for t in latency_part], "o-", label="2(N-1) alpha: latency steps")
+ax_ring.plot(ring_Ns, [t * 1e3 for t in bytes_part], "s--", label="2(N-1)/N B / beta: bytes")
+ax_ring.set(xscale="log", yscale="log", xlabel="N", ylabel="ms per all-reduce", title=f"the MLP's {nbytes / 1e6:.2f} MB, ring of N")
+ax_ring.set_xticks(ring_Ns, [str(n) for n in ring_Ns])
+ax_ring.legend(fontsize="small");
+""")
+
+md("""
+Left: the measured times (dots) and the fitted model (line); small messages sit on a floor, the latency, and only large ones grow with their bytes. Right: the fitted model extrapolated to rings of N workers for our MLP: the bytes per worker level off below two copies of the model, while the latency steps keep growing like N.
+""")
+
+code("""
+crossing = next((n for n, lat, byt in zip(ring_Ns, latency_part, bytes_part) if lat > byt), None)
+display(Markdown(
+    f"Fitted here: alpha = **{model.alpha_s * 1e6:.0f} us** per message, beta = **{model.beta_bytes_per_s / 1e9:.2f} GB/s**. "
+    f"The 4 MB all-reduce took {measured_ar[-1] / measured_ar[0]:.0f} times as long as the 1 KB one, not 4,096 times: the floor is the latency. "
+    + (f"For the MLP, the latency steps outweigh the bytes from N = {crossing} on." if crossing else
+       f"For the MLP, the bytes outweigh the latency steps up to N = {ring_Ns[-1]}.")
+))
+""")
+
+code("""
+\"\"\"Checks the measured all-reduces: bytes cost time (4 MB over 4x the 1 KB time), but 1 KB costs far more than its bytes (over 10x what the fitted beta gives it).\"\"\"
+assert measured_ar[-1] > 4 * measured_ar[0], measured_ar
+assert measured_ar[0] > 10 * (1024 / model.beta_bytes_per_s), (measured_ar[0], model)
+""")
+
+md("""
 ## 6. The last executor
 
 A synchronous step ends only when *every* worker has delivered: the fast ones wait for the slowest, the "last executor". We slow rank 1 down by 0.1 s per step (as if it shared its machine with another job) and look at where each worker's time goes: its own work, and the time it spends inside the all-reduce waiting for the others.
+""")
 
+md("""
 **Predict.** Rank 0 is not slowed. Will its steps take about as long as its own compute, or about 0.1 s?
 """)
 
@@ -381,12 +493,13 @@ ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1));
 """)
 
 md("""
-Both bars have the same total length: the step time of the whole system is the slow worker's. Rank 0 finishes its work in a few milliseconds and then spends the rest of every step waiting inside the all-reduce.
+Both bars have the same total length: the step time of the whole system is the slow worker's. Rank 0 finishes its own work quickly and then spends the rest of every step waiting inside the all-reduce.
 """)
 
 code("""
-\"\"\"Checks that the slowest worker sets every worker's step time: the fast rank waits out the delay.\"\"\"
+\"\"\"Checks that the slowest worker sets every worker's step time: the fast rank waits out the delay, longer than it works.\"\"\"
 fast, slowed = slow.per_worker
+assert fast["compute_s"] < fast["sync_s"], fast
 assert fast["step_s"] >= 0.8 * slowed["delay_s"], fast
 assert fast["sync_s"] > 0.5 * slowed["delay_s"], fast
 assert abs(fast["step_s"] - slowed["step_s"]) < 0.25 * slowed["step_s"], (fast, slowed)
@@ -420,7 +533,7 @@ This is why the lecture says synchronous systems become less viable as the numbe
 md("""
 ## What this lesson showed
 
-Data parallelism gives every worker a full replica and a shard of the data. Averaging the replicas' parameters after every mini-batch, with plain SGD and equal shards, is *exactly* single-machine training on the union of the workers' batches: we measured a difference at the level of float64 rounding. Each of the three conditions matters: Adam, unequal shards and K > 1 each moved the result by many orders of magnitude more. Averaging rarely saves bytes in proportion to K, but lets the replicas drift apart, and the loss landscape shows what drifting far means: the average of two unrelated minima is not a minimum. Averaging gradients instead of parameters (synchronous SGD, DDP) gives the same parameters, and a ring all-reduce makes each worker's traffic nearly independent of N. What it cannot fix is that every step waits for the slowest worker.
+Data parallelism gives every worker a full replica and a shard of the data. Averaging the replicas' parameters after every mini-batch, with plain SGD and equal shards, is *exactly* single-machine training on the union of the workers' batches: we measured a difference at the level of float64 rounding. Each of the three conditions matters: Adam, unequal shards and H > 1 each moved the result by many orders of magnitude more. Averaging rarely saves bytes in proportion to H, but lets the replicas drift apart, and the loss landscape shows what drifting far means: the average of two unrelated minima is not a minimum. Averaging gradients instead of parameters (synchronous SGD, DDP) gives the same parameters, and a ring all-reduce makes each worker's traffic nearly independent of N. What it cannot fix is that every step waits for the slowest worker.
 """)
 
 md("""
@@ -430,7 +543,7 @@ md("""
 
 <details><summary>Hint</summary>
 
-With K = 1 all workers hold the same momentum buffer after each average, and the momentum update `v = mu v + g` is linear in the gradient, so the average of the N updates is the update of the mean gradient. Compare with `train_reference(train, 4, config)` for the same config.
+Each worker keeps its own momentum buffer v_n, and the buffers differ: each has summed only its own shard's gradients (averaging touches the parameters, not the optimizer's state). What matters is their mean. With H = 1 every worker computes its gradient at the same averaged parameters, and `v_n = mu v_n + g_n` is linear, so the mean buffer follows `mean v = mu (mean v) + mean g`: exactly the single machine's buffer on the global batch. The averaged parameters `W - lambda mean(v_n)` are then the single machine's. Compare with `train_reference(train, 4, config)` for the same config.
 </details>
 
 2. Fix the unequal shards: write `weighted_average(model)` that weights each worker's parameters by the size of its mini-batch, and pass it as `average=`. How close to `train_reference(..., shard_sizes=[1400, 600])` do you get?
@@ -440,11 +553,11 @@ With K = 1 all workers hold the same momentum buffer after each average, and the
 Each worker can compute its own weight from `dist.get_rank()` (worker 0 takes 116 examples per step, worker 1 takes 50); multiply the parameters by `batch_n / sum of batches` before an `all_reduce` with `SUM`, and do not divide by N afterwards. The distance should drop to rounding.
 </details>
 
-3. Repeat the K sweep of section 4 with N = 4 workers and K = 1, 2, 5, 10, 20. Does the accuracy of the averaged model fall faster with more workers? Plot bytes sent against test accuracy.
+3. Repeat the H sweep of section 4 with N = 4 workers and H = 1, 2, 5, 10, 20. Does the accuracy of the averaged model fall faster with more workers? Plot bytes sent against test accuracy.
 
 <details><summary>Hint</summary>
 
-`train_averaging(train, 4, dataclasses.replace(two, average_every=K))` and `accuracy_of(result.parameters)`; `result.bytes_sent` falls roughly as 1/K.
+`train_averaging(train, 4, dataclasses.replace(two, average_every=H))` and `accuracy_of(result.parameters)`; `result.bytes_sent` falls roughly as 1/H.
 </details>
 
 4. In the straggler panel, set the straggler probability to 0 and move N from 1 to 32. Then set it to 0.1. For each setting, at what N does the synchronous cluster spend more than half of its time idle?
