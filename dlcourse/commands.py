@@ -555,6 +555,7 @@ def _memory_layouts(args: argparse.Namespace) -> list[tuple[str, Any]]:
                     microbatches=m,
                     schedule=args.schedule,
                     recompute=args.recompute,
+                    segments=args.segments,
                     precision=args.precision,
                     optimizer=args.optimizer,
                     model_kind=args.model_kind,
@@ -589,16 +590,17 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     kinds = ("parameters", "gradients", "optimizer", "activations", "total")
+    unit, scale = ("GB", 1e9) if max(r["total"] for r in rows) >= 1e9 else ("MB", 1e6)
     lines.append(
         f"{int(args.params):,} parameters on {args.devices} devices, {args.precision} {args.optimizer}"
         + (", recompute" if args.recompute else "")
-        + f"; GB per device (1 GB = 1e9 bytes), device memory {args.device_memory_gb:g} GB"
+        + f"; {unit} per device (1 {unit} = {scale:.0e} bytes), device memory {args.device_memory_gb:g} GB"
     )
     lines.append(f"{'layout':<20}{'N':>4}{'T':>4}{'K':>4}" + "".join(f"{k:>13}" for k in kinds) + "   fits")
     for r in rows:
         lines.append(
             f"{r['layout']:<20}{r['num_workers']:>4}{r['tp']:>4}{r['pp']:>4}"
-            + "".join(f"{r[k] / 1e9:>13.3f}" for k in kinds)
+            + "".join(f"{r[k] / scale:>13.3f}" for k in kinds)
             + ("   yes" if r["fits"] else "   no")
         )
     return {"params": int(args.params), "devices": args.devices, "layouts": rows, "table": "\n".join(lines)}
