@@ -28,7 +28,9 @@ After this lesson you will be able to:
 - run the lecture's *device-parallel* example, a shared LSTM whose two branches sit on two devices;
 - compare the memory a device needs under model parallelism and under data parallelism.
 
-Letters used throughout: **K** stages (one process or device each), **M** micro-batches per batch, **N** replicas when we compare with data parallelism.
+Letters used throughout (the course's [notation](00_start_here.ipynb#The-notation)): **K** stages (one process or device each), **M** micro-batches per batch, **N** replicas when we compare with data parallelism.
+
+Where this sits on [the map of approaches](00_start_here.ipynb#The-map-of-approaches): off the data-parallel map. Model parallelism cuts the network, not the data; lesson 07 combines the two.
 """)
 
 code("""
@@ -64,7 +66,9 @@ for k, stage in enumerate(stages):
 
 md("""
 Across **processes** (or machines) nothing moves by itself: stage 0 must *send* its output to stage 1, and in the backward pass stage 1 must send back the gradient of the loss with respect to that output. `run_model_parallel` does one training step that way, with two real processes joined by `torch.distributed` (point-to-point `send` and `recv`).
+""")
 
+md("""
 **Predict.** Which tensor crosses the cut between the two stages, what is its shape for our batch of 96 digits, and is it bigger or smaller than the 4.4 MB of parameters that data parallelism would exchange every step?
 """)
 
@@ -106,10 +110,14 @@ md("""
 ## 2. Plain model parallelism idles K-1 of K stages
 
 In a chain, stage k cannot start before stage k-1 has finished its forward pass, and in the backward pass it cannot start before stage k+1 has sent its gradient. With one batch in flight, only one stage works at any moment.
+""")
 
-**Predict.** With K = 3 stages and one batch (M = 1), what fraction of the time does each process sit idle? Write a number down before you run the next cell.
-
+md("""
 The next cell runs real pipeline steps of K = 3 processes (a small MLP cut into three stages) for M = 1, 2, 4 and 8 micro-batches. Every forward and backward is padded to 80 ms, so that all stages cost the same and the machine's noise does not decide the picture; the timelines are measured with each process's clock.
+""")
+
+md("""
+**Predict.** With K = 3 stages and one batch (M = 1), what fraction of the time does each process sit idle? Write a number down before you run the next cell.
 """)
 
 code("""
@@ -130,12 +138,11 @@ Each row is one stage; coloured bars are work (forward, then backward), white is
 """)
 
 code('''
-"""Checks that with M = 1 two thirds of every stage's time is idle: on the schedule's own clock, and at least that measured."""
+"""Checks the M = 1 run: replayed with its own durations its stages idle (K-1)/K of the time, and each measured stage idled longer than it worked."""
 plain = timelines[0]
 assert plain.num_microbatches == 1
 # replay(): the same run with free messages and an idle CPU, so a busy machine cannot move it
 assert abs(plain.replay().bubble_fraction - (K - 1) / K) < 0.05, plain.replay()
-assert plain.bubble_fraction >= plain.replay().bubble_fraction - 1e-9, plain
 assert all(idle > busy for idle, busy in zip(plain.idle_s, plain.busy_s)), (plain.idle_s, plain.busy_s)
 ''')
 
@@ -149,7 +156,9 @@ md("""
 GPipe (Huang et al., 2019) cuts each batch into M **micro-batches**. Stage 0 pushes micro-batch 1 forward, hands it on, and immediately starts micro-batch 2 while stage 1 works on micro-batch 1. After all M forwards, the backwards flow back the same way; the gradients of the M micro-batches add up, and one optimizer step follows. The idle time that remains, while the pipeline fills and drains, is the **bubble**. With equal stage costs, each stage works M units of time out of M + K - 1, so
 
 $$\\text{bubble} = \\frac{K-1}{M+K-1}.$$
+""")
 
+md("""
 **Predict.** For K = 3 and M = 8, what does the formula say, and do you expect the measured timeline to match it closely?
 """)
 
@@ -172,12 +181,11 @@ Left, the measured timeline for M = 8: the white triangles at the start (filling
 """)
 
 code('''
-"""Checks that every run's bubble is (K-1)/(M+K-1) within 0.05 on its own clock, shrinking as M grows."""
+"""Checks that every run's replayed bubble is (K-1)/(M+K-1) within 0.05, and that the wall-clock bubble shrank from M = 1 to M = 8."""
 replayed = [t.replay().bubble_fraction for t in timelines]
 for t, r in zip(timelines, replayed):
     assert abs(r - gpipe_bubble(K, t.num_microbatches)) < 0.05, (t, r)
-    assert t.bubble_fraction >= r - 1e-9, t  # the wall clock only adds idle time
-assert all(a > b for a, b in zip(replayed, replayed[1:])), replayed
+assert measured[0] > measured[-1] + 0.2, measured
 ''')
 
 md("""
@@ -200,7 +208,9 @@ md("""
 ## 4. 1F1B: the same bubble, less memory
 
 To run its backward pass, a stage must keep the activations of every micro-batch it has pushed forward and not yet pushed back. GPipe runs all M forwards first, so every stage holds M micro-batches' activations at its peak. **1F1B** (one-forward-one-backward, as in PipeDream-Flush, Narayanan et al., 2021) lets stage k run only K-1-k forwards ahead, then alternates one forward with one backward: as soon as a micro-batch's backward is done its activations are freed.
+""")
 
+md("""
 **Predict.** With K = 3 stages and M = 8 micro-batches, how many micro-batches' activations does each stage hold at its peak under GPipe, and under 1F1B? Is the bubble different?
 """)
 
@@ -237,14 +247,26 @@ assert grad_gap_1f1b < 1e-6, grad_gap_1f1b
 ''')
 
 md("""
-Both schedules have the same bubble on the virtual clock, but 1F1B's stage 0 holds at most 3 micro-batches' activations where GPipe's holds 8: its peak memory depends on K, not on M. That is what lets 1F1B use many micro-batches (a small bubble) without running out of memory. And the accumulated gradient of 8 micro-batches equals the gradient of the whole batch, computed in one process: the schedule changes the order, never the result. (The real run's bubble is larger than the formula here because each step was padded to only 20 ms, so messaging overhead shows.)
+Both schedules have the same bubble on the virtual clock, but 1F1B's stage 0 holds at most 3 micro-batches' activations where GPipe's holds 8: its peak memory depends on K, not on M. That is what lets 1F1B use many micro-batches (a small bubble) without running out of memory. And the accumulated gradient of 8 micro-batches equals the gradient of the whole batch, computed in one process: the schedule changes the order, never the result.
+""")
+
+code("""
+from IPython.display import Markdown
+
+Markdown(
+    f"On the wall clock, this real 1F1B run idled **{real_1f1b.timeline.bubble_fraction:.0%}** of its stage time; replayed with its own durations, "
+    f"**{real_1f1b.timeline.replay().bubble_fraction:.0%}**; the formula says **{gpipe_bubble(K, 8):.0%}**. Each step was padded to only 20 ms here, "
+    "so the time of messages and of waiting for a CPU counts for more than in section 3."
+)
 """)
 
 md("""
 ## 5. Device-parallel branches: the shared LSTM
 
 The lecture's Keras example encodes two sequences (say, two tweets of 140 steps with 256 features each) with **one shared LSTM** of 64 units, runs the first branch on one GPU and the second on another, and concatenates the two codes on the CPU. This is model parallelism of a different shape: not a chain cut into stages, but two independent branches that can run *at the same time*. The weights are shared, so both branches' gradients must end up in the one set of weights.
+""")
 
+md("""
 **Predict.** Will the branch-parallel model give exactly the same output and the same gradient of the shared LSTM weights as the plain model on one device?
 """)
 
@@ -282,7 +304,9 @@ md("""
 ## 6. Memory per device: model parallel vs data parallel
 
 Why bother with any of this? Because a model can be too big for one device. Under **data parallelism** (lesson 03) each of N devices holds a full replica of the parameters (and their gradients) and the activations of its 1/N of the batch. Under **model parallelism** each of K devices holds only its stage's parameters, and that stage's activations for the batch. `memory_per_rank` adds these up for one step (on the `meta` device: shapes only, no memory used).
+""")
 
+md("""
 **Predict.** For the CNN and a batch of 96, which strategy needs less memory on the fullest device with 4 devices? Does the answer change if the model had ten times more parameters?
 """)
 
@@ -310,17 +334,17 @@ The bars show what the fullest device must hold: parameters, their gradients and
 """)
 
 code('''
-"""Checks that model parallelism splits the parameters across ranks while data parallelism copies them."""
-for fp in footprints["model-parallel"]:
-    assert sum(fp.parameter_bytes) == param_bytes
-    assert fp.num_ranks == 1 or max(fp.parameter_bytes) < param_bytes
-for fp in footprints["data-parallel"]:
-    assert fp.parameter_bytes == [param_bytes] * fp.num_ranks
-assert footprints["model-parallel"][-1].max_rank_bytes < footprints["data-parallel"][-1].max_rank_bytes
+"""Checks the counts' claims for this CNN: on 4 devices model parallelism's fullest device needs less than data parallelism's, but more than a quarter of one device's, because one stage holds over 90% of the parameters."""
+mp1, mp4, dp4 = footprints["model-parallel"][0], footprints["model-parallel"][-1], footprints["data-parallel"][-1]
+assert mp4.max_rank_bytes < dp4.max_rank_bytes, (mp4, dp4)
+assert mp4.max_rank_bytes > mp1.max_rank_bytes / 4, (mp1, mp4)
+assert max(mp4.parameter_bytes) > 0.9 * param_bytes, mp4.parameter_bytes
 ''')
 
 md("""
-With data parallelism every device pays for the full 4.4 MB of parameters plus as much again for their gradients, however many devices you add; only the activations shrink. With model parallelism the parameter memory is divided, but unevenly here: the stage holding the 1024x1024 dense layer keeps most of it, so the fullest device gains less than 4x. For a model ten times larger the parameters dominate, and model parallelism is the only one of the two that lets the model fit at all: this is the lecture's point that *model parallelism scales to large models*, while data parallelism is easier to implement, tolerates faults better and keeps a cluster busy. Lesson 07 combines the two.
+With data parallelism every device pays for the full 4.4 MB of parameters plus as much again for their gradients, however many devices you add; only the activations shrink. With model parallelism the parameter memory is divided, but unevenly here: the stage holding the 1024x1024 dense layer keeps most of it, so the fullest device gains less than 4x. For a model ten times larger the parameters dominate, and model parallelism is the only one of the two that lets the model fit at all: this is the lecture's point that *model parallelism scales to large models*.
+
+The lecture's other half: data parallelism has an "easy implementation, good fault tolerance and cluster utilization". Easy, yes: every worker runs the whole model (lesson 03). The fault tolerance belongs to one form of it, the **asynchronous** one with a parameter server (lesson 04): the server applies whatever updates arrive, so when a worker dies the others go on, and only that worker's shard goes untrained until it is restarted. **Synchronous** data parallelism with an all-reduce has no such slack: every step needs every worker, so one dead worker stops the whole job until it is restarted, from a checkpoint (lesson 07 shows the synchronous job stopping). Model parallelism is worse still: each stage holds the only copy of its layers. Lesson 07 combines model and data parallelism.
 
 ### What this lesson showed
 
@@ -329,7 +353,7 @@ With data parallelism every device pays for the full 4.4 MB of parameters plus a
 - M micro-batches shrink the idle share to (K-1)/(M+K-1) (measured within 0.05 on real processes).
 - 1F1B has GPipe's bubble but holds activations of at most K micro-batches instead of M.
 - Device-parallel branches with shared weights give the same result as one device.
-- Model parallelism divides parameter memory; data parallelism replicates it.
+- Model parallelism divides parameter memory; data parallelism replicates it. The fault tolerance the lecture credits to data parallelism belongs to its asynchronous form.
 """)
 
 md("""
@@ -359,7 +383,7 @@ md("""
 - D. Narayanan, A. Phanishayee, K. Shi, X. Chen, M. Zaharia. "Memory-Efficient Pipeline-Parallel DNN Training." *ICML* 2021. (PipeDream-Flush, the 1F1B schedule.)
 - D. Narayanan, A. Harlap, A. Phanishayee, et al. "PipeDream: Generalized Pipeline Parallelism for DNN Training." *SOSP* 2019.
 - S. Li, Y. Zhao, R. Varma, et al. "PyTorch Distributed: Experiences on Accelerating Data Parallel Training." *VLDB* 2020.
-- The PyTorch documentation of `torch.distributed.pipelining` (ScheduleGPipe, Schedule1F1B), which `dlcourse.pipeline` is tested against.
+- The PyTorch documentation of `torch.distributed.pipelining` (ScheduleGPipe, Schedule1F1B): the same schedules in PyTorch.
 """)
 
 write("02_model_parallelism.ipynb", cells)
