@@ -28,6 +28,8 @@ This lesson measures each of those claims on your machine. After it you will be 
 
 There are no distributed ideas yet in the sense of algorithms: this is the lesson that tells you when the later ones are worth their trouble.
 
+Two items of the lecture's fine print are not measured here. It says that "different aspects of training and inference" can be changed to gain concurrency: inference too can be spread, a model too large for one device served in stages (lesson 02's model parallelism) or many requests answered at once by replicas. And it warns that setup (preparing and loading the training data on every machine) and hyperparameter tuning are more complex in distributed systems; lessons 04 and 05 show one instance, a learning rate that must change once updates arrive stale.
+
 Where this sits on [the map of approaches](00_start_here.ipynb#The-map-of-approaches): before the map. It measures the costs every approach pays; section 3 compares the two ways a synchronous step can combine gradients, a central server and an all-reduce among the workers.
 """)
 
