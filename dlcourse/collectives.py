@@ -9,7 +9,12 @@ same in buckets that overlap with backward (Li et al., "PyTorch Distributed", VL
 
 The cost: a ring all-reduce (Patarasuk and Yuan, "Bandwidth Optimal All-reduce
 Algorithms", JPDC 2009) sends ``2 (N-1)`` times the tensor's bytes in all, whatever N.
-Call these inside :func:`dlcourse.launcher.launch` (or under ``torchrun``).
+It is a reduce-scatter followed by an all-gather, which ZeRO (Rajbhandari et al. 2020)
+uses on their own: :func:`ring_reduce_scatter` and :func:`ring_all_gather` are written
+from ``isend``/``recv`` around the ring, N - 1 steps each, (N-1)/N of the tensor sent per
+rank. :class:`AlphaBeta` prices a collective as ``steps * alpha + bytes per rank / beta``,
+and :func:`fit_alpha_beta` fits alpha and beta to gloo's times measured on real processes.
+Call the collectives inside :func:`dlcourse.launcher.launch` (or under ``torchrun``).
 """
 
 from __future__ import annotations
