@@ -48,6 +48,7 @@ over 2 ranks), or :func:`train_tensor_parallel` from Python.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -64,7 +65,9 @@ from dlcourse.collectives import ring_allreduce_bytes
 from dlcourse.data import Dataset, check_dataset
 from dlcourse.divergence import check_finite
 from dlcourse.launcher import device_for, launch
+from dlcourse.memory import SavedActivations, state_bytes
 from dlcourse.models import MODELS, make_model
+from dlcourse.recompute import recompute_segments
 from dlcourse.train import check_training_settings, evaluate, make_optimizer
 from dlcourse.worker_run import DTYPES, DataParallelResult, worker_batches
 
@@ -237,9 +240,10 @@ class RowParallelLinear(nn.Module):
 class ParallelMLP(nn.Module):
     """Megatron's MLP block: column-parallel ``fc1``, ReLU on the shard, row-parallel ``fc2``.
 
-    Built from a dense ``Linear -> ReLU -> Linear`` (:meth:`from_dense`); one all-reduce in
-    the forward pass (``g``, after ``fc2``) and one in the backward pass (``f``, the input's
-    gradient, when the input needs one).
+    Built by slicing a dense ``Linear -> ReLU -> Linear`` (``fc1``, ``fc2``, left as they
+    are); one all-reduce in the forward pass (``g``, after ``fc2``) and one in the backward
+    pass (``f``, the input's gradient, when the input needs one). :attr:`traffic` counts the
+    library's ``f`` and ``g``; a student's ``column_fn`` / ``row_fn`` communicates on its own.
     """
 
     def __init__(
@@ -294,17 +298,11 @@ def parallelize(
     The other layers are copied whole (replicated on every rank).
     """
     i = find_mlp_block(model)
-    layers = [_copy(layer) for layer in model]
+    layers = [copy.deepcopy(layer) for layer in model]
     block = ParallelMLP(
         model[i], model[i + 2], rank, world_size, group=group, column_fn=column_fn, row_fn=row_fn
     )
     return nn.Sequential(*layers[:i], block, *layers[i + 3 :])
-
-
-def _copy(layer: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(layer)
 
 
 @torch.no_grad()
@@ -428,9 +426,6 @@ def tensor_parallel_worker(
     rank: int, world_size: int, train: Dataset, test: Dataset | None, config: TensorParallelConfig
 ) -> dict[str, Any]:
     """One rank: the same batches as every other rank, its shard of the MLP block."""
-    from dlcourse.memory import SavedActivations, state_bytes
-    from dlcourse.recompute import recompute_segments
-
     device, dtype = device_for(rank), DTYPES[config.dtype]
     dense = make_model(config.model, seed=config.seed).to(device, dtype)
     tp = parallelize(dense, rank, world_size, column_fn=config.column_fn, row_fn=config.row_fn)
