@@ -328,6 +328,15 @@ def tensor_parallel(args: argparse.Namespace) -> dict[str, Any]:
     from dlcourse.precision import bytes_per_parameter
     from dlcourse.tensor_parallel import TensorParallelConfig, tp_parameters_per_rank, train_tensor_parallel
 
+    given = {  # options of the data-parallel strategies that tensor-parallel does not take
+        "--slow-worker": args.slow_worker is not None,
+        "--checkpoint-dir": args.checkpoint_dir is not None,
+        "--resume": args.resume,
+        "--average-every": args.average_every != 1,
+    }
+    unsupported = [option for option, used in given.items() if used]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not available with --strategy tensor-parallel")
     config = TensorParallelConfig(model=args.model, **training_settings(args, "sgd"))
     config.check_workers(_workers(args))  # a degree that does not divide: one line, before any warning
     _processes(_workers(args))

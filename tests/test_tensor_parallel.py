@@ -342,6 +342,9 @@ def test_the_command_line_refuses_a_degree_that_does_not_divide_in_one_line(caps
     assert main(["train", "--strategy", "tensor-parallel", "--model", "mlp", "--workers", "3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "do not divide by the tensor-parallel degree" in err
+    assert main(["train", "--strategy", "tensor-parallel", "--slow-worker", "1", "--average-every", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--slow-worker, --average-every: not available with --strategy tensor-parallel")
 
 
 # ------------------------------------------------------------------ GPU
