@@ -18,6 +18,7 @@ renders it without a display. Panels (ipywidgets 8) are explorers you display in
   server shards, a student's own ``f(lr, tau)`` and "Run it for real";
 - :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau, residual, N, topology;
 - :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M;
+- :mod:`dlcourse.viz.approach`: :class:`ApproachExplorer`, model size, N, bandwidth, stragglers -> an approach;
 - :mod:`dlcourse.viz.speedup`: :class:`SpeedupExplorer`, speedup against N, parameter server vs ring.
 
 Everything public is importable from here: ``from dlcourse.viz import StalenessExplorer, timeline``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dlcourse.viz.approach import ApproachExplorer, choose_approach
 from dlcourse.viz.compression import CompressionExplorer, mean_message_bytes, message_bytes_per_step
 from dlcourse.viz.figure import KIND_COLORS, PIPELINE_KINDS, TIMELINE_KINDS, Plot, lookup
 from dlcourse.viz.panel import PANEL_DEFAULTS, Panel, SimPanel, sim_config, slider
@@ -60,6 +62,8 @@ from dlcourse.viz.techniques import (
 
 __all__ = [  # every figure and panel, wherever it lives
     "PANEL_DEFAULTS",
+    "ApproachExplorer",
+    "choose_approach",
     "CompressionExplorer",
     "Panel",
     "PipelineExplorer",
