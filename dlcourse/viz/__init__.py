@@ -19,7 +19,8 @@ renders it without a display. Panels (ipywidgets 8) are explorers you display in
 - :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau, residual, N, topology;
 - :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M;
 - :mod:`dlcourse.viz.approach`: :class:`ApproachExplorer`, model size, N, bandwidth, stragglers -> an approach;
-- :mod:`dlcourse.viz.speedup`: :class:`SpeedupExplorer`, speedup against N, parameter server vs ring.
+- :mod:`dlcourse.viz.speedup`: :class:`SpeedupExplorer`, speedup against N, parameter server vs ring;
+- :mod:`dlcourse.viz.planner`: :class:`MemoryPlanner`, memory per device and step time of a layout.
 
 Everything public is importable from here: ``from dlcourse.viz import StalenessExplorer, timeline``.
 """
@@ -33,6 +34,7 @@ from dlcourse.viz.compression import CompressionExplorer, mean_message_bytes, me
 from dlcourse.viz.figure import KIND_COLORS, PIPELINE_KINDS, TIMELINE_KINDS, Plot, lookup
 from dlcourse.viz.panel import PANEL_DEFAULTS, Panel, SimPanel, sim_config, slider
 from dlcourse.viz.pipeline import PipelineExplorer
+from dlcourse.viz.planner import MemoryPlanner
 from dlcourse.viz.speedup import SpeedupExplorer
 from dlcourse.viz.runs import (
     CurvesPlot,
@@ -65,6 +67,7 @@ __all__ = [  # every figure and panel, wherever it lives
     "ApproachExplorer",
     "choose_approach",
     "CompressionExplorer",
+    "MemoryPlanner",
     "Panel",
     "PipelineExplorer",
     "RealRun",
