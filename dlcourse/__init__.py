@@ -27,6 +27,7 @@ The real runtime (processes on torch.distributed: gloo on CPUs, NCCL on GPUs, or
     checkpoint         save and resume a run after a crash
     data_parallel      replicas and shards: synchronous SGD written out, and PyTorch DDP
     averaging          the lecture's parameter averaging every K steps
+    sharding           ZeRO stages 1-3: optimizer state, gradients, parameters sharded over N ranks
     replication        multi_gpu_model with cpu_relocation: one process, one replica per device
     parameter_server   servers and workers exchanging real messages: async SGD, soft sync, bounds
                        (parameter_server.config: the run, its sharding; parameter_server.protocol:
