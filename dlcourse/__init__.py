@@ -7,7 +7,7 @@ The rules and parts (pure functions and small classes; no processes, no clock)
     models         the lecture's CNN (Conv32-Pool-Conv64-Pool-Dense1024-Dense10), an MLP, the shared LSTM
     metrics        accuracy, a correct macro F1, and ``run_metrics``: the metrics every run reports
     train          single-machine SGD: the baseline every distributed run is compared with
-    staleness      tau, lambda_n = lambda / tau, soft sync (S of N), bounded staleness (SSP)
+    staleness      sigma, lambda_n = lambda / max(1, sigma), soft sync (S of N), SSP and sigma_max gates
     compression    sparse + 1-bit +-tau updates with a residual, entropy-coded indices
     collectives    parameter averaging, all-reduce; reduce-scatter and all-gather on a ring, their
                    bytes per rank, the alpha-beta model fitted to measured gloo times

@@ -23,7 +23,7 @@ __all__ = ["LOSS_LIMIT", "Diverged", "check_finite", "find_diverged", "hint_for"
 
 # what to try, per runtime: the lecture's remedies for each kind of run
 _ASYNC_HINT = (
-    "a lower --lr, --lr-policy staleness (lr / tau), soft sync (--softsync S > 1) "
+    "a lower --lr, --lr-policy staleness (lr / max(1, sigma)), soft sync (--softsync S > 1) "
     "or a staleness bound (--staleness-bound b)"
 )
 _HINTS = {

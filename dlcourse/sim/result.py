@@ -21,7 +21,7 @@ class SimResult:
     trace: list[TraceEvent]  # every worker interval, in the order they were scheduled
     server_busy: list[tuple[float, float]]  # (start, end) of each update the server applied
     link_busy: list[list[tuple[float, float]]]  # per server shard: (start, end) its link was sending
-    staleness: list[int]  # tau of every applied update (server versions since its pull), in order applied
+    staleness: list[int]  # sigma of every applied update (server versions since its pull), in order applied
     clock_lag: list[int]  # policy "bounded": the SSP clock lag of every applied update (else empty)
     pull_log: list[tuple[int, int, int]]  # (worker, its step, updates applied by then) of every pull
     apply_log: list[tuple[int, int]]  # (worker, its step) of every applied update, in order

@@ -15,7 +15,7 @@ renders it without a display. Panels (ipywidgets 8) are explorers you display in
 - :mod:`dlcourse.viz.panel`: the panels' frame (build once, redraw in place, errors as text);
 - :mod:`dlcourse.viz.stragglers`: :class:`StragglerExplorer`, sync vs async with stragglers;
 - :mod:`dlcourse.viz.staleness`: :class:`StalenessExplorer`, N, S, staleness bound, lr policy,
-  server shards, a student's own ``f(lr, tau)`` and "Run it for real";
+  server shards, a student's own ``f(lr, sigma)`` and "Run it for real";
 - :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau, residual, N, topology;
 - :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M;
 - :mod:`dlcourse.viz.approach`: :class:`ApproachExplorer`, model size, N, bandwidth, stragglers -> an approach;
