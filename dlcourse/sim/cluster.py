@@ -264,16 +264,16 @@ class Cluster:
         self.server_busy.append((start, end))
 
     def applied(
-        self, taus: list[int], examples: int, params: torch.Tensor | Callable[[], torch.Tensor]
+        self, sigmas: list[int], examples: int, params: torch.Tensor | Callable[[], torch.Tensor]
     ) -> None:
-        """``len(taus)`` updates of ``examples`` examples are now part of ``params``.
+        """``len(sigmas)`` updates (their staleness) of ``examples`` examples are now part of ``params``.
 
         ``params`` may be a function that returns them: it is called only when an
         evaluation is due, so a policy whose model is derived (the mean of N replicas)
         does not build it after every step.
         """
-        self.staleness.extend(taus)
-        self.updates += len(taus)
+        self.staleness.extend(sigmas)
+        self.updates += len(sigmas)
         self.server_steps += 1
         self.examples += examples
         if self.examples >= self._next_eval:
