@@ -82,6 +82,24 @@ def test_the_mlp_activations_held_and_rebuilt_are_its_tensors():
     assert one.peak == plain.peak
 
 
+@settings(max_examples=15, deadline=None)
+@given(name=st.sampled_from(["cnn", "mlp"]), n=st.integers(1, 16), data=st.data())
+def test_measured_activation_bytes_equal_the_memory_formula(name, n, data):
+    """dlcourse.memory's tensor-by-tensor count predicts what is held and rebuilt, plain and with
+    every number of segments; the measurement has one more scalar (cross-entropy's total weight)."""
+    from dlcourse.memory import activation_parts
+
+    model = make_model(name, seed=0)
+    segments = data.draw(st.integers(1, len(model)))
+    X, y = _batch(n)
+    plain = activation_bytes(model, X, y)
+    assert (plain.held - 4, plain.rebuilt) == activation_parts(name, n)
+    measured = activation_bytes(recompute_segments(model, segments), X, y)
+    assert (measured.held - 4, measured.rebuilt) == activation_parts(
+        name, n, recompute=True, segments=segments
+    )
+
+
 def test_a_recomputed_model_in_eval_mode_is_the_plain_model():
     X, _ = _batch(8)
     model = make_model("cnn", seed=0)
@@ -149,6 +167,17 @@ def test_measured_bytes_of_each_copy_equal_the_formula(hidden, optimizer):
     assert held.gradients == per["gradients"] * p
     assert held.optimizer == (per["master"] + per["optimizer"]) * p
     assert held.state == per["total"] * p
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_bytes_per_copy_add_up_to_the_memory_modules_bytes_per_parameter(optimizer):
+    """The copy-by-copy count here and dlcourse.memory's ZeRO formula (stage 0, one rank) agree."""
+    from dlcourse import memory
+
+    for mixed, precision in ((True, "mixed"), (False, "fp32")):
+        assert bytes_per_parameter(optimizer, mixed=mixed)["total"] == memory.bytes_per_parameter(
+            0, 1, optimizer=optimizer, precision=precision
+        )
 
 
 def _fp32_run(name, optimizer, lr, batches):

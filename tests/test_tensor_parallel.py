@@ -15,6 +15,7 @@ from torch import nn
 from dlcourse.cli import main
 from dlcourse.data import Dataset
 from dlcourse.launcher import WorkerError, launch
+from dlcourse.memory import activation_bytes
 from dlcourse.models import make_model
 from dlcourse.tensor_parallel import (
     ColumnParallelLinear,
@@ -215,7 +216,12 @@ def test_training_equals_single_process_training_on_the_same_batches(mnist, mode
     for rank in result.extra["per_rank"]:
         assert rank["parameter_count"] == tp_parameters_per_rank(dense, 2)
         assert rank["state_bytes"].parameters == 8 * rank["parameter_count"]  # float64
-        assert rank["peak_activation_bytes"] > 0
+        e = 8  # float64
+        if recompute:  # the convolutions' input; dense 1's input; the split ReLU output; the loss's
+            predicted = 20 * 784 * e + 20 * 1024 * e + 20 * 1024 * e // 2 + 20 * 10 * e + 20 * 8
+        else:  # dlcourse.memory's count with the hidden layer split in two
+            predicted = activation_bytes(model, 20, precision="fp64", tp=2)
+        assert rank["peak_activation_bytes"] == predicted + e  # + cross-entropy's total-weight scalar
         i = 1 if model == "mlp" else 5
         fin, fout = dense[i].in_features, dense[i + 2].out_features
         bytes_ = mlp_block_bytes(20, fin, fout, 2, element_size=8, input_grad=model == "cnn")
