@@ -695,6 +695,17 @@ class Plan:
         """Compute plus communication, with no overlap: an upper estimate of a step."""
         return self.compute_s + self.communication_s
 
+    def as_dict(self) -> dict[str, Any]:
+        """Bytes per kind, fits, seconds of compute and of each kind of communication (for JSON)."""
+        return {
+            "memory": self.memory.as_dict(),
+            "device_memory": self.device_memory,
+            "fits": self.fits,
+            "compute_s": self.compute_s,
+            "communication_s": dict(self.communication),
+            "step_s": self.step_s,
+        }
+
     def table(self) -> str:
         """The accounting per device as a few aligned lines of text."""
         lay = self.layout

@@ -339,6 +339,18 @@ def test_plan_splits_a_step_into_compute_and_communication():
     assert dp.step_s == dp.compute_s + dp.communication_s
 
 
+def test_plan_prices_tensor_and_pipeline_parallelism_and_the_bubble():
+    """T > 1 adds all-reduces of activations, K > 1 sends between stages and idles (M + K - 1) / M."""
+    kw = dict(num_params=10**8, model_kind="gpt", batch=8, microbatches=4, seq_len=128, d_model=512, heads=8)
+    flat = plan(Layout(**kw))
+    tp, pp = plan(Layout(**kw, tp=4)), plan(Layout(**kw, pp=4))
+    assert flat.communication_s == 0 and tp.communication["tensor"] > 0 and pp.communication["pipeline"] > 0
+    assert tp.compute_s == pytest.approx(flat.compute_s / 4)
+    assert pp.compute_s == pytest.approx(flat.compute_s / 4 * (4 + 4 - 1) / 4)
+    d = pp.as_dict()
+    assert d["step_s"] == pp.step_s and d["memory"]["total"] == pp.memory.total and d["fits"]
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
