@@ -190,7 +190,7 @@ gap = same_mean.test.accuracy - scaled.test.accuracy
 display(
     Markdown(
         f"Here: the constant rate {mean_step:.3f} ends at {same_mean.test.accuracy:.1%}, λ / max(1, σ) "
-        f"at {scaled.test.accuracy:.1%}, a difference of {100 * gap:+.1f} points (over seeds 0 to 2 of this "
+        f"at {scaled.test.accuracy:.1%}, a difference of {100 * gap:+.1f} points (over seeds 0 to 4 of this "
         "configuration the two stayed within 5 points of each other)."
     )
 )
