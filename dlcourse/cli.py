@@ -325,13 +325,17 @@ def _per_rank_bytes(per_rank: list[dict]) -> list[str]:
         predicted = f"{predicted:,}" if isinstance(predicted, int) else "-"
         return f"{measured:>11,} ({predicted:>11})"
 
-    lines = [f"{'peak bytes':>16}:  rank       params (predicted)        state (predicted)  activations"]
+    lines = [
+        f"{'peak bytes':>16}:  rank       params (predicted)        state (predicted)"
+        "  activations (predicted)"
+    ]
     for i, r in enumerate(rows):
         held = r["state_bytes"]
         state = held["parameters"] + held["gradients"] + held["optimizer"]
         lines.append(
             f"{'':>16}  {i:>5}  {cell(held['parameters'], r.get('predicted_parameter_bytes'))}"
-            f"  {cell(state, r.get('predicted_state_bytes'))}  {r.get('peak_activation_bytes', 0):>11,}"
+            f"  {cell(state, r.get('predicted_state_bytes'))}"
+            f"  {cell(r.get('peak_activation_bytes', 0), r.get('predicted_activation_bytes'))}"
         )
     return lines
 

@@ -323,6 +323,7 @@ def tensor_parallel(args: argparse.Namespace) -> dict[str, Any]:
     next to the formula's (parameters, and parameters + gradients + optimizer state), and the
     peak bytes of saved activations.
     """
+    from dlcourse.memory import activation_bytes
     from dlcourse.metrics import run_metrics
     from dlcourse.models import make_model
     from dlcourse.precision import bytes_per_parameter
@@ -346,12 +347,14 @@ def tensor_parallel(args: argparse.Namespace) -> dict[str, Any]:
     )
     count = tp_parameters_per_rank(make_model(args.model), result.num_workers)
     per_parameter = bytes_per_parameter(config.optimizer, mixed=False)  # float32: weights, grads, state
+    activations = activation_bytes(args.model, args.batch_size, tp=result.num_workers)  # saved per step
     per_rank = [
         {
             **r,
             "state_bytes": r["state_bytes"].as_dict(),
             "predicted_parameter_bytes": per_parameter["weights"] * count,
             "predicted_state_bytes": per_parameter["total"] * count,
+            "predicted_activation_bytes": activations,
         }
         for r in result.extra["per_rank"]
     ]

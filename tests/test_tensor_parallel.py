@@ -342,6 +342,9 @@ def test_the_command_line_trains_and_reports_peak_bytes_per_rank(tmp_path, capsy
         assert rank["predicted_state_bytes"] == 8 * count
         held = rank["state_bytes"]
         assert held["parameters"] + held["gradients"] + held["optimizer"] == 8 * count
+        # dlcourse.memory's count (batch 50, the hidden layer split in two) + cross-entropy's scalar
+        assert rank["predicted_activation_bytes"] == activation_bytes("mlp", 50, tp=2)
+        assert rank["peak_activation_bytes"] == rank["predicted_activation_bytes"] + 4
 
 
 def test_the_command_line_refuses_a_degree_that_does_not_divide_in_one_line(capsys):
