@@ -320,11 +320,14 @@ class ShardedModel:
         return hook
 
     def _after_forward(self, unit: FlatUnit):
+        def before_backward(grad: torch.Tensor) -> None:
+            unit.gather()  # the gradient reached this layer's output: its backward runs next
+            self._watch()
+
         def hook(module, args, output):
             unit.free()
             if isinstance(output, torch.Tensor) and output.requires_grad:
-                # runs when the gradient reaches this layer's output, before the layer's backward
-                output.register_hook(lambda grad: (unit.gather(), self._watch(), None)[-1])
+                output.register_hook(before_backward)
 
         return hook
 
