@@ -63,14 +63,14 @@ cfg = DataParallelConfig(model="mlp", epochs=2, batch_size=100, lr=0.1, optimize
 rows, runs = [], {}
 
 
-def add(name, test_result, examples, wall_s, bytes_sent):
+def add_row(name, test_result, examples, wall_s, bytes_sent):
     rows.append({"strategy": name, "examples/s": examples / wall_s, "MB sent": bytes_sent / 1e6,
                  "test accuracy": test_result["accuracy"], "train seconds": wall_s})
 
 
 model = make_model("mlp", seed=0)
 history = fit(model, train, epochs=2, batch_size=100, lr=0.1, optimizer="sgd", progress=False)
-add("single process", evaluate(model, test), history.examples, history.wall_s, 0)
+add_row("single process", evaluate(model, test), history.examples, history.wall_s, 0)
 
 for name, train_fn, config in [
     ("sync SGD", train_sync_sgd, cfg),
@@ -78,15 +78,15 @@ for name, train_fn, config in [
     ("averaging H=5", train_averaging, dataclasses.replace(cfg, average_every=5)),
 ]:
     runs[name] = train_fn(train, 2, config, test=test)
-    add(name, runs[name].test, runs[name].examples, runs[name].wall_s, runs[name].bytes_sent)
+    add_row(name, runs[name].test, runs[name].examples, runs[name].wall_s, runs[name].bytes_sent)
 
 ps_config = PSConfig(num_workers=2, lr=0.1, batch_size=50, epochs=2, train_examples=2000, model="mlp")
 ps = run_parameter_server(ps_config)
-add("async PS", ps.test, ps.examples, ps.wall_s, ps.bytes_sent)
+add_row("async PS", ps.test, ps.examples, ps.wall_s, ps.bytes_sent)
 
 dec_config = DecentralizedConfig(tau=0.003, lr=0.1, batch_size=50, epochs=2)
 dec = train_decentralized(dec_config, 2, train=train, test=test)
-add("decentralized 1-bit", {"accuracy": dec.test_accuracy}, dec.examples, dec.wall_s, dec.bytes_sent)
+add_row("decentralized 1-bit", {"accuracy": dec.test_accuracy}, dec.examples, dec.wall_s, dec.bytes_sent)
 
 table = pd.DataFrame(rows).set_index("strategy")
 table.round(3)
