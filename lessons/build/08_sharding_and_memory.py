@@ -35,7 +35,9 @@ Training a model keeps four kinds of tensors alive on each device:
 - **activations**: the tensors the forward pass saves for the backward pass (a layer's input, a ReLU's output, a max-pool's indices), which grow with the batch.
 
 The first three are `dlcourse.memory`'s formulas: in fp32 with Adam, 4 + 4 + 8 = 16 bytes per parameter. The activations follow the layers one by one. We predict all four for the MLP (784 → 64 → 10) and the lecture's CNN, with Adam and a batch of 100, then run one training step of each and measure what it really holds: the storages of its tensors (`memory.state_bytes`) and every tensor autograd saves for backward (`memory.SavedActivations`), not the process's resident memory, which is noisy and includes the runtime itself.
+""")
 
+md("""
 **Predict.** Which kind dominates for the MLP, and which for the CNN? (The CNN has about 22 times as many parameters, but its first convolution's output is 32 × 24 × 24 numbers per image.)
 """)
 
@@ -126,7 +128,9 @@ Data parallelism keeps N identical copies of parameters, gradients and optimizer
 - **Stage 3** also shards the parameters: a layer's parameters are all-gathered just before its forward, freed after it, gathered again for its backward. Two all-gathers and a reduce-scatter: 1.5 times data parallelism's bytes.
 
 We run all three on real processes, N = 2 and N = 4, the MLP with Adam, 3 steps on a global mini-batch of 100, next to plain data parallelism (PyTorch's DDP) on the same batches, all in one launch per N. Every byte our ring collectives send goes through `torch.distributed.isend`; the function below counts them on each worker.
+""")
 
+md("""
 **Predict.** At N = 4, what fraction of DDP's per-worker bytes does each stage hold? Which stage sends the most?
 """)
 
@@ -233,7 +237,9 @@ The bars fall exactly as the paper says: stage 1 cuts only the optimizer state (
 ### What each stage sends, and what that costs
 
 The price is in communication. We counted every byte that left a worker; below they are set against the formulas of `dlcourse.sharding.step_bytes`, and turned into seconds with an **alpha-beta model** (a message costs α seconds of latency plus bytes / β) fitted to collectives measured on this machine a moment ago.
+""")
 
+md("""
 **Predict.** ZeRO-1 sends the same bytes as DDP. Will its predicted time per step be the same too?
 """)
 
@@ -297,7 +303,9 @@ ZeRO-3 still runs every layer whole on every worker; it only stores it in pieces
 - the second matrix B is split by **rows**: device t computes ReLU(X A_t) B_t, a partial sum of the output, and **one all-reduce** adds the T partial sums. Backward needs one all-reduce too (of the input's gradient), when the input needs a gradient.
 
 Every device sees the *same* batch: what is split is the layer. We train the MLP split over T = 2 processes for 3 steps and compare it with one process training the dense MLP on the same batches.
+""")
 
+md("""
 **Predict.** How many bytes does one step all-reduce for the MLP at batch 100? Will the split model's losses differ from the dense model's?
 """)
 
@@ -344,7 +352,9 @@ The split model's losses are the dense model's, step for step, and so are its pa
 ### Why tensor parallelism stays inside a node
 
 Data parallelism (and ZeRO) sends the parameters' and gradients' bytes once per step, whatever the batch, and can overlap them with backward. Tensor parallelism sends *activations*, inside every layer's forward and backward, and the next layer waits for them: for a transformer four all-reduces per layer (two forward, two backward) of seq_len × batch × width numbers, which grow with the batch. Take a 7B GPT-like model (32 layers, width 4096, sequences of 1,024 tokens) on 8 devices, mixed precision, and one step of the same 64 sequences: ZeRO-3 with N = 8 (8 sequences per replica) against tensor parallelism with T = 8 (one replica of 64). The planner's formulas give the bytes and the seconds, once on a node's fast links and once on a network between nodes.
+""")
 
+md("""
 **Predict.** Which layout moves more bytes per device per step? Over the slow network, whose step suffers more?
 """)
 
@@ -399,7 +409,9 @@ Two more levers, both inside one device.
 **Recomputation** (Chen et al. 2016): keep only the inputs of a few *segments* of the network, and during backward run each segment's forward again to rebuild its activations. Memory held between forward and backward falls; the step does an extra forward. We cut the lecture's CNN into 2 segments and measure the saved bytes (`SavedActivations`) and the time of a training step, median of 5.
 
 **Precision** (Micikevicius et al. 2018): compute in bfloat16 (2 bytes) but keep fp32 master weights for the update, because a small update vanishes when added to a bf16 weight.
+""")
 
+md("""
 **Predict.** How much of the CNN's activation memory does recomputation with 2 segments save, and how much longer will a step take: 10%, 30%, 100%?
 """)
 
@@ -476,7 +488,9 @@ md("""
 ## 5. The planner: will it fit, and what will a step cost?
 
 The panel below puts every lever of this lesson together: a model (a GPT-like shape of any size, the lecture's CNN, the MLP, or just a parameter count), the devices (N × T × K), data parallelism or ZeRO stage 1-3, tensor parallelism T, pipeline parallelism with K stages, M micro-batches and a GPipe or 1F1B schedule (lesson 02), recomputation and precision. It draws the memory per device as stacked bars, for all four data-parallel choices side by side (the chosen one outlined), against a dashed line at the device's memory, and the predicted time of one step split into compute and communication, with the network fitted on this machine in section 2. Every number is `dlcourse.memory.plan`, a formula: a change redraws at once.
+""")
 
+md("""
 **Predict.** 7B parameters on 8 devices of 80 GB, mixed-precision Adam. Plain data parallelism does not fit. Which ZeRO stage is the first that fits the *training state*? And once activations are counted, which other lever do you need?
 """)
 
@@ -531,7 +545,9 @@ md("""
 ## 6. Back to the lecture: who holds the parameters?
 
 The lecture's parameter server already sharded the parameters: with k server shards, each server holds and updates 1/k of the model (lesson 05's "sharded servers"). But every *worker* still pulled and held the whole model, its whole gradient, and did its whole forward and backward. ZeRO moves the sharding from separate servers into the workers themselves: worker n is also the "server" of chunk n, the reduce-scatter plays the role of the push, the all-gather of the pull, and there is no server machine at all.
+""")
 
+md("""
 **Predict.** With N = 8 workers and k = 8 server shards, how many bytes per parameter does a *worker* hold under the parameter server (mixed-precision Adam, the optimizer on the servers), and how many under ZeRO-3?
 """)
 
