@@ -17,17 +17,9 @@ md, code = cells.md, cells.code
 md("""
 # 06 · Decentralized SGD with compressed updates
 
-Lessons 04 and 05 sent every update through a parameter server. This lesson removes the server. Every worker keeps its own full copy of the model and sends its updates straight to its peers, and because there is no server to absorb the traffic, each update is squeezed first: most of it is not sent at all, what is sent is one bit per number, and even the positions of those numbers are packed with an entropy code. This is the scheme of Strom (Interspeech 2015) that the lecture presents as *decentralized async SGD*.
+Lessons 04 and 05 sent every update through a parameter server. This lesson removes the server: every worker keeps a full copy of the model and sends its updates straight to its peers, squeezed first: most of an update is not sent, what is sent is one bit per number, and the positions are entropy-coded. This is Strom's scheme (Interspeech 2015), the lecture's *decentralized async SGD*; on lesson 00's map it is *update-based, asynchronous, decentralized*.
 
-The lecture's figure shows machines joined to each other by arrows, with no box in the middle: each arrow carries a compressed update vector $\\delta_{i,n}$ from one learner to another. Everything below is one of those arrows, looked at closely. (Where this scheme sits among the approaches: lesson 00's map, *decentralized, update-based, asynchronous*.)
-
-After this lesson you will be able to
-
-- run decentralized SGD on real processes, all-to-all and around a ring, and say what each topology costs;
-- follow one update from 32 bits per number down to a few bits per *sent* number, and compare the code with the entropy of what it encodes;
-- show with an assert that the residual delays information but never loses it, and what happens to accuracy when it is dropped;
-- choose the threshold $\\tau$ as a trade-off between bytes and accuracy;
-- put the traffic next to fp16 and PowerSGD, measure what compressing costs in time, and start training with fewer workers.
+After this lesson you will be able to run decentralized SGD on real processes (all-to-all and ring), follow one update from 32 bits per number to a few bits per *sent* number, show that the residual delays information but never loses it, choose the threshold $\\tau$, and compare the result with fp16 and PowerSGD in bytes and accuracy.
 
 **Notation** (the course's, lesson 00). $N$ is the number of workers (here: peers), $\\lambda$ the learning rate. $\\Delta W_{i,n}$ is the update worker $n$ computes at its step $i$: its **gradient**, as in the lecture's $W_{i+1} = W_i - \\sum_n \\lambda_n \\Delta W_{i,n}$. A peer compresses the step it would take, $-\\lambda\\,\\Delta W_{i,n}$ (we fold $\\lambda$ in, so that $\\tau$ is a size of weight change); what it sends is the compressed $\\delta_{i,n}$, and $\\mathbf r_n$ is its residual. $\\tau$ is the compression threshold and nothing else: the one value every sent number takes, with a sign. Lessons 04-05's staleness $\\sigma$ counts server versions between a pull and a push; without a server there are no versions, so the two lateness measures of this lesson get their own names.
 """)
@@ -56,12 +48,12 @@ for topology in ("all", "ring"):
 md("""
 ## 1. Peers instead of a server
 
-With a parameter server, a worker pushes its update to one place and pulls the model back. Without one, a worker has to tell every other replica what it changed, so that all $N$ copies of the model keep describing the same network. There are two simple ways to wire that:
+Without a server, a worker has to tell every other replica what it changed, so that all $N$ copies keep describing the same network. Two simple wirings:
 
 - **all-to-all**: the worker sends its message to each of the $N-1$ others itself;
 - **ring**: the worker sends it only to the next rank, which applies it and passes it on, until it has gone round.
 
-Either way nobody waits: after a step a worker sends its message, adds whatever messages from peers have arrived so far, and starts the next step. A worker applies to its own replica exactly the compressed update it sends, not its uncompressed one, so once every message has arrived everywhere all replicas hold the same sum and agree.
+Nobody waits: after a step a worker sends its message, adds the peer messages that have arrived, and goes on. It applies to its own replica exactly the compressed update it sends, so once every message has arrived everywhere, all replicas agree.
 
 ### Run it for real
 
@@ -164,15 +156,13 @@ assert max(everyone) < 2, everyone
 md("""
 ## 2. From a dense update to a few bits per number
 
-One message, step by step. A dense update of the MLP is 50,890 float32 numbers, 32 bits each. The lecture squeezes it in three moves:
+A dense update of the MLP is 50,890 float32 numbers, 32 bits each. The lecture squeezes it in three moves:
 
-1. **Sparse.** Send only the entries that are large enough, $|r| \\ge \\tau$, and treat the others as 0. A sent entry now needs its position as well as its value: an integer index (32 bits) and a float (32 bits), so 64 bits per *sent* number.
-2. **1-bit.** Do not send the value either: every sent entry is $+\\tau$ or $-\\tau$, with the same $\\tau$ for the whole message, so one sign bit is enough. 33 bits per sent number (index plus sign).
-3. **Entropy-coded indexes.** Sorted positions are better sent as the *gaps* between them, and the gaps are small and repetitive (sent entries cluster: whole rows of a weight matrix cross $\\tau$ together). A variable-length code (Golomb-Rice or Exp-Golomb, with the parameter fitted to each message by `dlcourse.compression.best_coder`) gives short gaps short codewords.
+1. **Sparse.** Send only the entries with $|r| \\ge \\tau$. A sent entry needs an index (32 bits) and a value (32 bits): 64 bits per *sent* number.
+2. **1-bit.** Every sent entry is $+\\tau$ or $-\\tau$, one $\\tau$ for the whole message, so one sign bit replaces the value: 33 bits.
+3. **Entropy-coded indexes.** Sorted positions are sent as the *gaps* between them, which are small and repetitive (whole rows of a weight matrix cross $\\tau$ together); a Golomb-Rice or Exp-Golomb code fitted to each message gives short gaps short codewords. No code for gaps drawn independently with the observed frequencies can beat their entropy, $-\\sum_g p(g)\\log_2 p(g)$ bits per gap, on average: we compare with it.
 
-How good can step 3 be? Shannon's entropy of the gap values, $H = -\\sum_g p(g)\\log_2 p(g)$ bits per gap, is the least any code for gaps drawn independently with those frequencies can spend on average. We compare the coder with it.
-
-Below, one worker trains the MLP for half an epoch (40 steps). Each step $-\\lambda\\Delta W_{i,n}$ goes through a `Compressor` (the residual scheme of section 3), the worker adds to its model exactly what the compressor sends, and at every step we count the bits of each representation of that step's message. A second compressor without residual (`variant="onebit"`) watches the same steps, for section 3.
+Below, one worker trains the MLP for 40 steps. Each step $-\\lambda\\Delta W_{i,n}$ goes through a `Compressor` (the residual scheme of section 3), the worker adds what it sends, and we count the bits of each representation of every message. A second compressor without residual (`variant="onebit"`) watches the same steps, for section 3.
 
 **Predict.** With $\\tau = 0.003$ and $\\lambda = 0.1$, roughly what fraction of the 50,890 entries crosses the threshold in a step: 50%, 5% or 0.05%? And how many bits will the entropy-coded position of one sent entry take: closer to 32, to 16 or to 5?
 """)
@@ -243,7 +233,7 @@ fig.tight_layout()
 """)
 
 md("""
-Read the plot from the top. Dense float32 is the flat line at 32 bits per parameter. Dropping the small entries brings it down by more than an order of magnitude, though each sent entry then costs 64 bits. The sign bit instead of a float halves that. Coding the gaps takes off most of what is left (the printed bits per sent entry), which puts the whole update below one bit per parameter. The dashed entropy line hugs the coded line from below; the real message, header and checksum included, lies on top of the coded line.
+Read the plot from the top. Dense float32 is the flat line at 32 bits per parameter. Dropping the small entries brings it down by more than an order of magnitude; the sign bit halves that; coding the gaps takes off most of the rest (the printed bits per sent entry), below one bit per parameter. The dashed entropy line hugs the coded line from below; the real message, header and checksum included, lies on the coded line.
 
 How close to the entropy is the code? A short message is a poor yardstick: $n$ gaps can show at most $\\log_2 n$ bits of entropy, however spread out they are. Over all 40 messages, with tens of thousands of gaps, the frequencies are reliable, and that is what the check below compares.
 """)
@@ -399,12 +389,12 @@ Without the residual, training barely leaves the starting point: most of the gra
 
 ## 5. Against fp16 and PowerSGD: bytes per worker and step, and accuracy
 
-How does this compare with what people use in practice? Two common rivals keep synchronous data parallelism (lesson 03) and compress what its all-reduce carries:
+Two common rivals keep synchronous data parallelism (lesson 03) and compress what its all-reduce carries:
 
 - **fp16** (PyTorch DDP's `fp16_compress_hook`): every gradient number in 2 bytes instead of 4;
 - **PowerSGD of rank $r$** (Vogels et al., NeurIPS 2019; DDP's `powerSGD_hook`): each gradient matrix $M$ of shape $m \\times n$ is all-reduced as two thin factors $P$ ($m \\times r$) and $Q$ ($n \\times r$) with $M \\approx P Q^\\top$, $r(m+n)$ numbers instead of $mn$, with its own residual (error feedback); vectors go uncompressed.
 
-A per-*message* comparison would flatter us: an all-to-all peer sends its message $N-1$ times, while a ring all-reduce of $B$ bytes sends $2(N-1)/N \\cdot B$ per worker. So we compare **bytes per worker and step**, and **accuracy**, on real runs: $N = 2$ processes, one epoch, 50 examples per worker and step. DDP averages the two gradients and takes one step, while each peer adds both workers' steps; to give both the same step size per epoch, DDP's $\\lambda$ is scaled with its global batch of 100 (0.2 = 2 x 0.1, lesson 07). `train_ddp_compressed` is `train_ddp` with the hook registered.
+A per-*message* comparison would flatter us: an all-to-all peer sends its message $N-1$ times, while a ring all-reduce of $B$ bytes sends $2(N-1)/N \\cdot B$ per worker. So we compare **bytes per worker and step**, and **accuracy**, on real runs: $N = 2$ processes, one epoch, 50 examples per worker and step. DDP takes one step with the mean of two gradients, while each peer adds both workers' steps, so DDP's $\\lambda$ is scaled with its global batch: $2 \\times 0.1$ (lesson 07). `train_ddp_compressed` is `train_ddp` with the hook registered.
 
 **Predict.** Which will lose accuracy against dense DDP: fp16, PowerSGD of rank 1, our 1-bit peers? And how many bytes per worker and step will each send?
 """)
@@ -542,12 +532,12 @@ md("""
 - Without a server, every update still has to reach $N-1$ replicas: all-to-all and the ring put the same number of messages on the wire; the ring trades fan-out for more hops, so a step misses more updates.
 - One message went from 32 bits per parameter to below one: sparse, then $\\pm\\tau$ in one bit, then gaps coded within a bit of their entropy.
 - The residual makes the compression lossless over time: nothing is dropped, only delayed; without it most of the signal is lost and training stalls.
-- $\\tau$ trades bytes for accuracy, with a best value in between. Per worker and step at $N = 2$ the 1-bit peers sent orders of magnitude less than dense and fp16, and less than PowerSGD, at the same accuracy; their cost is computation and one model's worth of memory, and all-to-all's $N-1$ copies erode the lead as $N$ grows.
+- $\\tau$ trades bytes for accuracy, with a best value in between. Per worker and step at $N = 2$ the 1-bit peers sent orders of magnitude less than dense and fp16, and less than PowerSGD, at dense accuracy; their cost is computation and one model's worth of memory, and all-to-all's $N-1$ copies erode the lead as $N$ grows.
 - Starting with fewer workers helps the first, fastest-changing part of training.
 
 ## Exercises
 
-1. **Your own quantizer.** Write `def my_quantize(r, tau)` that sends $\\pm\\tau$ only where $|r| \\ge 2\\tau$, plug it into `Compressor(numel, tau=TAU, quantizer=my_quantize)`, and rerun the loop of section 2 with it. Does the conservation assert still hold? How do the bytes and the residual change?
+1. **Your own quantizer.** Write `def my_quantize(r, tau)` that sends $\\pm\\tau$ only where $|r| \\ge 2\\tau$, plug it into `Compressor(numel, tau=TAU, quantizer=my_quantize)`, and rerun the loop of section 2 with it. Does conservation (the printed check of section 3) still hold? How do the bytes and the residual change?
 <details><summary>Hint</summary>Start from <code>torch.where(r.abs() >= 2 * tau, torch.sign(r) * tau, torch.zeros_like(r))</code>. Conservation holds for <i>any</i> quantizer, because the residual is updated with whatever was sent; only how long things stay in the residual changes. <code>DecentralizedSimConfig(quantizer=my_quantize)</code> runs it in the simulator too.</details>
 
 2. **Tau and the learning rate.** Repeat the sweep of section 4 with `lr=0.05` and `lr=0.2` (pass `lr=` to `simulated`). Does the best $\\tau$ move? In which direction, and by roughly what factor?
@@ -556,23 +546,13 @@ md("""
 3. **A ring on a slow, long link.** In the simulator, compare ring and all-to-all at $N = 16$ with `latency=1e-2` (10 ms per message). What happens to the missing updates and to the virtual time of an epoch (`run.virtual_s`)? Which topology would you choose for workers spread over two data centres?
 <details><summary>Hint</summary>Pass <code>latency=1e-2</code> to <code>simulated</code>. Every hop costs the latency again, and an update needs up to N-1 hops to go round the ring. All-to-all also puts N-1 messages on the sender's link, one after another, but each reaches its receiver in one hop. Let the numbers decide.</details>
 
-4. **Bits for the lecture's CNN.** Compute `dlcourse.ddp_compression.hook_message_bytes` for the CNN's shapes (`make_model("cnn")`, 1,111,946 parameters) with PowerSGD at rank 1 and 4, and compare with a 1-bit message at 1% density coded at 6 bits per sent entry. Does the gap to PowerSGD grow or shrink compared with the MLP?
-<details><summary>Hint</summary>The convolution kernels are reshaped to (out_channels, everything else), as the DDP hook does; the big one is the 1024 x 1024 dense layer. 1% of 1,111,946 entries at about 6-7 bits is under 10 kB.</details>
-
-5. **How long a warm-up?** Sweep `warmup_fraction` over 0.1, 0.25, 0.5 and 1.0 with two and with four warm-up workers (two epochs, so that everyone trains in the second). Which setting reaches 80% test accuracy with the fewest examples?
-<details><summary>Hint</summary>Pass <code>epochs=2</code> along with <code>warmup_workers</code> and <code>warmup_fraction</code>, and read <code>[(p.epoch, p.accuracy) for p in run.evals]</code>. The late workers skip their warm-up share, so compare at the same epoch of data applied.</details>
-
 ## References
 
 - N. Strom, "Scalable distributed DNN training using commodity GPU cloud computing", Interspeech 2015 (the scheme of this lesson: threshold, 1-bit, residual, entropy-coded indexes).
 - F. Seide, H. Fu, J. Droppo, G. Li, D. Yu, "1-bit stochastic gradient descent and its application to data-parallel distributed training of speech DNNs", Interspeech 2014 (1-bit quantization with error feedback).
 - T. Vogels, S. P. Karimireddy, M. Jaggi, "PowerSGD: Practical low-rank gradient compression for distributed optimization", NeurIPS 2019.
-- X. Lian, C. Zhang, H. Zhang, C.-J. Hsieh, W. Zhang, J. Liu, "Can decentralized algorithms outperform centralized algorithms? A case study for decentralized parallel stochastic gradient descent", NeurIPS 2017.
 - Y. Lin, S. Han, H. Mao, Y. Wang, W. J. Dally, "Deep gradient compression: reducing the communication bandwidth for distributed training", ICLR 2018.
 - S. W. Golomb, "Run-length encodings", IEEE Transactions on Information Theory, 1966; P. Elias, "Universal codeword sets and representations of the integers", IEEE Transactions on Information Theory, 1975 (the gap codes).
-- P. Patarasuk, X. Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations", Journal of Parallel and Distributed Computing, 2009 (ring all-reduce).
-- S. Li et al., "PyTorch Distributed: experiences on accelerating data parallel training", VLDB 2020 (DDP and its communication hooks).
-- J. Dean et al., "Large scale distributed deep networks", NIPS 2012.
 """)
 
 write("06_decentralized_compressed.ipynb", cells)
