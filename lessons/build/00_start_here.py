@@ -37,6 +37,7 @@ Each lesson follows one part of the lecture and stands on its own; the assignmen
 | [05 Taming staleness](05_taming_staleness.ipynb) | staleness-scaled lambda, soft sync S of N, bounded staleness, sharded servers | up to 4 | `StalenessExplorer` | 04 |
 | [06 Decentralized, compressed](06_decentralized_compressed.ipynb) | peer-to-peer updates, sparse 1-bit ±τ, entropy-coded indices, the residual | up to 4 | `CompressionExplorer` | 03 |
 | [07 In practice](07_in_practice.ipynb) | choosing an approach, multi-GPU, model + data parallelism, torchrun | up to 4 | comparison figures | 03-06 |
+| [08 Sharding and memory](08_sharding_and_memory.ipynb) | beyond the lecture: where the memory goes, ZeRO 1/2/3, tensor parallelism, recomputation, mixed precision | up to 4 | `MemoryPlanner` | 02, 03, 05 |
 
 | assignment (graded by nbgrader) | what you write | lessons to read first |
 |---|---|---|
