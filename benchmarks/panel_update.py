@@ -105,7 +105,35 @@ def main() -> None:
         )
     )
 
-    for p in (stal, strag, pipe, comp):
+    # planner: devices alternate between 8 and 16 (7B GPT-like; four memory.plan calls per update)
+    from dlcourse.memory import Layout, plan
+
+    planner = viz.MemoryPlanner()
+    rows.append(
+        (
+            "planner (7B, devices)",
+            median_time(lambda i: setattr(planner.num_workers, "value", 8 + 8 * ((i + 1) % 2)), r),
+            median_time(
+                lambda i: [
+                    plan(
+                        Layout(
+                            num_params=7e9,
+                            num_workers=8 + 8 * (i % 2),
+                            zero_stage=s,
+                            precision="mixed",
+                            model_kind="gpt",
+                            batch=8,
+                        )
+                    )
+                    for s in range(4)
+                ],
+                r,
+            ),
+            median_time(lambda i: viz.MemoryPlanner(devices=8 + 8 * (i % 2)), r),
+        )
+    )
+
+    for p in (stal, strag, pipe, comp, planner):
         if p.last_error:
             raise SystemExit(f"{type(p).__name__} failed: {p.last_error}")
 
