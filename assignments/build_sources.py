@@ -1372,11 +1372,20 @@ hidden_test("A4.5", _hidden)
     ),
 ]
 
+# =====================================================================================
+# A5 sharding: its cells are in build_a5.py
+
+sys.path.insert(0, str(HERE))
+from build_a5 import a5_cells  # noqa: E402
+
+A5 = a5_cells(md, setup, solution, test, demo, HOW_TO)
+
 ASSIGNMENTS = {
     "a1_data_parallelism": A1,
     "a2_staleness": A2,
     "a3_compression": A3,
     "a4_pipelines": A4,
+    "a5_sharding": A5,
 }
 
 

@@ -933,6 +933,13 @@ def a4_autograd_gradients(num_microbatches: int, seed: int):
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
+# A5 ------------------------------------------------------------------------------------
+# in a module of its own; imported here so that the notebooks' `from dlcourse.grading import`
+# and the sandbox's helpers (this module's globals) include them
+from dlcourse.grading_a5 import *  # noqa: E402, F403
+from dlcourse.grading_a5 import __all__ as _A5_NAMES  # noqa: E402
+
+
 def write_secret(path: str, force: bool = False) -> str:
     """Write a new course secret (64 hex digits, readable by its owner only) to ``path``.
 
@@ -1075,7 +1082,7 @@ __all__ = sorted(
     name
     for name, value in list(globals().items())
     if not name.startswith("_")
-    and getattr(value, "__module__", None) == __name__
+    and (getattr(value, "__module__", None) == __name__ or name in _A5_NAMES)
     and name
     not in (
         "Sandbox",
