@@ -187,13 +187,22 @@ The same choice for machines you do not have. The panel takes the model's size, 
 """)
 
 code("""
-from dlcourse.viz import ApproachExplorer
+from dlcourse.viz import ApproachExplorer, choose_approach
 
-ApproachExplorer(params=1.1e6, num_workers=8, bandwidth=1.25e9, straggler=0.1)
+approach_panel = ApproachExplorer(params=1.1e6, num_workers=8, bandwidth=1.25e9, straggler=0.1)
+approach_panel
 """)
 
 md("""
-For the small CNN no arithmetic helps synchronous SGD: its all-reduce moves the whole model every step, far longer than the little compute, which is the lecture's remark that small networks are poor candidates and that distributed training pays when the ratio of transfers to computation is low. A large model on a fast link flips it to synchronous SGD, until stragglers make every round wait for the last executor. Past a few billion parameters the training state no longer fits and the answer is a split model.
+For the small CNN synchronous SGD's all-reduce moves the whole model every step, far longer than the little compute: the ratio of transfers to computation is high, the lecture's warning about small networks, and only updates that move 200 times fewer bytes pay off. A model of $10^8$ parameters on a fast link ($10^{10}$ bytes/s) flips the choice to synchronous SGD, until a straggler chance of 0.1 makes every round of eight wait for its last executor. Past about five billion parameters (16 bytes each, an 80 GB device) the training state no longer fits and the answer is a split model. The cell below checks these four sentences against the cost model.
+""")
+
+code("""
+\"\"\"Checks the sentences above against the panel's cost model: small CNN, big model calm and with stragglers, too big to fit.\"\"\"
+assert choose_approach(1.1e6, 8, 1.25e9, 0.1)[0] == "decentralized 1-bit"
+assert choose_approach(1e8, 8, 1e10, 0.0)[0] == "sync all-reduce"
+assert "stragglers" in choose_approach(1e8, 8, 1e10, 0.1)[1]
+assert choose_approach(6e9, 8, 1e10, 0.0)[0] == "model parallelism + data parallelism"
 """)
 
 md("""
@@ -458,6 +467,8 @@ torchrun --nnodes 2 --nproc-per-node 4 \\
     -m dlcourse train --strategy ddp --model cnn --epochs 5 --batch-size 800 \\
     --checkpoint-dir /shared/ckpt --checkpoint-every 200 --timeout 120
 ```
+
+**Predict.** Going from this laptop to two machines with four GPUs each, which of these change: the training loop, the backend, N, the global batch per rank, the checkpoints' format?
 
 **What changes:** who starts the processes (`dlcourse` or `torchrun`), the rendezvous (a private file store, localhost, or a c10d endpoint on one machine), the backend that `auto` picks (gloo on CPUs, NCCL when every rank has a GPU), the device each rank computes on (`cuda:<local rank>`), and N (`--workers`, or `nnodes x nproc-per-node`). **What stays:** the training code, the shards and mini-batches (so the same settings give the same numbers), the global batch size split evenly over the N ranks, and the checkpoints (on a cluster, put them on a shared file system). After a preemption, submit the same job with `--resume`.
 """)
