@@ -389,8 +389,8 @@ curve. The clock gate needs only a counter per worker, which a worker can compar
 clock it already holds, so a worker with a fresh enough local copy need not ask the server at all,
 and it is the quantity their convergence proofs are written in. The staleness gate must be
 decided at the server for every pull, knowing every update in flight and assuming the worst order
-in which they could land, and it only works with S = 1 (a soft-sync group could wait for a worker
-that the gate holds back)."""
+in which they could land, and (in this library) it needs S = 1: a soft-sync group could wait for
+a worker that the gate holds back."""
     ),
     code(
         """
@@ -511,9 +511,8 @@ only 5 steps at λ = 0.1. Bounded staleness with b = 1 keeps the workers in step
 applies each gradient alone at the full λ, with staleness above N. Per second (right),
 synchronous SGD is the last to finish, because every step waits for the slowest worker. This is
 the lecture's conclusion: asynchronous SGD is a good option *as long as gradient staleness is
-appropriately handled*. Which remedy is best depends on N, the stragglers and the learning rate
-(Goyal et al. 2017 scale λ with the global batch, which would speed synchronous SGD up per
-epoch): try them on the panel."""
+appropriately handled*. Which remedy is best depends on N, the stragglers and the learning rate:
+try them on the panel."""
     ),
     code(
         '''
@@ -732,8 +731,6 @@ still sends N pushes and N pulls through the server's links.
   Parameter Server.* OSDI 2014 (bounded delay).
 - S. Gupta, W. Zhang, F. Wang. *Model Accuracy and Runtime Tradeoff in Distributed Deep Learning:
   A Systematic Study.* ICDM 2016.
-- P. Goyal, P. Dollár, R. Girshick, et al. *Accurate, Large Minibatch SGD: Training ImageNet in
-  1 Hour.* 2017 (the learning rate scaled with the global batch).
 - Lecture: *Distributed Deep Learning* (L. Dong), parts "Approaches to Dealing with Stale
   Gradients" and "Centralized versus Decentralized Async SGD"."""
     ),
