@@ -94,7 +94,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_pos_int,
         default=100,
-        help="examples per step. The global batch for single, ddp, sync-sgd, averaging, replicated "
+        help="examples per step. The global batch for single, ddp, sync-sgd, averaging, replicated, zero "
         "(split over the N workers), hybrid (over the R replicas), pipeline and model-parallel (into "
         "M micro-batches); each worker's own batch for async-ps, decentralized and simulate",
     )
