@@ -96,7 +96,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=100,
         help="examples per step. The global batch for single, ddp, sync-sgd, averaging, replicated, zero "
         "(split over the N workers), hybrid (over the R replicas), pipeline and model-parallel (into "
-        "M micro-batches); each worker's own batch for async-ps, decentralized and simulate",
+        "M micro-batches), tensor-parallel (the same batch on every rank); each worker's own batch for "
+        "async-ps, decentralized and simulate",
     )
     p.add_argument(
         "--lr",
