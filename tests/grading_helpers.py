@@ -21,7 +21,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ROOT / "assignments"
-NAMES = ("a1_data_parallelism", "a2_staleness", "a3_compression", "a4_pipelines")
+NAMES = ("a1_data_parallelism", "a2_staleness", "a3_compression", "a4_pipelines", "a5_sharding")
 
 
 TEST_SECRET = "a test course secret, never a real one"

@@ -197,6 +197,18 @@ LIBRARY_CALLS = {
             "    return simulate_schedule(k, m, 'gpipe', f, b).bubble_fraction"
         ),
     },
+    "a5_sharding": {
+        "a5_1": "from dlcourse.sharding import zero1_step",
+        "a5_2": "from dlcourse.tensor_parallel import column_parallel_linear",
+        "a5_3": "from dlcourse.tensor_parallel import row_parallel_linear",
+        "a5_4": (
+            "from dlcourse.memory import Layout, predict\n"
+            "def bytes_per_device(P, N, stage, tp=1, optimizer='adam', precision='mixed'):\n"
+            "    b = predict(Layout(num_params=P, num_workers=N, zero_stage=stage, tp=tp,\n"
+            "                       optimizer=optimizer, precision=precision))\n"
+            "    return {'parameters': b.parameters, 'gradients': b.gradients, 'optimizer': b.optimizer}"
+        ),
+    },
 }
 
 

@@ -45,6 +45,7 @@ Each lesson follows one part of the lecture and stands on its own; the assignmen
 | A2 staleness (`a2_staleness`) | the staleness of an update, λ_n, the soft-sync aggregator, the bounded-staleness gate | 04, 05 |
 | A3 compression (`a3_compression`) | threshold + 1-bit ±τ quantizer with a residual, a gap coder for the indices and its decoder | 06 |
 | A4 pipelines (`a4_pipelines`) | cutting a model into stages, GPipe and 1F1B schedules, the bubble | 02 |
+| A5 sharding (`a5_sharding`) | the ZeRO-1 step, column- and row-parallel linear layers, bytes per device of a layout | 08 |
 """)
 
 md("""
@@ -69,6 +70,8 @@ One meaning per letter, in every lesson, panel and assignment:
 | H | averaging period: local steps between two parameter averages | `average_every` |
 | K | pipeline stages | `stages` |
 | M | micro-batches per mini-batch | `microbatches` |
+| T | tensor-parallel degree: devices one layer's weights are split over | `tp` |
+| k_opt | the optimizer's bytes per parameter (the ZeRO paper's K, renamed: K is pipeline stages here); mixed-precision Adam 12 | `k_opt` |
 """)
 
 md("""
