@@ -213,10 +213,15 @@ def merge_result(course: Path, assignment: str, result: dict, graded: Path) -> N
     same result twice leaves the gradebook as merging it once. A grade a person gave by hand
     (``manual_score``) is kept and flagged for review, as nbgrader's own autograde does.
     """
+    import warnings
+
     from nbgrader.api import Gradebook
+    from sqlalchemy.exc import SAWarning
 
     course, student = Path(course), result["student"]
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb, warnings.catch_warnings():
+        # nbgrader's add_submission autoflushes half-built rows (it warns in its own autograde too)
+        warnings.simplefilter("ignore", SAWarning)
         gb.update_or_create_student(student)
         kwargs = {"timestamp": result["timestamp"]} if result["timestamp"] else {}
         gb.update_or_create_submission(assignment, student, **kwargs)

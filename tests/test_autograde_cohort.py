@@ -205,3 +205,40 @@ def test_a_cohort_graded_twice_in_parallel_gets_identical_grades_and_feedback(tm
         assert other.scores(NAME) == once["scores"]
         assert _grade_rows(other) == _grade_rows(course)
     shutil.rmtree(workdir)
+
+
+@pytest.mark.slow  # generate_assignment: about 10 s alone, more on a loaded machine
+def test_merge_replaces_a_students_grades_and_keeps_a_graders_score(tmp_path):
+    """Merging one job's result twice, then a regrade's: one grade per cell, the last scores, manual kept."""
+    from nbgrader.api import Gradebook
+
+    from dlcourse.cohort import merge_result
+
+    course = Course(tmp_path / "course", secret=SECRET)
+    course.generate(NAME)
+    cells = course.max_scores(NAME)
+    graded = tmp_path / "graded"
+    graded.mkdir()
+    (graded / f"{NAME}.ipynb").write_text("{}")
+
+    def result(score):
+        grades = {name: [score * points, False] for name, points in cells.items()}
+        notebook = {"late_submission_penalty": None, "grades": grades, "comments": {}}
+        return {"student": "ann", "timestamp": "2026-12-01T12:00:00", "notebooks": {NAME: notebook}}
+
+    merge_result(course.path, NAME, result(1.0), graded)
+    rows = _grade_rows(course)
+    merge_result(course.path, NAME, result(1.0), graded)
+    assert _grade_rows(course) == rows == len(cells)
+    assert course.scores(NAME) == {"ann": cells}
+    with Gradebook(f"sqlite:///{course.path / 'gradebook.db'}") as gb:  # a grader's own score
+        gb.find_grade("test_a4_1", NAME, NAME, "ann").manual_score = 1.5
+        gb.db.commit()
+    merge_result(course.path, NAME, result(0.0), graded)  # a regrade that earns nothing
+    with Gradebook(f"sqlite:///{course.path / 'gradebook.db'}") as gb:
+        grades = {g.name: g for g in gb.find_submission_notebook(NAME, NAME, "ann").grades}
+        assert {name: g.auto_score for name, g in grades.items()} == {name: 0.0 for name in cells}
+        assert grades["test_a4_1"].manual_score == 1.5 and grades["test_a4_1"].needs_manual_grade
+        assert not any(g.needs_manual_grade for name, g in grades.items() if name != "test_a4_1")
+    assert (course.path / "autograded" / "ann" / NAME / f"{NAME}.ipynb").exists()
+    assert _grade_rows(course) == rows
