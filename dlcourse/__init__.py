@@ -49,7 +49,9 @@ Figures and panels (:mod:`dlcourse.viz`; nothing above imports them)
 The command line: :mod:`dlcourse.commands` (options -> a run) and :mod:`dlcourse.cli`.
 
 The graded assignments: :mod:`dlcourse.grading` (what their test cells import, and the judge
-and sandbox of the isolated regrade; nothing in the library imports it); :mod:`dlcourse.cohort`
+and sandbox of the isolated regrade; nothing in the library imports it; A5's helpers, which run
+a student's ZeRO-1 step and tensor-parallel layers on real processes, are
+:mod:`dlcourse.grading_a5`, re-exported there); :mod:`dlcourse.cohort`
 grades a class's submissions in parallel, each in isolation, and merges their grades.
 """
 
