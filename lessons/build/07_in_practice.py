@@ -33,7 +33,7 @@ To keep this section to seconds, every strategy trains the small MLP on the same
 - **DDP**: the same with PyTorch's `DistributedDataParallel`;
 - **averaging, H = 5**: the lecture's parameter averaging every five steps;
 - **async PS**: a parameter server process and two workers that push gradients without waiting (lesson 04);
-- **decentralized, 1-bit**: peers send each other sparse +-tau updates with a residual, no server (lesson 06).
+- **decentralized, 1-bit**: peers send each other sparse $\\pm\\tau$ updates with a residual, no server (lesson 06).
 
 **Predict.** Which strategy will send the fewest bytes? Which will process the most examples per second on *this* machine, where all processes share a couple of cores?
 """)
@@ -150,7 +150,7 @@ policies = {
     "sync, lambda x 8": SimConfig(policy="sync", **{**common, "lr": 0.1 * 8}),  # Goyal et al.: lambda ~ global batch
     "async": SimConfig(policy="async", **common),
     "soft sync S=4": SimConfig(policy="softsync", softsync=4, **common),
-    "bounded staleness 2": SimConfig(policy="bounded", staleness_bound=2, **common),
+    "bounded, b = 2": SimConfig(policy="bounded", staleness_bound=2, **common),
 }
 simulated = {name: simulate(config, same_data) for name, config in policies.items()}
 for name, r in simulated.items():
