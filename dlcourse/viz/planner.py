@@ -32,7 +32,6 @@ from matplotlib.figure import Figure
 
 from dlcourse._validate import check_choice, check_float, check_int
 from dlcourse.viz.panel import Panel, slider
-from dlcourse.viz.speedup import log_slider
 
 MODEL_CHOICES = (
     ("GPT-like (width 4096, 32 layers)", "gpt"),
@@ -130,7 +129,14 @@ class MemoryPlanner(Panel):
         self.device_flops = float(device_flops)
 
         self.model = W.Dropdown(options=list(MODEL_CHOICES), value=model, description="model")
-        self.params = log_slider("parameters", float(params), 3, 12)
+        # a number box, not a log slider: a slider's steps would snap 7e9 to 10**9.75 = 5.6e9
+        self.params = W.BoundedFloatText(
+            value=float(params),
+            min=1e3,
+            max=1e12,
+            description="parameters",
+            style={"description_width": "initial"},
+        )
         # the devices slider is the panel's N slider (tests/test_browser.py moves it by its
         # CSS class, dlcourse-slider-num_workers): N x T x K devices in all
         self.num_workers = slider(W.IntSlider, "devices", devices, 1, 1024)
@@ -164,6 +170,7 @@ class MemoryPlanner(Panel):
         for control in controls:  # a formula is cheap: the sliders may follow the mouse
             if hasattr(control, "continuous_update"):
                 control.continuous_update = True
+        self.params.continuous_update = False  # recompute when the number is entered, not per keystroke
 
         fig = Figure(figsize=(10, 4), layout="constrained")
         self.ax_memory, self.ax_time = fig.subplots(1, 2, width_ratios=[2, 1])
