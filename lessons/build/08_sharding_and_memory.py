@@ -521,7 +521,8 @@ assert abs(single.activations - measured["mlp"].activations) <= 0.05 * measured[
 
 code("""
 \"\"\"Checks the planner on 7B over 8 x 80 GB: 16 bytes per parameter, 112 GB with plain data parallelism.\"\"\"
-planner.device_flops = 4e14  # an accelerator's FLOP/s, not this laptop's
+planner.device_flops = 4e14  # an accelerator's FLOP/s, not this laptop's ...
+planner.alpha_beta = links["between nodes (25 GB/s)"]  # ... and section 3's network between nodes
 planner.model.value = "size"
 planner.params.value = 7e9
 planner.precision.value = "mixed"
@@ -538,7 +539,7 @@ planner.model.value = "gpt"  # now with a GPT-like shape's activations: try reco
 """)
 
 md("""
-The planner's bytes for the MLP are the bytes the runs above held, byte for byte, because it uses the same formulas and the same flat units as `dlcourse.sharding`; for the 7B model it reproduces the ZeRO paper's arithmetic: 16 bytes per parameter, 112 GB per device with plain data parallelism, 14 GB with ZeRO-3 over 8 devices. Its step times are a model (no overlap of communication and compute, a fixed FLOP rate): use them to compare layouts, not to promise seconds. The pipeline's K and M, which the best-known public memory calculators leave out, change what a stage holds: GPipe keeps all M micro-batches' activations, 1F1B at most K (lesson 02).
+The planner's bytes for the MLP are the bytes the runs above held, byte for byte, because it uses the same formulas and the same flat units as `dlcourse.sharding`; for the 7B model it reproduces the ZeRO paper's arithmetic: 16 bytes per parameter, 112 GB per device with plain data parallelism, 14 GB with ZeRO-3 over 8 devices. For the 7B model the panel now assumes accelerators of 400 TFLOP/s and section 3's 25 GB/s network between nodes (`planner.device_flops`, `planner.alpha_beta`); for the MLP it used this machine's fitted network. Its step times are a model (no overlap of communication and compute, a fixed FLOP rate): use them to compare layouts, not to promise seconds. The pipeline's K and M, which the best-known public memory calculators leave out, change what a stage holds: GPipe keeps all M micro-batches' activations, 1F1B at most K (lesson 02).
 """)
 
 md("""
