@@ -128,7 +128,7 @@ def simulated(num_workers=4, topology="all", tau=TAU, variant="full", **more):
 sizes = (4, 8, 16)
 missing = {t: [float(np.mean(simulated(n, t).staleness)) for n in sizes] for t in ("all", "ring")}  # per step
 for t, values in missing.items():
-    print(f"{t:>4}: mean missing updates", dict(zip(sizes, np.round(values, 2))))
+    print(f"{t:>4}: mean missing updates", {n: round(v, 2) for n, v in zip(sizes, values)})
 """)
 
 code("""
