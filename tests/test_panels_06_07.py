@@ -189,3 +189,84 @@ def test_train_ddp_compressed_checks_its_arguments_before_starting(small):
         train_ddp_compressed(small.train, 2, hook="bf16")
     with pytest.raises(ValueError, match="rank"):
         train_ddp_compressed(small.train, 2, hook="powersgd", rank=0)
+
+
+# -- the lessons' simulated claims hold on other seeds (their bounds were chosen on these) ---
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lesson_06_simulated_claims_hold_on_other_seeds(seed):
+    """Cells 10-11 and 24-25 of lesson 06 with another seed: ring vs all-to-all, the tau hill."""
+    import numpy as np
+
+    from dlcourse.sim import simulate
+    from dlcourse.sim.decentralized import DecentralizedSimConfig
+
+    def run(n=4, topology="all", tau=0.003):
+        config = DecentralizedSimConfig(
+            num_workers=n,
+            topology=topology,
+            tau=tau,
+            seed=seed,
+            batch_size=50,
+            bandwidth=1e7,
+            lr=0.1,
+            epochs=1,
+        )
+        return simulate(config)
+
+    sizes = (4, 8, 16)
+    ring = [float(np.mean(run(n, "ring").staleness)) for n in sizes]
+    everyone = [float(np.mean(run(n, "all").staleness)) for n in sizes]
+    assert all(a < b for a, b in zip(ring, ring[1:])) and ring[-1] > 2 * everyone[-1], (ring, everyone)
+    assert max(everyone) < 2, everyone
+    taus = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    sweep = [run(tau=t) for t in taus]
+    dense = run(tau=None)
+    accuracy = [r.test.accuracy for r in sweep]
+    best = int(np.argmax(accuracy))
+    assert 0 < best < len(taus) - 1, accuracy
+    assert accuracy[best] > dense.test.accuracy - 0.05, (accuracy, dense.test.accuracy)
+    assert dense.bytes_sent / sweep[best].bytes_sent >= 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lesson_07_simulated_claims_hold_on_other_seeds(seed):
+    """Cells 7-9 and section 9 of lesson 07 with another seed: scaled lambda, and tuning at N = 1 vs 8."""
+    import numpy as np
+
+    from dlcourse.divergence import Diverged
+    from dlcourse.sim import SimConfig, simulate
+
+    split = load_mnist()
+    data = MnistSplit(split.train[:2000], split.test, split.source)
+    common = dict(num_workers=8, model="mlp", epochs=2, batch_size=50, lr=0.1, compute_mean=1.0, seed=seed)
+    common.update(straggler_prob=0.1, straggler_slowdown=4.0)
+    runs = {
+        "sync": simulate(SimConfig(policy="sync", **common), data),
+        "sync x8": simulate(SimConfig(policy="sync", **{**common, "lr": 0.8}), data),
+        "async": simulate(SimConfig(policy="async", **common), data),
+    }
+    per_epoch = {k: float(np.mean(r.epoch_curve("accuracy"))) for k, r in runs.items()}
+    assert runs["async"].examples_per_s > 1.5 * runs["sync"].examples_per_s
+    assert per_epoch["sync"] < per_epoch["async"], per_epoch
+    assert per_epoch["sync x8"] > per_epoch["sync"] + 0.05, per_epoch
+    assert per_epoch["async"] > per_epoch["sync x8"] - 0.03, per_epoch
+    lrs = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6]
+    tuning = {}
+    for label, (policy, n) in {"1": ("sync", 1), "8 async": ("async", 8)}.items():
+        tuning[label] = []
+        for lr in lrs:
+            config = SimConfig(
+                policy=policy, num_workers=n, model="mlp", epochs=1, batch_size=50, lr=lr, seed=seed
+            )
+            try:
+                tuning[label].append(simulate(config, data).test.accuracy)
+            except Diverged:
+                tuning[label].append(float("nan"))
+    best = {k: lrs[int(np.nanargmax(v))] for k, v in tuning.items()}
+    assert best["8 async"] < best["1"], tuning
+    assert np.nan_to_num(tuning["8 async"][lrs.index(best["1"])]) < np.nanmax(tuning["8 async"]) - 0.1, tuning
+    assert any(np.isnan(a) and s > 0.5 for a, s in zip(tuning["8 async"], tuning["1"])), tuning
