@@ -27,7 +27,7 @@ LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
 REPORT = ROOT / "build" / "lesson_checks.md"
 PROMPT = "**Predict.**"
 # sections that close a lesson and run nothing new: no prediction is owed there
-CLOSING_SECTIONS = ("Exercises", "References", "What this lesson showed", "Where next")
+CLOSING_SECTIONS = ("Exercises", "References", "What this lesson showed", "What we saw", "Where next")
 
 
 def _cells(path: Path) -> list[nbformat.NotebookNode]:
