@@ -191,6 +191,7 @@ class MemoryPlanner(Panel):
             )
         }
         self.ax_time.set_xticks([0], ["one step"])
+        self.ax_time.yaxis.set_label_position("right")  # clear of the tick labels as their width changes
         self.ax_time.set_xlim(-0.6, 1.4)
         self.ax_time.legend(fontsize="small", loc="upper right")
         self.plans: dict[int, object] = {}  # ZeRO stage -> memory.Plan of the current layout
