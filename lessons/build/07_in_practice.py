@@ -162,12 +162,13 @@ per_epoch = {name: float(np.mean(r.epoch_curve("accuracy"))) for name, r in simu
 print("mean accuracy per epoch:", {name: round(a, 3) for name, a in per_epoch.items()})
 print(
     f"scaling lambda lifts sync by {per_epoch['sync, lambda x 8'] - per_epoch['sync']:+.3f} per epoch; "
-    f"async is then {per_epoch['async'] - per_epoch['sync, lambda x 8']:+.3f} from it"
+    f"async is then {per_epoch['async'] - per_epoch['sync, lambda x 8']:+.3f} from it; "
+    f"async's mean staleness sigma = {np.mean(simulated['async'].staleness):.1f}"
 );
 """)
 
 md("""
-Left: accuracy against epochs, the lecture's "accuracy per epoch" chart. Every gradient is fresh in the synchronous run, but its server averages the $N = 8$ gradients of a round into *one* step, so with the same $\\lambda$ it takes eight times fewer steps per epoch than the asynchronous server, which applies each (possibly stale, $\\sigma \\approx 7$) gradient as it arrives. Scaling $\\lambda$ with the global batch (printed above) lifts synchronous SGD clearly, yet on this short run the asynchronous server still matches or leads it per epoch: fresh gradients are not automatically better per epoch; the step size matters as much. Right: the same runs against virtual seconds; the synchronous runs need about twice as long for their two epochs, because every round waits for its slowest worker, and stragglers are common among eight. The lecture's point is that the criterion decides: examples per second, accuracy per epoch and accuracy per second can each crown a different strategy.
+Left: accuracy against epochs, the lecture's "accuracy per epoch" chart. Every gradient is fresh in the synchronous run, but its server averages the $N = 8$ gradients of a round into *one* step, so with the same $\\lambda$ it takes eight times fewer steps per epoch than the asynchronous server, which applies each (possibly stale: the printed mean $\\sigma$) gradient as it arrives. Scaling $\\lambda$ with the global batch (printed above) lifts synchronous SGD clearly, yet on this short run the asynchronous server still matches or leads it per epoch: fresh gradients are not automatically better per epoch; the step size matters as much. Right: the same runs against virtual seconds; the synchronous runs need about twice as long for their two epochs, because every round waits for its slowest worker, and stragglers are common among eight. The lecture's point is that the criterion decides: examples per second, accuracy per epoch and accuracy per second can each crown a different strategy.
 """)
 
 code("""
@@ -521,7 +522,6 @@ print(f"served by 2 replicas: {int((served == one_model).sum())} of {len(request
 
 code("""
 \"\"\"Checks that two serving replicas and a two-stage split answer the 400 requests as the one model does.\"\"\"
-assert len(served) == len(requests) and served.min() >= 0
 assert float((served == one_model).float().mean()) > 0.995, (served != one_model).sum()
 assert float((split_answers == one_model).float().mean()) > 0.995, (split_answers != one_model).sum()
 """)
