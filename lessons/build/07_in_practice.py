@@ -11,7 +11,15 @@ from __future__ import annotations
 from lesson import Cells, write
 
 cells = Cells()
-md, code = cells.md, cells.code
+code = cells.code
+
+
+def md(text: str) -> None:
+    """A markdown cell; a prediction prompt starts a cell of its own (tests/test_lesson_claims.py)."""
+    head, prompt, rest = text.partition("\n**Predict.**")
+    cells.md(head)
+    if prompt:
+        cells.md("**Predict.**" + rest)
 
 
 md("""
