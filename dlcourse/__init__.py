@@ -44,7 +44,8 @@ The simulated cluster (:mod:`dlcourse.sim`: the same rules, real gradients, virt
 
 Figures and panels (:mod:`dlcourse.viz`; nothing above imports them)
     viz.figure, viz.runs, viz.techniques, viz.panel, viz.stragglers, viz.staleness,
-    viz.compression, viz.pipeline, viz.speedup, viz.planner (memory per device and step time)
+    viz.compression, viz.pipeline, viz.speedup, viz.planner (memory per device and step time),
+    viz.approach (which approach, and why, for a model, N, bandwidth and stragglers)
 
 The command line: :mod:`dlcourse.commands` (options -> a run) and :mod:`dlcourse.cli`.
 

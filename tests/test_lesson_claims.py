@@ -73,13 +73,18 @@ def sections(cells: list) -> list[tuple[str, list]]:
     return found
 
 
+def _has_prompt(text: str) -> bool:
+    """A paragraph of the markdown opens with the prompt (alone in its cell or after the heading)."""
+    return any(line.lstrip().startswith(PROMPT) for line in text.splitlines())
+
+
 def sections_without_prompt(cells: list) -> list[str]:
-    """Titles of the sections (closing ones exempt) with no markdown cell starting with the prompt."""
+    """Titles of the sections (closing ones exempt) with no markdown paragraph starting with the prompt."""
     missing = []
     for title, members in sections(cells):
         if any(title.lstrip("0123456789. ").startswith(closing) for closing in CLOSING_SECTIONS):
             continue
-        if not any(c.cell_type == "markdown" and c.source.lstrip().startswith(PROMPT) for c in members):
+        if not any(c.cell_type == "markdown" and _has_prompt(c.source) for c in members):
             missing.append(title)
     return missing
 
@@ -118,7 +123,7 @@ def test_the_check_cells_are_listed_for_review():
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_every_section_has_a_prediction_prompt(path):
-    """Each `## ` section of the lesson has a markdown cell starting with **Predict.**."""
+    """Each `## ` section of the lesson has a markdown paragraph starting with **Predict.**."""
     missing = sections_without_prompt(_cells(path))
     assert not missing, f"{path.name}: sections without a {PROMPT} cell: {missing}"
 

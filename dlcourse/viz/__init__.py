@@ -18,7 +18,8 @@ renders it without a display. Panels (ipywidgets 8) are explorers you display in
   server shards, a student's own ``f(lr, sigma)`` and "Run it for real";
 - :mod:`dlcourse.viz.compression`: :class:`CompressionExplorer`, threshold tau, residual, N, topology;
 - :mod:`dlcourse.viz.pipeline`: :class:`PipelineExplorer`, stages K and micro-batches M;
-- :mod:`dlcourse.viz.approach`: :class:`ApproachExplorer`, model size, N, bandwidth, stragglers -> an approach;
+- :mod:`dlcourse.viz.approach`: :class:`ApproachExplorer`, model size, N, bandwidth, stragglers ->
+  an approach;
 - :mod:`dlcourse.viz.speedup`: :class:`SpeedupExplorer`, speedup against N, parameter server vs ring;
 - :mod:`dlcourse.viz.planner`: :class:`MemoryPlanner`, memory per device and step time of a layout.
 
@@ -35,7 +36,6 @@ from dlcourse.viz.figure import KIND_COLORS, PIPELINE_KINDS, TIMELINE_KINDS, Plo
 from dlcourse.viz.panel import PANEL_DEFAULTS, Panel, SimPanel, sim_config, slider
 from dlcourse.viz.pipeline import PipelineExplorer
 from dlcourse.viz.planner import MemoryPlanner
-from dlcourse.viz.speedup import SpeedupExplorer
 from dlcourse.viz.runs import (
     CurvesPlot,
     IdlePlot,
@@ -50,6 +50,7 @@ from dlcourse.viz.runs import (
     timeline,
     trace_events,
 )
+from dlcourse.viz.speedup import SpeedupExplorer
 from dlcourse.viz.staleness import RealRun, StalenessExplorer, run_for_real_default
 from dlcourse.viz.stragglers import StragglerExplorer
 from dlcourse.viz.techniques import (
