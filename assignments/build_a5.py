@@ -192,9 +192,9 @@ def column_parallel_linear(x, weight_shard, bias_shard):
 """A5.2: your column-parallel layer trains like the dense layer (1 process here, 2 when graded)."""
 _got = in_student_process(a5_tp_in_one_process, guarded(column_parallel_linear, GRADED_REFERENCES), None, 0)
 _want = a5_dense(0)
-expect_close(_got["outputs"], _want["outputs"], "outputs of two steps at N = 1", rtol=1e-5, atol=1e-6)
+expect_close(_got["outputs"], _want["outputs"], "outputs of two steps at N = 1", rtol=1e-6, atol=1e-6)
 for _k in sorted(_want["parameters"]):
-    expect_close(_got["parameters"][_k], _want["parameters"][_k], f"{_k} after two steps at N = 1", rtol=1e-5, atol=1e-6)
+    expect_close(_got["parameters"][_k], _want["parameters"][_k], f"{_k} after two steps at N = 1", rtol=1e-6, atol=1e-6)
 ### BEGIN HIDDEN TESTS
 def _hidden():
     # fixed: N = 2 with a layer before the block (a missing backward all-reduce trains it on one
@@ -204,10 +204,10 @@ def _hidden():
     got = in_student_process(a5_tp_on_processes, guarded(column_parallel_linear, GRADED_REFERENCES), None, A5_WORKERS, seed)
     expect_equal(len(got["outputs"]), A5_WORKERS, "ranks that returned")
     for r in range(A5_WORKERS):
-        expect_close(got["outputs"][r], want["outputs"], f"rank {r}'s outputs of two steps (N = {A5_WORKERS})", rtol=1e-5, atol=1e-6)
+        expect_close(got["outputs"][r], want["outputs"], f"rank {r}'s outputs of two steps (N = {A5_WORKERS})", rtol=1e-6, atol=1e-6)
     expect_equal(sorted(got["parameters"]), sorted(want["parameters"]), "parameter names")
     for k in sorted(want["parameters"]):
-        expect_close(got["parameters"][k], want["parameters"][k], f"{k} after two steps (N = {A5_WORKERS}) vs one process", rtol=1e-5, atol=1e-6)
+        expect_close(got["parameters"][k], want["parameters"][k], f"{k} after two steps (N = {A5_WORKERS}) vs one process", rtol=1e-6, atol=1e-6)
 hidden_test("A5.2", _hidden)
 ### END HIDDEN TESTS
 ''',
@@ -264,9 +264,9 @@ def row_parallel_linear(x_shard, weight_shard, bias):
 """A5.3: your row-parallel layer trains like the dense layer (1 process here, 2 when graded)."""
 _got = in_student_process(a5_tp_in_one_process, None, guarded(row_parallel_linear, GRADED_REFERENCES), 1)
 _want = a5_dense(1)
-expect_close(_got["outputs"], _want["outputs"], "outputs of two steps at N = 1", rtol=1e-5, atol=1e-6)
+expect_close(_got["outputs"], _want["outputs"], "outputs of two steps at N = 1", rtol=1e-6, atol=1e-6)
 for _k in sorted(_want["parameters"]):
-    expect_close(_got["parameters"][_k], _want["parameters"][_k], f"{_k} after two steps at N = 1", rtol=1e-5, atol=1e-6)
+    expect_close(_got["parameters"][_k], _want["parameters"][_k], f"{_k} after two steps at N = 1", rtol=1e-6, atol=1e-6)
 ### BEGIN HIDDEN TESTS
 def _hidden():
     # fixed: N = 2 (the bias added on every rank, before the sum, gives N b; a missing
@@ -276,10 +276,10 @@ def _hidden():
     got = in_student_process(a5_tp_on_processes, None, guarded(row_parallel_linear, GRADED_REFERENCES), A5_WORKERS, seed)
     expect_equal(len(got["outputs"]), A5_WORKERS, "ranks that returned")
     for r in range(A5_WORKERS):
-        expect_close(got["outputs"][r], want["outputs"], f"rank {r}'s outputs of two steps (N = {A5_WORKERS})", rtol=1e-5, atol=1e-6)
+        expect_close(got["outputs"][r], want["outputs"], f"rank {r}'s outputs of two steps (N = {A5_WORKERS})", rtol=1e-6, atol=1e-6)
     expect_equal(sorted(got["parameters"]), sorted(want["parameters"]), "parameter names")
     for k in sorted(want["parameters"]):
-        expect_close(got["parameters"][k], want["parameters"][k], f"{k} after two steps (N = {A5_WORKERS}) vs one process", rtol=1e-5, atol=1e-6)
+        expect_close(got["parameters"][k], want["parameters"][k], f"{k} after two steps (N = {A5_WORKERS}) vs one process", rtol=1e-6, atol=1e-6)
 hidden_test("A5.3", _hidden)
 ### END HIDDEN TESTS
 ''',
