@@ -373,8 +373,9 @@ def _hidden():
         expect(type(got) is dict, "bytes_per_device must return a dict")
         expect_equal(sorted(got), ["gradients", "optimizer", "parameters"], "its keys")
         want = a5_memory_reference(*case)
+        P, N, stage, T, opt, prec = case
         for k in ("parameters", "gradients", "optimizer"):
-            expect_equal(as_int(got[k], f"bytes of {k}"), want[k], "%s of bytes_per_device(num_params=%d, num_workers=%d, zero_stage=%d, tp=%d, optimizer=%r, precision=%r)" % (k, *case))
+            expect_equal(as_int(got[k], f"bytes of {k}"), want[k], f"{k} of bytes_per_device(num_params={P}, num_workers={N}, zero_stage={stage}, tp={T}, optimizer={opt!r}, precision={prec!r})")
     expect_raises("ValueError", bytes_per_device, 10, 2, 4)
     expect_raises("ValueError", bytes_per_device, 10, 2, 1, 1, "adam", "fp8")
 hidden_test("A5.4", _hidden)
