@@ -1,4 +1,4 @@
-"""The four nbgrader assignments, graded by the real nbgrader pipeline in a temporary course.
+"""The five nbgrader assignments, graded by the real nbgrader pipeline in a temporary course.
 
 For every assignment, one ``nbgrader autograde`` call grades: the reference solution (full
 marks), the release as given (0, no crash), every negative control (loses exactly the
