@@ -1,4 +1,4 @@
-"""Write the source notebooks of the five assignments (A5's cells: build_a5.py) (run: python assignments/build_sources.py).
+"""Write the source notebooks of the five assignments (run: python assignments/build_sources.py).
 
 The notebooks are generated from this readable file, so that they can be reviewed as code
 and rebuilt exactly; ``tests/test_assignments.py`` checks that the committed
