@@ -26,6 +26,7 @@ from dlcourse.parameter_server import (
     assign_shards,
     parameter_shapes,
     run_parameter_server,
+    shared_order,
     worker_schedule,
 )
 from dlcourse.parameter_server.protocol import flatten_shard, unflatten_shard
@@ -48,6 +49,8 @@ SMALL = dict(
         (dict(staleness_bound=-1), "staleness_bound must be >= 0"),
         (dict(max_staleness=-1), "max_staleness must be >= 0"),
         (dict(reduce="max"), "reduce must be one of"),
+        (dict(num_workers=2, softsync=2, shared_batches=True), "shared_batches needs an asynchronous mode"),
+        (dict(shared_batches=1), "shared_batches must be True or False"),
         (dict(reduce="sum", aggregate=lambda p, u, l: p), "reduce must be 'mean' with an aggregate"),
         (dict(num_workers=3, softsync=2, max_staleness=1), "max_staleness needs softsync 1"),
         (dict(lr=0.0), "lr must be > 0"),
@@ -374,3 +377,85 @@ def test_workers_on_gpu_talk_to_the_server_in_cpu_tensors(mnist, no_orphans):
     result = run_parameter_server(PSConfig(**config, device="cuda"))
     for w, ref in zip(result.parameters, reference):
         assert w.device.type == "cpu" and torch.allclose(w, ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ shared batches
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    length=st.integers(1, 40),
+    batch=st.integers(1, 12),
+    epochs=st.integers(1, 3),
+    seed=st.integers(0, 5),
+)
+def test_shared_order_uses_every_example_of_every_shard_once_per_epoch(n, length, batch, epochs, seed):
+    """The shared order deals the N shards' own batch orders round-robin: each epoch's block of
+    items is every worker's worker_schedule epoch, so every example appears once per epoch."""
+    config = PSConfig(num_workers=n, batch_size=batch, epochs=epochs, seed=seed, softsync=1)
+    order = shared_order(length, config)
+    per_epoch = n * -(-length // batch)
+    assert len(order) == epochs * per_epoch
+    for w in range(n):  # each shard's items, in order, are that worker's own schedule
+        mine = [idx for s, idx in order if s == w]
+        expected = worker_schedule(shard_stub(length), config, w)
+        assert len(mine) == len(expected) and all(torch.equal(a, b) for a, b in zip(mine, expected))
+    for e in range(epochs):
+        block = order[e * per_epoch : (e + 1) * per_epoch]
+        for w in range(n):
+            used = torch.cat([idx for s, idx in block if s == w]).sort().values
+            assert torch.equal(used, torch.arange(length))
+
+
+def shard_stub(length: int):
+    from dlcourse.data import Dataset
+
+    return Dataset(torch.zeros(length, 1), torch.zeros(length, dtype=torch.long))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("rule", [dict(), dict(staleness_bound=2), dict(softsync=2)])
+def test_shared_batches_let_fast_workers_take_more_of_the_epoch(mnist, no_orphans, rule):
+    """Async with a straggler and shared batches: the fast workers do more steps, every item of
+    the shared order (so every example of each epoch) is used exactly once, and the run makes
+    as many updates as the simulator's shared budget for the same settings."""
+    from dlcourse.data import MnistSplit
+    from dlcourse.sim import SimConfig, simulate
+
+    config = PSConfig(
+        **SMALL,
+        num_workers=3,
+        epochs=2,
+        slow_worker=0,
+        slow_delay=0.1,
+        shared_batches=True,
+        snapshots=0,
+        **rule,
+    )
+    result = run_parameter_server(config)
+    steps = [w["steps"] for w in result.worker_stats]
+    used = sorted(b for w in result.worker_stats for b in w["batches"])
+    assert used == list(range(2 * 3 * 4)), used  # 200 examples a shard, batches of 50, 2 epochs
+    assert sorted(b for _, b in result.handed) == used
+    assert steps == result.updates_per_worker and sum(steps) == result.updates
+    if "staleness_bound" not in rule:  # the bound keeps the fast ones within 2 steps of the straggler
+        assert steps[0] < min(steps[1:]), steps
+    else:
+        assert steps[0] <= min(steps[1:]) and steps[0] < max(steps[1:]), steps
+    assert result.examples == 2 * 600
+    policy = "softsync" if "softsync" in rule else "bounded" if "staleness_bound" in rule else "async"
+    sim = simulate(
+        SimConfig(
+            model="mlp",
+            num_workers=3,
+            epochs=2,
+            batch_size=50,
+            policy=policy,
+            worker_speeds=(0.25, 1.0, 1.0),
+            evals_per_epoch=1,
+            **rule,
+        ),
+        MnistSplit(mnist.train[:600], mnist.test[:200], "subset"),
+    )
+    assert result.updates == sim.updates == 24

@@ -24,6 +24,10 @@ simulator calls:
 - **staleness gate** sigma_max (``max_staleness``, S = 1): the server answers a pull only if
   no update in flight could then be applied more than sigma_max versions stale
   (:class:`~dlcourse.staleness.StalenessGate`), the lecture's bound on staleness itself;
+- **shared batches** (``shared_batches=True``, asynchronous modes): server 0 hands out the
+  mini-batches of one shared order of the run (:func:`shared_order`) with its answers, so a fast
+  worker does more steps and an epoch ends when its examples are used, as in the simulator
+  (Downpour SGD's workers take the next mini-batch from a shared pool);
 - the learning rate of each update comes from ``lr_policy``: ``"constant"``,
   ``"staleness"`` (lambda / max(1, sigma)), ``"zhang"`` (lambda / (sigma + 1)) or a student's
   function ``f(lr, sigma)``, which travels to the
@@ -75,6 +79,7 @@ from dlcourse.parameter_server.protocol import (
     ServerLost,
     load_data,
     rank_main,
+    shared_order,
     unflatten_shard,
     worker_schedule,
 )
@@ -88,6 +93,7 @@ __all__ = [
     "assign_shards",
     "parameter_shapes",
     "run_parameter_server",
+    "shared_order",
     "worker_schedule",
 ]
 
@@ -116,6 +122,8 @@ class PSResult:
     # server 0: (server version, pulled version) of each update, as the server saw them; its staleness
     # is their difference unless a plugged-in staleness_fn says otherwise (what a grader compares)
     update_versions: list[tuple[int, int]] = field(default_factory=list)
+    # shared batches: (worker, item of shared_order) of every batch server 0 handed out, in order
+    handed: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def updates(self) -> int:
@@ -306,4 +314,5 @@ def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PS
         shard_staleness=[s["taus"] for s in servers],
         clock_lag=servers[0]["clock_lags"],
         update_versions=[tuple(v) for v in servers[0]["update_versions"]],
+        handed=[tuple(h) for h in servers[0]["handed"]],
     )

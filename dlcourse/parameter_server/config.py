@@ -38,6 +38,10 @@ class PSConfig(StalenessRules):
     batch_size: int = 100  # examples per worker step (as SimConfig and the CLI)
     epochs: int = 1  # passes of each worker over its shard (ignored when steps is set)
     steps: int | None = None  # steps per worker; None: epochs over its shard
+    # async modes: workers take the next mini-batch of one shared order of the epoch (server 0
+    # hands it out), so a fast worker does more steps (Downpour SGD's shared pool; the simulator's
+    # shared budget); False: each worker its own shard's steps. Needs S < N
+    shared_batches: bool = False
     train_examples: int | None = None  # use only the first this many training examples (None: all)
     test_examples: int | None = None  # evaluate on the first this many test examples (None: all)
     data_source: str = "subset"  # "subset" (5,000 shipped digits), "full" or "auto"
@@ -83,6 +87,13 @@ class PSConfig(StalenessRules):
         if self.aggregate is not None and self.reduce != "mean":
             raise ValueError(
                 f"reduce must be 'mean' with an aggregate (it takes the mean), got {self.reduce!r}"
+            )
+        if not isinstance(self.shared_batches, bool):
+            raise ValueError(f"shared_batches must be True or False, got {self.shared_batches!r}")
+        if self.shared_batches and self.synchronous:
+            raise ValueError(
+                f"shared_batches needs an asynchronous mode (softsync < num_workers = {self.num_workers}: "
+                f"a synchronous step takes one batch of every worker's shard), got softsync {self.softsync}"
             )
         check_int("batch_size", self.batch_size, low=1)
         check_int("epochs", self.epochs, low=1)
@@ -139,7 +150,8 @@ class PSConfig(StalenessRules):
         return (
             f"PSConfig(mode={self.mode}, num_workers={self.num_workers}, num_servers={self.num_servers}, "
             f"lr={self.lr}, lr_policy={lr_policy_name(self.lr_policy)}{rules}, model={self.model!r}, "
-            f"batch_size={self.batch_size}, steps={self.steps}, epochs={self.epochs})"
+            f"batch_size={self.batch_size}, steps={self.steps}, epochs={self.epochs}"
+            f"{', shared_batches=True' if self.shared_batches else ''})"
         )
 
 

@@ -10,8 +10,8 @@ configuration is :mod:`dlcourse.parameter_server.config`; the results are assemb
 
 Wire protocol
 -------------
-Every message starts with a **header**, an int64 tensor of 4 entries
-``[kind, worker, version, clock]``, optionally followed by a **payload**, the float32 shard
+Every message starts with a **header**, an int64 tensor of 5 entries
+``[kind, worker, version, clock, batch]``, optionally followed by a **payload**, the float32 shard
 (a gradient or parameters). Headers and payloads use different tags, so a header can never
 be mistaken for a payload::
 
@@ -19,11 +19,20 @@ be mistaken for a payload::
     HELLO  worker  -         "I am ready": answered by PARAMS
     PUSH   worker  gradient  computed from the PARAMS of (version, clock): answered by PARAMS
     LAST   worker  gradient  as PUSH, the worker's last one: not answered
-    PARAMS server  shard     the parameters at (version, clock)
+    BYE    worker  -         no batch is left for me (shared batches): not answered
+    PARAMS server  shard     the parameters at (version, clock); from server 0 with shared
+                             batches, ``batch`` is the next item of :func:`shared_order` (-1: none left)
 
 A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
 the bounded-staleness gate lets it start its next step: that is how fast workers are held
-back. Messages are CPU tensors on a gloo group even when workers compute on GPUs (NCCL has
+back.
+
+With ``shared_batches`` (asynchronous modes) the workers do not own a fixed list of steps:
+server 0 hands out the items of one shared order of the run (:func:`shared_order`) with its
+PARAMS answers, one per pull, first come first served, as Downpour SGD's workers take the next
+mini-batch from a shared pool and as :mod:`dlcourse.sim` shares a budget of gradients among its
+workers. A fast worker therefore does more steps, and the run ends when the order is used up.
+Messages are CPU tensors on a gloo group even when workers compute on GPUs (NCCL has
 no any-source receive and no tags).
 
 Noticing failures
@@ -59,9 +68,10 @@ from dlcourse.parameter_server.config import PSConfig
 from dlcourse.staleness import BoundedStaleness, SoftSync, StalenessGate
 
 # message kinds (header[0]) and tags
-HELLO, PUSH, LAST, PARAMS = 1, 2, 3, 4
+HELLO, PUSH, LAST, PARAMS, BYE = 1, 2, 3, 4, 5
 HEADER_TAG, PAYLOAD_TAG = 0, 1
-HEADER_LEN = 4
+HEADER_LEN = 5
+NO_BATCH = -1  # header[4] of a PARAMS answer when no batch is handed out
 _LOST = -1  # receiving thread -> server loop: the worker's connection failed
 
 
@@ -116,6 +126,23 @@ def worker_schedule(data: Dataset, config: PSConfig, worker: int) -> list[torch.
             return out[: config.steps]
 
 
+def shared_order(shard_length: int, config: PSConfig) -> list[tuple[int, torch.Tensor]]:
+    """The run's mini-batches as one order: ``(shard, indices into that shard)`` items.
+
+    Item ``i`` is batch ``i // N`` of shard ``i % N``'s :func:`worker_schedule`: the
+    library's one batch order, dealt round-robin. Each block of ``N x batches per shard``
+    items is one epoch, in which every example of the N shards appears exactly once; the
+    whole order has ``N x`` (steps per worker) items, the simulator's budget of gradients.
+    """
+    check_int("shard_length", shard_length, low=1)
+    if not isinstance(config, PSConfig):
+        raise ValueError(f"config must be a PSConfig, got {config!r}")
+    N = config.num_workers
+    stub = Dataset(torch.empty(shard_length, 0), torch.empty(shard_length, dtype=torch.long))
+    schedules = [worker_schedule(stub, config, w) for w in range(N)]
+    return [(w, schedules[w][s]) for s in range(len(schedules[0])) for w in range(N)]
+
+
 def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
     k = config.num_servers
     n = rank - k
@@ -124,12 +151,14 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
         torch.device("cuda", n % torch.cuda.device_count()) if config.device == "cuda" else device_for(rank)
     )
     train, _ = load_data(config)
-    data = shard(train, config.num_workers)[n]
+    shards = shard(train, config.num_workers)
     model = make_model(config.model, seed=config.seed).to(device)
     params = list(model.parameters())
     sizes = [sum(params[i].numel() for i in idx) for idx in layout]
     pulled = [(0, 0)] * k  # (version, clock) of the parameters last pulled from each server
+    handed = [NO_BATCH]  # the shared order's item server 0 handed out with the last pull
     stats = {"worker": n, "pid": os.getpid(), "steps": 0, "compute_s": 0.0, "wait_s": 0.0, "examples": 0}
+    stats["batches"] = []  # with shared batches: the items of the shared order this worker used
     stats["step_compute_s"] = []  # each step's compute seconds (what drives a simulator replay)
 
     def lost(j: int, e: Exception) -> ServerLost:
@@ -158,12 +187,14 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
             if int(headers[j][0]) != PARAMS:
                 raise RuntimeError(f"worker {n}: expected PARAMS from server {j}, got {headers[j].tolist()}")
             pulled[j] = (int(headers[j][2]), int(headers[j][3]))
+            if j == 0:
+                handed[0] = int(headers[0][4])
             unflatten_shard(flats[j].to(device), params, layout[j])
 
     def send(kind: int, grads: Sequence[torch.Tensor] | None) -> None:
         works = []
         for j in range(k):
-            header = torch.tensor([kind, n, pulled[j][0], pulled[j][1]], dtype=torch.int64)
+            header = torch.tensor([kind, n, pulled[j][0], pulled[j][1], handed[0]], dtype=torch.int64)
             try:
                 works.append((j, dist.isend(header, dst=j, tag=HEADER_TAG)))
                 if grads is not None:
@@ -172,12 +203,28 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
                 raise lost(j, e) from e
         wait_all(works)
 
-    schedule = worker_schedule(data, config, n)
+    if config.shared_batches:  # server 0 hands out the items of one order, one per pull
+        order = shared_order(len(shards[0]), config)
+        schedule = None
+    else:  # a fixed list of steps on its own shard
+        schedule = [(n, idx) for idx in worker_schedule(shards[n], config, n)]
     send(HELLO, None)
     t = time.perf_counter()
     pull()
     stats["wait_s"] += time.perf_counter() - t
-    for step, idx in enumerate(schedule):
+    step = 0
+    while True:
+        if schedule is None:
+            if handed[0] == NO_BATCH:  # the order is used up: say goodbye to every server
+                send(BYE, None)
+                break
+            stats["batches"].append(handed[0])
+            s, idx = order[handed[0]]
+        elif step < len(schedule):
+            s, idx = schedule[step]
+        else:
+            break
+        data = shards[s]
         if config.kill_worker == n and step == config.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no goodbye, no cleanup
         t = time.perf_counter()
@@ -192,7 +239,7 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
         check_finite(list(grads), what="gradient", **where)
         stats["step_compute_s"].append(time.perf_counter() - t)
         stats["compute_s"] += stats["step_compute_s"][-1]
-        last = step == len(schedule) - 1
+        last = schedule is not None and step == len(schedule) - 1
         t = time.perf_counter()
         send(LAST if last else PUSH, grads)
         if not last:
@@ -200,6 +247,7 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
         stats["wait_s"] += time.perf_counter() - t
         stats["steps"] += 1
         stats["examples"] += len(idx)
+        step += 1
     return stats
 
 
@@ -220,7 +268,7 @@ def _receiver(worker: int, rank: int, size: int, inbox: queue.Queue, timeout: fl
                 payload = torch.empty(size)
                 dist.recv(payload, src=rank, tag=PAYLOAD_TAG)
             inbox.put((worker, kind, header, payload))
-            if kind == LAST:
+            if kind in (LAST, BYE):
                 return
     except Exception as e:  # noqa: BLE001 - a dead or silent worker, reported to the server loop
         silent = time.monotonic() - waiting_since
@@ -264,6 +312,7 @@ class _Server:
         # neither group can fill. There, as in Zhang et al.'s n-softsync, a worker pulls at once.
         self.reads_own_writes = config.synchronous or config.num_servers == 1
         self.done: set[int] = set()
+        self.ready: set[int] = set()  # workers that said HELLO: the run starts when all have (or are lost)
         self.lost: dict[int, int] = {}
         self.received = [0] * self.N
         self.taus: list[int] = []
@@ -275,6 +324,10 @@ class _Server:
         self.bytes = 0
         self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
         self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
+        # server 0 hands out the shared order's items (shared batches): how many there are, the next
+        self.batches = steps * self.N if config.shared_batches and j == 0 else 0
+        self.next_batch = 0
+        self.handed: list[tuple[int, int]] = []  # (worker, item) of each batch handed out, in order
         self.expected_versions = max(1, steps * self.N // config.softsync)
         # a snapshot every this many versions gives about config.snapshots curve points (0: none)
         self.snapshot_every = max(1, self.expected_versions // config.snapshots) if config.snapshots else 0
@@ -283,7 +336,11 @@ class _Server:
     def _answer(self, worker: int) -> None:
         for w in self.sends.pop(worker, []):
             w[0].wait()  # the previous answer has arrived: the worker pushed since
-        header = torch.tensor([PARAMS, worker, self.rule.version, self.gate.clock], dtype=torch.int64)
+        batch = NO_BATCH
+        if self.next_batch < self.batches:
+            batch, self.next_batch = self.next_batch, self.next_batch + 1
+            self.handed.append((worker, batch))
+        header = torch.tensor([PARAMS, worker, self.rule.version, self.gate.clock, batch], dtype=torch.int64)
         payload = self.shard.clone()  # the shard changes while this is in flight
         rank = self.k + worker
         self.sends[worker] = [
@@ -378,6 +435,14 @@ class _Server:
             elif kind == HELLO:
                 self.bytes += HEADER_LEN * 8
                 self.waiting.add(worker)
+                self.ready.add(worker)
+            elif kind == BYE:  # no batch was left for it: it leaves, holding nobody back
+                self.bytes += HEADER_LEN * 8
+                self.done.add(worker)
+                self.waiting.discard(worker)
+                self.gate.retire(worker)
+                if self.sgate is not None:
+                    self.sgate.retire(worker)
             else:  # PUSH or LAST
                 self.bytes += HEADER_LEN * 8 + payload.numel() * 4
                 self.received[worker] += 1
@@ -390,6 +455,8 @@ class _Server:
             if self.group and active <= {g[0] for g in self.group}:
                 self._apply_group()
             held = {g[0] for g in self.group} if self.reads_own_writes else set()
+            if len(self.ready | set(self.lost)) < self.N:
+                continue  # every worker starts from version 0 at once, as in the simulator
             for w in sorted(self.waiting):
                 # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
                 # in an unfinished soft-sync group, and while the staleness bound says so
@@ -415,6 +482,7 @@ class _Server:
             "times": self.times,
             "wall_s": (last_message - self.start) if self.start else 0.0,
             "snapshots": self.snapshots,
+            "handed": self.handed,
         }
 
 
