@@ -63,8 +63,8 @@ each own a shard of the training data. They exchange real messages over `torch.d
   W_{i+1} = W_i − λ ΔW_{i,n}. Nobody waits for anybody.
 
 We keep the run small so it fits a laptop or Binder: the MLP (a two-layer network, much cheaper
-than the lecture's CNN), N = 3 workers plus the server (4 processes in all), 12 steps of 50
-examples per worker. One worker is a **straggler**: it sleeps 0.25 s in every step, as if it ran
+than the lecture's CNN), N = 3 workers plus the server (4 processes in all), a budget of 12
+mini-batches of 50 examples per worker. One worker is a **straggler**: it sleeps 0.25 s in every step, as if it ran
 on a much slower or busier machine. `fit_workers` first checks how many processes this machine can
 take."""
     ),
@@ -84,7 +84,8 @@ from dlcourse.sim.parameter_server import incorporation_delays
 processes, why = fit_workers(4)  # 3 workers + 1 server
 print(why)
 N_REAL = max(2, min(3, processes - 1))  # real workers we start (the server is one more process)
-# worker 0 is the straggler: it sleeps slow_delay seconds in every step
+# worker 0 is the straggler: it sleeps slow_delay seconds in every step. Both rules get the same
+# budget, 12 x N_REAL mini-batches; asynchronous workers take theirs from one shared order
 real_setup = dict(
     num_workers=N_REAL, model="mlp", batch_size=50, steps=12, lr=0.1, slow_worker=0, slow_delay=0.25
 )
@@ -93,8 +94,11 @@ real_setup = dict(
     md(
         """**Predict.** Worker 0 is many times slower than the others (a step of the MLP takes a few
 milliseconds; worker 0 adds a quarter of a second). The server keeps a log of the moment it
-applies each update. Over the first half of all updates, which rule applies more updates per
-second, synchronous or asynchronous? By roughly how much? And in the synchronous run, what
+applies each update. Both rules process the same mini-batches: 12 per worker's shard. In the
+asynchronous run the server hands out the next mini-batch of one shared order with the parameters
+(`shared_batches=True`), so whoever is free takes it. Which rule gets through the whole budget
+sooner, end to end? By roughly how much? How many of the mini-batches will the straggler compute in
+each run? And in the synchronous run, what
 fraction of their time will the fast workers (the one or two besides worker 0: the line printed
 above says how many processes this machine takes) spend waiting?"""
     ),
@@ -102,7 +106,7 @@ above says how many processes this machine takes) spend waiting?"""
         """
 real = {}
 for name, S in (("sync", N_REAL), ("async", 1)):
-    real[name] = run_parameter_server(PSConfig(softsync=S, **real_setup))
+    real[name] = run_parameter_server(PSConfig(softsync=S, shared_batches=S < N_REAL, **real_setup))
     print(name, real[name])
 """
     ),
@@ -135,43 +139,44 @@ plt.show()
 '''
     ),
     md(
-        """Look at the first half of each curve. The asynchronous line shoots up: the fast worker(s)
-keep pushing while the straggler is still asleep. The synchronous line climbs in equal
+        """Look at the two curves. The asynchronous line shoots up: the fast worker(s) keep pushing
+while the straggler is still asleep, and it ends long before the synchronous one. The synchronous line climbs in equal
 stairs, one stair per straggler step, because every step waits for the slowest worker: the
 **last executor** of lesson 03. On the right, the fast workers of the synchronous run spend most
 of their time waiting; in the asynchronous run they wait only for the server to answer their own
-messages (on a small shared machine that can still be a good part of their time, because a step
+messages and, once at the start, for every worker to be ready (on a small shared machine that can still be a good part of their time, because a step
 of the MLP takes only milliseconds: the next cell prints both shares).
 
-Why only the *first half*? Each real worker does exactly 12 steps on its own shard. In the
-asynchronous run the fast workers finish theirs early, and then the straggler works alone to the
-end, so the total wall time is about the same for both rules (printed below). A real asynchronous
-system keeps the fast workers busy with more data instead; the simulator below does exactly
-that."""
+The end-to-end comparison is fair because both runs process the same examples. In the
+synchronous run every worker computes one mini-batch of its own shard per step, 12 steps each.
+In the asynchronous run the fast workers take most of the budget and the straggler only a few
+mini-batches (printed below): as in Downpour SGD, where workers take the next mini-batch from a
+shared pool, and as in the simulator below. Every example is still used once."""
     ),
     code(
         '''
-def half_rate(result):
-    """Updates per second over the first half of the updates the server applied."""
-    seconds, applied = applied_updates(result)
-    half = next(i for i, a in enumerate(applied) if a >= applied[-1] / 2)
-    return applied[half] / seconds[half]
+def end_to_end_rate(result):
+    """End-to-end throughput: every example processed over the server's first-to-last message."""
+    return result.examples / result.wall_s
 
 
-rates = {name: half_rate(r) for name, r in real.items()}
+rates = {name: end_to_end_rate(r) for name, r in real.items()}
 fast_idle = {name: sum(idle_share(r)[1:]) / (N_REAL - 1) for name, r in real.items()}
-print({k: f"{v:.0f} updates/s" for k, v in rates.items()}, f"ratio {rates['async'] / rates['sync']:.1f}x")
+print({k: f"{v:.0f} examples/s" for k, v in rates.items()}, f"ratio {rates['async'] / rates['sync']:.1f}x")
 print({k: f"{v:.0%} idle" for k, v in fast_idle.items()}, "(fast workers)")
+print({k: r.updates_per_worker for k, r in real.items()}, "mini-batches per worker")
 walls = {name: r.wall_s for name, r in real.items()}
 print({k: f"{v:.2f} s" for k, v in walls.items()}, "wall time of the whole run")
 '''
     ),
     code(
         '''
-"""Checks the real runs: with a straggler, async applies faster, its fast workers wait less, it is stale."""
-assert rates["async"] > rates["sync"], rates
+"""Checks the real runs: with a straggler, async is faster end to end, its fast workers do more and wait less."""
+assert rates["async"] > 1.5 * rates["sync"], rates
+assert real["async"].examples == real["sync"].examples, "the same budget of examples"
+async_steps = real["async"].updates_per_worker
+assert async_steps[0] < min(async_steps[1:]), async_steps  # the straggler computed fewer mini-batches
 assert fast_idle["sync"] > 0.5 and fast_idle["async"] < fast_idle["sync"], fast_idle
-assert 0.7 < walls["async"] / walls["sync"] < 1.4, walls  # the straggler sets both runs' length
 assert real["async"].staleness_summary()["mean"] > 0, "asynchronous updates are stale"
 
 '''
@@ -188,8 +193,9 @@ The real run shows what happens on this machine, but this machine is small and s
 clock is noisy. The simulator (`dlcourse.sim`) runs the same rules with real gradients of the
 same MLP, on a **virtual clock**: compute time comes from the model's FLOPs, message time from
 bytes and bandwidth. Every run is reproducible, so we can draw each worker's timeline. We copy the
-real setup: three workers, worker 0 four times slower (`worker_speeds`). Unlike the real run, an
-epoch is a budget of examples shared by all workers, so fast workers simply do more steps.
+real setup: three workers, worker 0 four times slower (`worker_speeds`). As in the real
+asynchronous run, an epoch is a budget of examples shared by all workers, so fast workers simply
+do more steps.
 
 **Predict.** In the simulated timeline, what share of their time will workers 1 and 2 wait under
 each rule? And after worker 1 pushes an update, how long until another worker first computes with
@@ -474,7 +480,7 @@ dlcourse simulate --policy async --workers 8 --epochs 2 --json async8.json
 <details><summary>Hint</summary>
 
 Without a straggler the synchronous step waits only for ordinary variation between workers and for
-the server's averaging. Compare `half_rate` for both runs and the fast workers' idle shares.
+the server's averaging. Compare `end_to_end_rate` for both runs and the fast workers' idle shares.
 Expect a smaller gap, and a noisy one: the machine is shared.
 </details>
 
