@@ -112,6 +112,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--softsync", type=_pos_int, default=None, help="updates S the server collects (1..N)")
     p.add_argument("--staleness-bound", type=_nonneg_int, default=None, help="max steps ahead of the slowest")
     p.add_argument(
+        "--shared-batches",
+        action="store_true",
+        help="async-ps, S < N: workers take the next mini-batch of one shared order (fast ones do more)",
+    )
+    p.add_argument(
         "--max-staleness",
         type=_nonneg_int,
         default=None,
