@@ -210,8 +210,8 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
         schedule = [(n, idx) for idx in worker_schedule(shards[n], config, n)]
     send(HELLO, None)
     t = time.perf_counter()
-    pull()
-    stats["wait_s"] += time.perf_counter() - t
+    pull()  # answered once every worker has said HELLO: the run starts for all at once
+    stats["start_wait_s"] = time.perf_counter() - t  # the other processes' start-up, not in wait_s
     step = 0
     while True:
         if schedule is None:

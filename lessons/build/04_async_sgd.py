@@ -144,7 +144,7 @@ while the straggler is still asleep, and it ends long before the synchronous one
 stairs, one stair per straggler step, because every step waits for the slowest worker: the
 **last executor** of lesson 03. On the right, the fast workers of the synchronous run spend most
 of their time waiting; in the asynchronous run they wait only for the server to answer their own
-messages and, once at the start, for every worker to be ready (on a small shared machine that can still be a good part of their time, because a step
+messages (on a small shared machine that can still be a good part of their time, because a step
 of the MLP takes only milliseconds: the next cell prints both shares).
 
 The end-to-end comparison is fair because both runs process the same examples. In the
