@@ -574,6 +574,8 @@ md("""
 - Recomputation trades a forward pass for activation memory; mixed precision halves the activations and the messages, not Adam's state.
 - The planner combines all of them, with pipeline stages and micro-batches, into memory per device and a step time.
 
+Assignment A5 (`a5_sharding`) asks you to write the ZeRO-1 step, the column- and row-parallel layers with their all-reduces, and the memory formula; the library's runtimes run your code on real processes and compare it with one process.
+
 ## Exercises
 
 1. Move the planner to 70B parameters on 64 devices. Find a layout that fits in 80 GB with a batch of 8 sequences per replica, and report its communication share. <details><summary>Hint</summary>Start with ZeRO-3 and T = 8; then try K > 1 with M ≥ K and the 1F1B schedule, and recomputation. Compare the communication share of your candidates.</details>
