@@ -459,3 +459,16 @@ def test_shared_batches_let_fast_workers_take_more_of_the_epoch(mnist, no_orphan
         MnistSplit(mnist.train[:600], mnist.test[:200], "subset"),
     )
     assert result.updates == sim.updates == 24
+
+
+@pytest.mark.multiprocess
+def test_shared_batches_go_on_without_a_killed_worker(no_orphans):
+    """A worker killed mid-run with shared batches: the others take the rest of the order; only the
+    mini-batch handed to the dead worker is lost, and the run ends (no hang)."""
+    config = PSConfig(**SMALL, num_workers=3, epochs=3, kill_worker=1, kill_after=3, shared_batches=True)
+    result = run_parameter_server(config)
+    assert result.lost_workers == {1: 3}
+    assert sorted(b for _, b in result.handed) == list(range(36))  # 3 shards x 4 batches x 3 epochs
+    assert result.updates == 35 and result.updates_per_worker[1] == 3
+    live = sorted(b for w in result.worker_stats if w is not None for b in w["batches"])
+    assert len(live) == 32 and len(set(live)) == 32
