@@ -64,9 +64,9 @@ each own a shard of the training data. They exchange real messages over `torch.d
 
 We keep the run small so it fits a laptop or Binder: the MLP (a two-layer network, much cheaper
 than the lecture's CNN), N = 3 workers plus the server (4 processes in all), a budget of 12
-mini-batches of 50 examples per worker. One worker is a **straggler**: it sleeps 0.25 s in every step, as if it ran
-on a much slower or busier machine. `fit_workers` first checks how many processes this machine can
-take."""
+mini-batches of 50 examples per worker. One worker is a **straggler**: it sleeps 0.25 s in every
+step, as if it ran on a much slower or busier machine. `fit_workers` first checks how many
+processes this machine can take."""
     ),
     code(
         """
@@ -139,13 +139,13 @@ plt.show()
 '''
     ),
     md(
-        """Look at the two curves. The asynchronous line shoots up: the fast worker(s) keep pushing
-while the straggler is still asleep, and it ends long before the synchronous one. The synchronous line climbs in equal
-stairs, one stair per straggler step, because every step waits for the slowest worker: the
-**last executor** of lesson 03. On the right, the fast workers of the synchronous run spend most
-of their time waiting; in the asynchronous run they wait only for the server to answer their own
-messages (on a small shared machine that can still be a good part of their time, because a step
-of the MLP takes only milliseconds: the next cell prints both shares).
+        """Look at the two curves. The asynchronous line shoots up: the fast worker(s) keep pushing while
+the straggler is still asleep, and it ends long before the synchronous one. The synchronous line
+climbs in equal stairs, one stair per straggler step, because every step waits for the slowest
+worker: the **last executor** of lesson 03. On the right, the fast workers of the synchronous
+run spend most of their time waiting; in the asynchronous run they wait only for the server to
+answer their own messages (on a small shared machine that can still be a good part of their
+time, because a step of the MLP takes only milliseconds: the next cell prints both shares).
 
 The end-to-end comparison is fair because both runs process the same examples. In the
 synchronous run every worker computes one mini-batch of its own shard per step, 12 steps each.
@@ -171,7 +171,7 @@ print({k: f"{v:.2f} s" for k, v in walls.items()}, "wall time of the whole run")
     ),
     code(
         '''
-"""Checks the real runs: with a straggler, async is faster end to end, its fast workers do more and wait less."""
+"""Checks the real runs: with a straggler, async is faster end to end; its fast workers do more, wait less."""
 assert rates["async"] > 1.5 * rates["sync"], rates
 assert real["async"].examples == real["sync"].examples, "the same budget of examples"
 async_steps = real["async"].updates_per_worker
