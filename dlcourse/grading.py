@@ -709,29 +709,13 @@ def a1_gradients_on_processes(average_gradients, num_workers: int, seed: int, sh
     )  # fmt: skip
 
 
-@contextlib.contextmanager
-def _one_process_group():
-    """A process group of this process alone (world size 1): collectives run, nothing is spawned."""
-    import tempfile
-
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        yield
-        return
-    with tempfile.TemporaryDirectory(prefix="dlcourse-pg-") as tmp:
-        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=0, world_size=1)
-        try:
-            yield
-        finally:
-            dist.destroy_process_group()
-
-
 def a1_in_one_process(average, seed: int, shapes, what: str = "grad"):
     """The student's ``average(model)`` in a group of one process: ``what`` ("grad"/"param") after it."""
     import torch
 
-    with _one_process_group():
+    from dlcourse.launcher import one_process_group
+
+    with one_process_group():
         model = torch.nn.Module()
         for i, g in enumerate(a1_rank_gradients(0, seed, shapes)):
             model.register_parameter(f"p{i}", torch.nn.Parameter(g.clone() * 2))
