@@ -373,8 +373,11 @@ def _distinct(saves) -> int:
     return sum(dict(saves).values())
 
 
-def _segment_bounds(num_layers: int, segments: int) -> list[tuple[int, int]]:
-    """Contiguous ranges of layers, sizes within one (as dlcourse.recompute cuts them)."""
+def segment_bounds(num_layers: int, segments: int) -> list[tuple[int, int]]:
+    """``segments`` contiguous ``(start, stop)`` ranges of ``num_layers`` layers, sizes within one:
+    how :mod:`dlcourse.recompute` cuts a network into recomputed segments, and how it is counted here."""
+    check_int("num_layers", num_layers, low=1)
+    check_int("segments", segments, low=1, high=num_layers)
     base, extra = divmod(num_layers, segments)
     bounds, start = [], 0
     for s in range(segments):
@@ -428,7 +431,7 @@ def activation_parts(
     if not recompute:
         return _distinct([s for layer in saves for s in layer] + loss), 0
     check_int("segments", segments, low=1, high=len(saves))
-    bounds = _segment_bounds(len(saves), segments)
+    bounds = segment_bounds(len(saves), segments)
     sizes = dict(s for layer in saves for s in layer)
     sizes["x"] = batch * 784 * e
     sizes["d1"] = (

@@ -38,21 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dlcourse._validate import check_int
-from dlcourse.memory import SavedActivations
-
-
-def segment_bounds(num_layers: int, segments: int) -> list[tuple[int, int]]:
-    """``segments`` contiguous ``(start, stop)`` ranges of ``num_layers`` layers, sizes within one."""
-    check_int("num_layers", num_layers, low=1)
-    check_int("segments", segments, low=1, high=num_layers)
-    base, extra = divmod(num_layers, segments)
-    bounds, start = [], 0
-    for s in range(segments):
-        stop = start + base + (1 if s < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+from dlcourse.memory import SavedActivations, segment_bounds
 
 
 class Recomputed(nn.Module):
