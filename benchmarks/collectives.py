@@ -34,6 +34,7 @@ from dlcourse.collectives import (
     fit,
     ring_all_gather,
     ring_reduce_scatter,
+    run_collective,
 )
 from dlcourse.launcher import launch
 
@@ -49,15 +50,6 @@ def _ours(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
         ring_all_gather(ring_reduce_scatter(tensor), numel=tensor.numel())
 
 
-def _torch(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
-    if op == "all_reduce":
-        dist.all_reduce(tensor)
-    elif op == "reduce_scatter":
-        dist.reduce_scatter_tensor(out, tensor)
-    else:
-        dist.all_gather_into_tensor(tensor, out)
-
-
 def time_both(rank, world_size, sizes, repeats):
     """{(impl, op, bytes): [seconds per repeat]} on this rank; runs of ours and gloo's interleaved."""
     times = {}
@@ -65,11 +57,11 @@ def time_both(rank, world_size, sizes, repeats):
         numel = max(world_size, nbytes // 4) // world_size * world_size
         tensor, out = torch.ones(numel), torch.ones(numel // world_size)
         for op in FIT_OPS:
-            for impl, fn in (("gloo", _torch), ("ours", _ours)):
+            for impl, fn in (("gloo", run_collective), ("ours", _ours)):
                 fn(op, tensor, out)  # warm-up
                 times[(impl, op, nbytes)] = []
             for _ in range(repeats):
-                for impl, fn in (("gloo", _torch), ("ours", _ours)):
+                for impl, fn in (("gloo", run_collective), ("ours", _ours)):
                     dist.barrier()
                     start = time.perf_counter()
                     fn(op, tensor, out)

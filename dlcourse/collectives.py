@@ -252,7 +252,8 @@ DEFAULT_SIZES = (1024, 16 * 1024, 256 * 1024, 1024**2, 4 * 1024**2)  # bytes, fo
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather")
 
 
-def _run_op(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
+def run_collective(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
+    """torch.distributed's ``op`` (one of :data:`FIT_OPS`) on ``tensor``; ``out`` is the shard."""
     if op == "all_reduce":
         dist.all_reduce(tensor)
     elif op == "reduce_scatter":
@@ -277,12 +278,12 @@ def time_collectives(
             numel = max(world_size, nbytes // 4) // world_size * world_size
             tensor = torch.ones(numel)
             out = torch.empty(numel // world_size)
-            _run_op(op, tensor, out)  # warm-up: buffers and connections
+            run_collective(op, tensor, out)  # warm-up: buffers and connections
             runs = []
             for _ in range(repeats):
                 dist.barrier()
                 start = time.perf_counter()
-                _run_op(op, tensor, out)
+                run_collective(op, tensor, out)
                 runs.append(time.perf_counter() - start)
             times[(op, nbytes)] = runs
     return times

@@ -375,7 +375,8 @@ def _distinct(saves) -> int:
 
 def segment_bounds(num_layers: int, segments: int) -> list[tuple[int, int]]:
     """``segments`` contiguous ``(start, stop)`` ranges of ``num_layers`` layers, sizes within one:
-    how :mod:`dlcourse.recompute` cuts a network into recomputed segments, and how it is counted here."""
+    how :mod:`dlcourse.recompute` cuts a network into recomputed segments (and
+    :func:`dlcourse.model_parallel.stage_bounds` into stages), and how it is counted here."""
     check_int("num_layers", num_layers, low=1)
     check_int("segments", segments, low=1, high=num_layers)
     base, extra = divmod(num_layers, segments)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from dlcourse._validate import check_choice, check_float, check_int
+from dlcourse.memory import segment_bounds
 from dlcourse.models import SharedLSTM
 
 STRATEGIES = ("model-parallel", "data-parallel")
@@ -71,13 +72,7 @@ def stage_bounds(num_layers: int, num_stages: int) -> list[tuple[int, int]]:
     check_int("num_stages", num_stages, low=1)
     if num_stages > num_layers:
         raise ValueError(f"num_stages must be <= the model's {num_layers} layers, got {num_stages}")
-    size, extra = divmod(num_layers, num_stages)
-    bounds, start = [], 0
-    for k in range(num_stages):
-        stop = start + size + (1 if k < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+    return segment_bounds(num_layers, num_stages)  # the cut recomputation's segments use too
 
 
 def split_model(model: nn.Sequential, num_stages: int) -> list[nn.Sequential]:
