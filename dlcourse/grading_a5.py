@@ -120,26 +120,32 @@ def a5_tp_batch(seed: int, batch: int = 8):
     return torch.randn(batch, 10, generator=g), torch.randint(0, 6, (batch,), generator=g)
 
 
-def _a5_tp_run(rank, world_size, seed, steps, lr, column_fn, row_fn):
-    """``steps`` SGD steps of the model with its block split: outputs, losses, the dense parameters."""
+def _a5_sgd_steps(model, X, y, steps: int, lr: float):
+    """``steps`` plain SGD steps on one batch: every step's output and loss."""
     import torch
     import torch.nn.functional as F
 
-    from dlcourse.tensor_parallel import gather_dense, parallelize
-
-    dense = a5_tp_model(seed)
-    X, y = a5_tp_batch(seed)
-    tp = parallelize(dense, rank, world_size, column_fn=column_fn, row_fn=row_fn)
-    optimizer = torch.optim.SGD(tp.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     outputs, losses = [], []
     for _ in range(steps):
-        out = tp(X)
+        out = model(X)
         loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         outputs.append(out.detach().clone())
         losses.append(loss.item())
+    return outputs, losses
+
+
+def _a5_tp_run(rank, world_size, seed, steps, lr, column_fn, row_fn):
+    """``steps`` SGD steps of the model with its block split: outputs, losses, the dense parameters."""
+    from dlcourse.tensor_parallel import gather_dense, parallelize
+
+    dense = a5_tp_model(seed)
+    X, y = a5_tp_batch(seed)
+    tp = parallelize(dense, rank, world_size, column_fn=column_fn, row_fn=row_fn)
+    outputs, losses = _a5_sgd_steps(tp, X, y, steps, lr)
     gather_dense(tp, dense)
     return {
         "outputs": outputs,
@@ -177,21 +183,9 @@ def a5_tp_on_processes(column_fn, row_fn, num_workers: int, seed: int, steps: in
 
 def a5_dense(seed: int, steps: int = 2, lr: float = 0.5):
     """The same steps on the dense model in one process (no split, no process group)."""
-    import torch
-    import torch.nn.functional as F
-
     model = a5_tp_model(seed)
     X, y = a5_tp_batch(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    outputs, losses = [], []
-    for _ in range(steps):
-        out = model(X)
-        loss = F.cross_entropy(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        outputs.append(out.detach().clone())
-        losses.append(loss.item())
+    outputs, losses = _a5_sgd_steps(model, X, y, steps, lr)
     return {
         "outputs": outputs,
         "losses": losses,
