@@ -223,33 +223,73 @@ def bytes_per_rank(op: str, nbytes: float, num_workers: int) -> float:
 
 @dataclass(frozen=True)
 class AlphaBeta:
-    """The alpha-beta (latency-bandwidth) cost model of a message: ``alpha + bytes / beta``.
+    """The alpha-beta (latency-bandwidth) cost model of a collective, with an optional second bandwidth.
 
-    A collective on a ring takes ``steps * alpha + bytes_per_rank / beta`` (Hockney 1994;
-    Thakur, Rabenseifner and Gropp, "Optimization of Collective Communication Operations
-    in MPICH", 2005). Fit both to this machine with :func:`fit_alpha_beta`.
+    ``time(op, nbytes, N) = steps * alpha_s + transfer_s(b)``, where ``steps`` and ``b``, the
+    bytes one rank sends, are :func:`collective_steps` and :func:`bytes_per_rank`, and
+    ``transfer_s(b) = min(b, large_bytes) / beta + max(0, b - large_bytes) / large_beta``:
+    the bytes up to ``large_bytes`` flow at ``beta_bytes_per_s``, the rest at
+    ``large_beta_bytes_per_s`` (one regime, the plain model, when ``large_bytes`` is None).
+    Hockney (1994) for alpha-beta; a bandwidth that depends on the message size is PLogP's
+    size-dependent gap (Kielmann et al. 2000). The time is continuous and increasing in the
+    bytes. Fit it to this machine with :func:`fit_alpha_beta`; see the module docstring.
     """
 
-    alpha_s: float = 1e-4  # seconds per message (latency, software overhead)
-    beta_bytes_per_s: float = 1e9  # bytes per second one rank can send
+    alpha_s: float = 1e-4  # seconds per message in sequence (latency, software overhead)
+    beta_bytes_per_s: float = 1e9  # bytes per second one rank sends (the first large_bytes)
+    large_bytes: float | None = None  # bytes per rank after which large_beta applies; None: one regime
+    large_beta_bytes_per_s: float | None = None  # bytes per second beyond large_bytes
 
     def __post_init__(self) -> None:
         check_float("alpha_s", self.alpha_s, low=0.0)
         check_float("beta_bytes_per_s", self.beta_bytes_per_s, low=0.0, low_open=True)
+        if (self.large_bytes is None) != (self.large_beta_bytes_per_s is None):
+            raise ValueError(
+                "large_bytes and large_beta_bytes_per_s must be given together (a second regime) "
+                f"or both be None (one regime), got {self.large_bytes!r} and {self.large_beta_bytes_per_s!r}"
+            )
+        if self.large_bytes is not None:
+            check_float("large_bytes", self.large_bytes, low=0.0, low_open=True)
+            check_float("large_beta_bytes_per_s", self.large_beta_bytes_per_s, low=0.0, low_open=True)
+
+    def transfer_s(self, nbytes: float) -> float:
+        """Seconds for one rank to send ``nbytes``, at beta up to ``large_bytes`` and large_beta beyond."""
+        check_float("nbytes", nbytes, low=0.0)
+        if self.large_bytes is None or nbytes <= self.large_bytes:
+            return nbytes / self.beta_bytes_per_s
+        return (
+            self.large_bytes / self.beta_bytes_per_s
+            + (nbytes - self.large_bytes) / self.large_beta_bytes_per_s
+        )
 
     def time(self, op: str, nbytes: float, num_workers: int) -> float:
         """Predicted seconds of ``op`` (all_reduce, reduce_scatter, all_gather, send) on ``nbytes``."""
         steps = collective_steps(op, num_workers)
         if steps == 0:
             return 0.0
-        return steps * self.alpha_s + bytes_per_rank(op, nbytes, num_workers) / self.beta_bytes_per_s
+        return steps * self.alpha_s + self.transfer_s(bytes_per_rank(op, nbytes, num_workers))
 
     def __repr__(self) -> str:
-        return f"AlphaBeta(alpha={self.alpha_s * 1e6:.1f} us, beta={self.beta_bytes_per_s / 1e9:.3f} GB/s)"
+        text = f"AlphaBeta(alpha={self.alpha_s * 1e6:.1f} us, beta={self.beta_bytes_per_s / 1e9:.3f} GB/s"
+        if self.large_bytes is None:
+            return text + ")"
+        return (
+            f"{text} up to {_size(self.large_bytes)} per rank, "
+            f"{self.large_beta_bytes_per_s / 1e9:.3f} GB/s beyond)"
+        )
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:g} {unit}"
+    return f"{nbytes:g} B"
 
 
 DEFAULT_SIZES = (1024, 16 * 1024, 256 * 1024, 1024**2, 4 * 1024**2)  # bytes, for a quick fit
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather")
+SMALL_BYTES = 1 << 20  # tensors under this many bytes are timed SMALL_REPEATS times as often
+SMALL_REPEATS = 5  # (they take well under a millisecond, and one rank's hiccup is as long)
 
 
 def run_collective(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
@@ -262,37 +302,55 @@ def run_collective(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
         dist.all_gather_into_tensor(tensor, out)
 
 
+def repeats_for(nbytes: int, repeats: int) -> int:
+    """How many times a tensor of ``nbytes`` is timed: ``repeats``, or SMALL_REPEATS times that under 1 MB."""
+    check_int("nbytes", nbytes, low=0)
+    check_int("repeats", repeats, low=1)
+    return repeats * (SMALL_REPEATS if nbytes < SMALL_BYTES else 1)
+
+
 def time_collectives(
     rank: int, world_size: int, sizes: tuple[int, ...], repeats: int, ops: tuple[str, ...] = FIT_OPS
 ) -> dict[tuple[str, int], list[float]]:
-    """Inside a worker: seconds of each (op, bytes) of torch.distributed, ``repeats`` times.
+    """Inside a worker: seconds of each (op, bytes) of torch.distributed, :func:`repeats_for` times.
 
-    ``bytes`` is the full tensor (the all-gather's result). Each timing starts after a barrier,
-    so the ranks start together; the caller takes the slowest rank.
+    ``bytes`` is the full tensor (the all-gather's result), of zeros (sums stay finite). After
+    one warm-up call of each (buffers, connections), the runs go in rounds: every round times
+    each (size, op) once, so a disturbance of a few milliseconds spreads over all of them
+    instead of shifting one size's median. Each timing starts after a barrier, so the ranks
+    start together; the caller takes the slowest rank of each run (:func:`slowest_median`).
     """
     import time
 
-    times: dict[tuple[str, int], list[float]] = {}
-    for op in ops:
+    tensors = {}
+    for nbytes in sizes:
+        numel = max(world_size, nbytes // 4) // world_size * world_size
+        tensors[nbytes] = (torch.zeros(numel), torch.zeros(numel // world_size))
+        for op in ops:
+            run_collective(op, *tensors[nbytes])
+    times: dict[tuple[str, int], list[float]] = {(op, s): [] for s in sizes for op in ops}
+    for round_ in range(max(repeats_for(s, repeats) for s in sizes)):
         for nbytes in sizes:
-            numel = max(world_size, nbytes // 4) // world_size * world_size
-            tensor = torch.ones(numel)
-            out = torch.empty(numel // world_size)
-            run_collective(op, tensor, out)  # warm-up: buffers and connections
-            runs = []
-            for _ in range(repeats):
+            if round_ >= repeats_for(nbytes, repeats):
+                continue
+            for op in ops:
                 dist.barrier()
                 start = time.perf_counter()
-                run_collective(op, tensor, out)
-                runs.append(time.perf_counter() - start)
-            times[(op, nbytes)] = runs
+                run_collective(op, *tensors[nbytes])
+                times[(op, nbytes)].append(time.perf_counter() - start)
     return times
 
 
-def _slowest_median(per_rank: list[dict]) -> dict[tuple[str, int], float]:
-    """For each (op, bytes): the median over repeats of the slowest rank's time."""
+def slowest_median(per_rank: list[dict]) -> dict:
+    """For each key (op, bytes): the median over runs of the slowest rank's seconds in that run.
+
+    A collective ends for all when it ends for the last rank, so each run counts as its slowest
+    rank's time; the median then drops the runs a passing disturbance slowed.
+    """
     import statistics
 
+    if not per_rank or not all(isinstance(r, dict) for r in per_rank):
+        raise ValueError(f"per_rank must be a non-empty list of dicts (one per rank), got {per_rank!r}")
     return {
         key: statistics.median(max(r[key][i] for r in per_rank) for i in range(len(runs)))
         for key, runs in per_rank[0].items()
@@ -305,7 +363,13 @@ def measure_collectives(
     repeats: int = 5,
     ops: tuple[str, ...] = FIT_OPS,
 ) -> dict[tuple[str, int], float]:
-    """Median seconds of gloo's all-reduce, reduce-scatter and all-gather per tensor size, on N processes."""
+    """Seconds of gloo's all-reduce, reduce-scatter and all-gather per tensor size, on N processes.
+
+    One thread per process. Each (op, bytes) is run ``repeats`` times (``SMALL_REPEATS`` times
+    as often under 1 MB: small tensors are cheap and their times noisy), in rounds
+    (:func:`time_collectives`); each run counts as its slowest rank's time, and the result is
+    the median over runs (:func:`slowest_median`). With the defaults: a few seconds.
+    """
     from dlcourse.launcher import launch
 
     check_int("num_workers", num_workers, low=2)
@@ -314,64 +378,131 @@ def measure_collectives(
         raise ValueError("sizes must name at least one tensor size in bytes, got none")
     for s in sizes:
         check_int("sizes", s, low=4)
+    if not ops:
+        raise ValueError(f"ops must name at least one of {', '.join(FIT_OPS)}, got none")
     for op in ops:
         check_choice("ops", op, FIT_OPS)
     per_rank = launch(
         time_collectives,
         num_workers,
-        tuple(sizes),
+        tuple(sorted(set(sizes))),
         repeats,
         tuple(ops),
         backend="gloo",
         threads_per_worker=1,
         run_timeout=600,
     )
-    return _slowest_median(per_rank)
+    return slowest_median(per_rank)
 
 
-def fit(times: dict[tuple[str, int], float], num_workers: int, op: str | None = None) -> AlphaBeta:
-    """Least-squares alpha and beta from measured ``{(op, bytes): seconds}``.
+def _nonnegative_lstsq(a: Any, b: Any) -> tuple[Any, float]:
+    """``x >= 0`` minimising ``|a x - b|^2``, and that minimum: every set of free columns is tried.
+
+    ``a`` has at most three columns here (alpha, 1/beta, 1/large_beta): the optimum is the
+    unconstrained least squares on the columns it leaves free, so trying all seven sets and
+    keeping the best whose free coefficients are all positive finds it.
+    """
+    import itertools
+
+    import numpy as np
+
+    best_x, best_rss = np.zeros(a.shape[1]), float(b @ b)
+    for free in itertools.product((False, True), repeat=a.shape[1]):
+        cols = np.flatnonzero(free)
+        if cols.size == 0:
+            continue
+        x_free = np.linalg.lstsq(a[:, cols], b, rcond=None)[0]
+        if np.any(x_free <= 0):
+            continue
+        x = np.zeros(a.shape[1])
+        x[cols] = x_free
+        rss = float(np.sum((a @ x - b) ** 2))
+        if rss < best_rss:
+            best_x, best_rss = x, rss
+    return best_x, best_rss
+
+
+def fit(
+    times: dict[tuple[str, int], float],
+    num_workers: int,
+    op: str | None = None,
+    max_regimes: int = 1,
+    tolerance: float = 0.1,
+) -> AlphaBeta:
+    """The :class:`AlphaBeta` model that best fits measured ``{(op, bytes): seconds}``.
 
     Minimises the relative error ``(predicted - measured) / measured`` (sizes span five
-    orders of magnitude: plain least squares would fit only the largest). Both are kept
-    positive: if the unconstrained fit gives a negative one, the other is fitted alone.
+    orders of magnitude: plain least squares would fit only the largest), every parameter
+    kept positive (alpha may be 0; a bandwidth the data cannot bound becomes 1e12 B/s).
     ``op`` fits that collective's times only: gloo does not run every collective as a ring
-    (for small tensors its all-reduce takes about one latency, not 2(N-1)), so one model
-    per collective fits better than one for all.
+    (for small tensors its all-reduce takes about one latency, not 2(N-1); its
+    reduce-scatter is a whole all-reduce), so one model per collective fits better.
+
+    ``max_regimes=2`` allows a second bandwidth, but only where the data need it: where the
+    one-bandwidth fit misses some measurement by more than ``tolerance`` (relative; the
+    default 10% is about the scatter of these medians on a shared machine). Then each
+    measured bytes-per-rank value in turn is tried as ``large_bytes`` (at least two sizes at
+    or below it, one above), alpha and the two bandwidths fitted by non-negative least
+    squares for each, and the crossover with the least squared relative error is kept.
+    Otherwise, and always on data that one bandwidth explains, the result is the plain fit.
     """
     import numpy as np
 
     check_int("num_workers", num_workers, low=2)
+    check_int("max_regimes", max_regimes, low=1, high=2)
+    check_float("tolerance", tolerance, low=0.0)
+    if not isinstance(times, dict):
+        raise ValueError(f"times must be a dict {{(op, bytes): seconds}}, got {type(times).__name__}")
     if op is not None:
         check_choice("op", op, FIT_OPS)
         times = {key: t for key, t in times.items() if key[0] == op}
     if not times:
         raise ValueError("times must hold at least one measurement, got none")
-    rows, target = [], []
-    for (op, nbytes), seconds in times.items():
-        check_float("times", seconds, low=0.0, low_open=True)
-        rows.append(
-            [collective_steps(op, num_workers) / seconds, bytes_per_rank(op, nbytes, num_workers) / seconds]
-        )
-        target.append(1.0)
-    a, b = np.asarray(rows), np.asarray(target)
-    (alpha, inv_beta), *_ = np.linalg.lstsq(a, b, rcond=None)
-    if inv_beta <= 0:  # latency alone explains the times: a very fast link
-        alpha = float(np.linalg.lstsq(a[:, :1], b, rcond=None)[0][0])
+    steps, sent, seconds = [], [], []
+    for (name, nbytes), t in times.items():
+        seconds.append(check_float("times", t, low=0.0, low_open=True))
+        steps.append(collective_steps(name, num_workers))
+        sent.append(bytes_per_rank(name, nbytes, num_workers))
+    s, b, t = np.asarray(steps, float), np.asarray(sent, float), np.asarray(seconds)
+    ones = np.ones_like(t)
+    (alpha, inv_beta), rss = _nonnegative_lstsq(np.column_stack([s, b]) / t[:, None], ones)
+    if inv_beta == 0:  # latency alone explains the times: a very fast link
         inv_beta = 1e-12
-    elif alpha <= 0:  # bandwidth alone
-        alpha = 0.0
-        inv_beta = float(np.linalg.lstsq(a[:, 1:], b, rcond=None)[0][0])
-    return AlphaBeta(alpha_s=float(alpha), beta_bytes_per_s=float(1.0 / inv_beta))
+    plain = AlphaBeta(alpha_s=float(alpha), beta_bytes_per_s=float(1.0 / inv_beta))
+    missed = max(
+        abs(plain.time(name, nbytes, num_workers) / sec - 1) for (name, nbytes), sec in times.items()
+    )
+    if max_regimes == 1 or missed <= tolerance:
+        return plain
+    best = None
+    for c in np.unique(b):
+        if np.unique(b[b <= c]).size < 2 or not np.any(b > c):
+            continue
+        a = np.column_stack([s, np.minimum(b, c), np.maximum(b - c, 0.0)]) / t[:, None]
+        x, rss2 = _nonnegative_lstsq(a, ones)
+        if x[1] > 0 and x[2] > 0 and rss2 < rss and (best is None or rss2 < best[0]):
+            best = (rss2, float(c), x)
+    if best is None:
+        return plain
+    _, c, (alpha, inv_beta, inv_large) = best
+    return AlphaBeta(
+        float(alpha), float(1 / inv_beta), large_bytes=c, large_beta_bytes_per_s=float(1 / inv_large)
+    )
 
 
 def fit_alpha_beta(
-    num_workers: int = 2, sizes: tuple[int, ...] = DEFAULT_SIZES, repeats: int = 5, op: str | None = None
+    num_workers: int = 2,
+    sizes: tuple[int, ...] = DEFAULT_SIZES,
+    repeats: int = 5,
+    op: str | None = None,
+    max_regimes: int = 1,
 ) -> AlphaBeta:
     """Measure gloo's collectives on ``num_workers`` real processes and fit the alpha-beta model.
 
     All-reduce, reduce-scatter and all-gather (or only ``op``) of every size in ``sizes``
-    (bytes), median of ``repeats`` runs each, slowest rank: a few seconds with the defaults.
+    (bytes), as :func:`measure_collectives` times them, fitted by :func:`fit` (one
+    bandwidth, or up to ``max_regimes`` = 2): a few seconds with the defaults.
     """
+    check_int("max_regimes", max_regimes, low=1, high=2)
     ops = FIT_OPS if op is None else (check_choice("op", op, FIT_OPS),)
-    return fit(measure_collectives(num_workers, sizes, repeats, ops), num_workers)
+    return fit(measure_collectives(num_workers, sizes, repeats, ops), num_workers, max_regimes=max_regimes)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dlcourse import collectives
@@ -19,6 +20,7 @@ from dlcourse.collectives import (
     fit,
     fit_alpha_beta,
     reduce_scatter_bytes,
+    repeats_for,
     ring_all_gather,
     ring_allreduce_bytes,
     ring_reduce_scatter,
@@ -189,6 +191,153 @@ def test_fit_alpha_beta_on_real_processes_gives_positive_finite_numbers():
     assert 0 < fitted.alpha_s < 1 and math.isfinite(fitted.alpha_s)
     assert 1e5 < fitted.beta_bytes_per_s < 1e13
     assert "us" in repr(fitted) and "GB/s" in repr(fitted)
+
+
+@pytest.mark.multiprocess
+def test_small_tensors_are_timed_more_often_and_every_run_is_kept():
+    """time_collectives runs each (op, size) repeats_for(size, repeats) times on every rank."""
+    sizes, repeats = (1024, 2 * 1024**2), 2
+    per_rank = launch(collectives.time_collectives, 2, sizes, repeats, threads_per_worker=1, run_timeout=120)
+    for times in per_rank:
+        assert set(times) == {(op, s) for op in collectives.FIT_OPS for s in sizes}
+        for (_, s), runs in times.items():
+            assert len(runs) == repeats_for(s, repeats) and min(runs) > 0
+    assert (
+        repeats_for(1024, repeats) == collectives.SMALL_REPEATS * repeats > repeats_for(2 * 1024**2, repeats)
+    )
+    medians = collectives.slowest_median(per_rank)
+    for key, t in medians.items():  # a run's time is its slowest rank's
+        runs = [max(r[key][i] for r in per_rank) for i in range(len(per_rank[0][key]))]
+        assert min(runs) <= t <= max(runs)
+
+
+# ------------------------------------------------------------------- a second bandwidth regime
+
+FIT_SIZES = tuple(1024 * 4**k for k in range(9))  # 1 KB .. 64 MB, as benchmarks/collectives.py
+
+
+@st.composite
+def two_regimes(draw):
+    """A two-regime model whose crossover is one of FIT_SIZES' bytes per rank, and its op and N."""
+    op = draw(st.sampled_from(collectives.FIT_OPS))
+    n = draw(st.integers(2, 8))
+    k = draw(st.integers(1, len(FIT_SIZES) - 2))  # two sizes at or below the crossover, one above
+    beta = draw(st.floats(1e7, 1e11))
+    factor = draw(st.floats(1.5, 8.0))
+    large_beta = beta / factor if draw(st.booleans()) else beta * factor
+    crossover = collectives.bytes_per_rank(op, FIT_SIZES[k], n)
+    model = AlphaBeta(draw(st.floats(1e-6, 1e-2)), beta, crossover, large_beta)
+    return model, op, n
+
+
+@settings(max_examples=60, deadline=None)
+@given(two_regimes())
+def test_fit_recovers_a_two_regime_model_from_its_times(case):
+    """Times made by a known two-regime model are fitted back to it: alpha, both betas, the crossover."""
+    model, op, n = case
+    times = {(op, s): model.time(op, s, n) for s in FIT_SIZES}
+    plain = fit(times, n, op)  # one bandwidth cannot follow them
+    missed = max(abs(plain.time(op, s, n) / t - 1) for (_, s), t in times.items())
+    assume(missed > 0.1)  # fit's default tolerance: a bend the data show (not one hidden under alpha)
+    fitted = fit(times, n, op, max_regimes=2)
+    assert fitted.large_bytes == model.large_bytes
+    assert fitted.alpha_s == pytest.approx(model.alpha_s, rel=1e-5)
+    assert fitted.beta_bytes_per_s == pytest.approx(model.beta_bytes_per_s, rel=1e-6)
+    assert fitted.large_beta_bytes_per_s == pytest.approx(model.large_beta_bytes_per_s, rel=1e-6)
+    assert plain.large_bytes is None
+    assert fit(times, n, op, max_regimes=2, tolerance=2 * missed) == plain  # a bend within tolerance
+
+
+@settings(max_examples=60, deadline=None)
+@given(alpha=st.floats(1e-6, 1e-2), beta=st.floats(1e7, 1e11), n=st.integers(2, 8))
+def test_on_one_regime_times_the_two_regime_fit_is_the_plain_fit(alpha, beta, n):
+    """Data one bandwidth explains: max_regimes=2 returns the one-regime model, equal to max_regimes=1."""
+    model = AlphaBeta(alpha, beta)
+    times = {(op, s): model.time(op, s, n) for op in collectives.FIT_OPS for s in FIT_SIZES}
+    two, one = fit(times, n, max_regimes=2), fit(times, n)
+    assert two == one and two.large_bytes is None and two.large_beta_bytes_per_s is None
+    assert two.alpha_s == pytest.approx(alpha, rel=1e-5)
+    assert two.beta_bytes_per_s == pytest.approx(beta, rel=1e-6)
+
+
+def test_the_second_regime_is_kept_only_where_noisy_data_need_it():
+    """3% noise (seeded): one-regime times keep the plain fit; two-regime times get the crossover."""
+    rng = np.random.default_rng(0)
+    plain = AlphaBeta(3e-4, 8e8)
+    bent = AlphaBeta(3e-4, 8e8, large_bytes=8 * 1024**2, large_beta_bytes_per_s=3e8)
+    for model, regimes in ((plain, 1), (bent, 2)):
+        times = {
+            ("all_gather", s): model.time("all_gather", s, 2) * (1 + 0.03 * rng.standard_normal())
+            for s in FIT_SIZES
+        }
+        fitted = fit(times, 2, "all_gather", max_regimes=2)
+        assert (fitted.large_bytes is not None) == (regimes == 2), fitted
+        if regimes == 2:
+            assert fitted.large_bytes == bent.large_bytes
+            assert fitted.large_beta_bytes_per_s == pytest.approx(3e8, rel=0.1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    alpha=st.floats(0.0, 1e-2),
+    beta=st.floats(1e7, 1e11),
+    large=st.floats(1.0, 1e9),
+    large_beta=st.floats(1e7, 1e11),
+    x=st.floats(0.0, 1e10),
+    y=st.floats(0.0, 1e10),
+    n=st.integers(2, 64),
+    op=st.sampled_from(collectives.COLLECTIVE_OPS),
+)
+def test_time_is_continuous_and_increasing_in_bytes(alpha, beta, large, large_beta, x, y, n, op):
+    """time() never falls as bytes grow, and has no jump at the crossover (each side within its slope)."""
+    model = AlphaBeta(alpha, beta, large, large_beta)
+    lo, hi = sorted((x, y))
+    assert model.time(op, lo, n) <= model.time(op, hi, n)
+    assert model.transfer_s(lo) <= model.transfer_s(hi)
+    steepest = 1 / min(beta, large_beta)
+    for step in (1e-3 * large, 1e-6 * large):
+        for side in (large - step, large + step):
+            assert abs(model.transfer_s(side) - model.transfer_s(large)) <= step * steepest * (1 + 1e-9)
+    assert model.transfer_s(large) == pytest.approx(large / beta)
+    assert model.transfer_s(2 * large) == pytest.approx(large / beta + large / large_beta)
+
+
+def test_the_model_says_what_each_number_is():
+    """repr: the latency, the bandwidth, and where a second one starts."""
+    assert repr(AlphaBeta(2e-4, 8e8)) == "AlphaBeta(alpha=200.0 us, beta=0.800 GB/s)"
+    assert repr(AlphaBeta(2e-4, 8e8, 16 * 1024**2, 4e8)) == (
+        "AlphaBeta(alpha=200.0 us, beta=0.800 GB/s up to 16 MB per rank, 0.400 GB/s beyond)"
+    )
+
+
+def test_bad_model_and_fit_arguments_name_themselves():
+    with pytest.raises(ValueError, match="large_bytes and large_beta_bytes_per_s must be given together"):
+        AlphaBeta(1e-4, 1e9, large_bytes=1e6)
+    with pytest.raises(ValueError, match="large_bytes and large_beta_bytes_per_s must be given together"):
+        AlphaBeta(1e-4, 1e9, large_beta_bytes_per_s=1e8)
+    with pytest.raises(ValueError, match="large_bytes must be > 0"):
+        AlphaBeta(1e-4, 1e9, 0, 1e8)
+    with pytest.raises(ValueError, match="large_beta_bytes_per_s must be > 0"):
+        AlphaBeta(1e-4, 1e9, 1e6, -1e8)
+    with pytest.raises(ValueError, match="nbytes"):
+        AlphaBeta().transfer_s(-1)
+    times = {("all_reduce", 1024): 1e-4, ("all_reduce", 4096): 2e-4}
+    with pytest.raises(ValueError, match="max_regimes must be <= 2"):
+        fit(times, 2, max_regimes=3)
+    with pytest.raises(ValueError, match="max_regimes must be >= 1"):
+        fit_alpha_beta(2, max_regimes=0)
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        fit(times, 2, max_regimes=2, tolerance=-0.1)
+    with pytest.raises(ValueError, match="times must be a dict"):
+        fit([1e-4, 2e-4], 2)
+    with pytest.raises(ValueError, match="times must be > 0"):
+        fit({("all_reduce", 1024): 0.0}, 2)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        repeats_for(1024, 0)
+    with pytest.raises(ValueError, match="ops must name"):
+        collectives.measure_collectives(2, ops=())
+    with pytest.raises(ValueError, match="per_rank"):
+        collectives.slowest_median([])
 
 
 # ------------------------------------------------------------------- the simulator's network
