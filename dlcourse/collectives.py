@@ -12,8 +12,33 @@ Algorithms", JPDC 2009) sends ``2 (N-1)`` times the tensor's bytes in all, whate
 It is a reduce-scatter followed by an all-gather, which ZeRO (Rajbhandari et al. 2020)
 uses on their own: :func:`ring_reduce_scatter` and :func:`ring_all_gather` are written
 from ``isend``/``recv`` around the ring, N - 1 steps each, (N-1)/N of the tensor sent per
-rank. :class:`AlphaBeta` prices a collective as ``steps * alpha + bytes per rank / beta``,
-and :func:`fit_alpha_beta` fits alpha and beta to gloo's times measured on real processes.
+rank.
+
+**The alpha-beta model** (:class:`AlphaBeta`; Hockney 1994), the one definition of a
+collective's predicted time: with ``steps`` messages in sequence (:func:`collective_steps`)
+and ``b`` bytes sent per rank (:func:`bytes_per_rank`),
+
+    time = steps * alpha + min(b, c) / beta + max(0, b - c) / beta_large
+
+alpha the latency of a message (seconds), beta the bandwidth (bytes per second) up to the
+crossover c = ``large_bytes`` per rank and beta_large beyond it. With no crossover (c
+infinite, the default) it is the plain ``steps * alpha + b / beta``. A bandwidth that
+depends on the message size is PLogP's size-dependent gap (Kielmann et al., "Fast
+measurement of LogP parameters for message passing platforms", 2000). :func:`fit` fits
+the numbers to measured times (relative least squares; a crossover only where one
+bandwidth misses), :func:`fit_alpha_beta` measures gloo on real processes and fits.
+
+Why one bandwidth is not enough for gloo on a CPU: ``reduce_scatter_tensor`` is not a
+ring reduce-scatter there. ProcessGroupGloo clones the input, runs a whole all-reduce on
+the clone and copies this rank's chunk out (measured: the same time as doing those three
+by hand), and ``all_gather_into_tensor`` gathers into a freshly allocated flat buffer and
+copies it into the output. From 32 MB up glibc serves every such allocation with fresh
+pages (32 MB is its largest ``mmap`` threshold), which the kernel faults in and zeroes at
+every call: here a 64 MB clone took 26 ms, three times as long per byte as a 16 MB one,
+and 11 ms with ``MALLOC_MMAP_THRESHOLD_`` raised to 1 GB. So their bytes cost more from
+~16 MB up, and one model per collective with a second bandwidth follows that
+(``benchmarks/collectives.py`` prints predicted / measured on sizes it was not fitted to).
+
 Call the collectives inside :func:`dlcourse.launcher.launch` (or under ``torchrun``).
 """
 
@@ -225,14 +250,12 @@ def bytes_per_rank(op: str, nbytes: float, num_workers: int) -> float:
 class AlphaBeta:
     """The alpha-beta (latency-bandwidth) cost model of a collective, with an optional second bandwidth.
 
-    ``time(op, nbytes, N) = steps * alpha_s + transfer_s(b)``, where ``steps`` and ``b``, the
-    bytes one rank sends, are :func:`collective_steps` and :func:`bytes_per_rank`, and
-    ``transfer_s(b) = min(b, large_bytes) / beta + max(0, b - large_bytes) / large_beta``:
-    the bytes up to ``large_bytes`` flow at ``beta_bytes_per_s``, the rest at
-    ``large_beta_bytes_per_s`` (one regime, the plain model, when ``large_bytes`` is None).
-    Hockney (1994) for alpha-beta; a bandwidth that depends on the message size is PLogP's
-    size-dependent gap (Kielmann et al. 2000). The time is continuous and increasing in the
-    bytes. Fit it to this machine with :func:`fit_alpha_beta`; see the module docstring.
+    ``time(op, nbytes, N)`` is the module docstring's ``steps * alpha + min(b, c) / beta +
+    max(0, b - c) / beta_large`` for ``b`` bytes per rank (Hockney 1994; PLogP's
+    size-dependent gap, Kielmann et al. 2000), continuous and increasing in the bytes; one
+    regime when ``large_bytes`` is None. Fit it to this machine with :func:`fit_alpha_beta`.
+    The simulator (``SimConfig(network=...)``) prices a message with one bandwidth: it
+    takes a one-regime model only.
     """
 
     alpha_s: float = 1e-4  # seconds per message in sequence (latency, software overhead)
@@ -288,8 +311,8 @@ def _size(nbytes: float) -> str:
 
 DEFAULT_SIZES = (1024, 16 * 1024, 256 * 1024, 1024**2, 4 * 1024**2)  # bytes, for a quick fit
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather")
-SMALL_BYTES = 1 << 20  # tensors under this many bytes are timed SMALL_REPEATS times as often
-SMALL_REPEATS = 5  # (they take well under a millisecond, and one rank's hiccup is as long)
+SMALL_BYTES = 4 << 20  # tensors under this many bytes are timed SMALL_REPEATS times as often
+SMALL_REPEATS = 5  # (they take a few milliseconds at most, and one rank's hiccup is as long)
 
 
 def run_collective(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
@@ -303,7 +326,7 @@ def run_collective(op: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def repeats_for(nbytes: int, repeats: int) -> int:
-    """How many times a tensor of ``nbytes`` is timed: ``repeats``, or SMALL_REPEATS times that under 1 MB."""
+    """How many times a tensor of ``nbytes`` is timed: ``repeats``, or SMALL_REPEATS times that under 4 MB."""
     check_int("nbytes", nbytes, low=0)
     check_int("repeats", repeats, low=1)
     return repeats * (SMALL_REPEATS if nbytes < SMALL_BYTES else 1)
@@ -316,10 +339,13 @@ def time_collectives(
 
     ``bytes`` is the full tensor (the all-gather's result), of zeros (sums stay finite). After
     one warm-up call of each (buffers, connections), the runs go in rounds: every round times
-    each (size, op) once, so a disturbance of a few milliseconds spreads over all of them
-    instead of shifting one size's median. Each timing starts after a barrier, so the ranks
-    start together; the caller takes the slowest rank of each run (:func:`slowest_median`).
+    each (size, op) once, the sizes in a new order each round (the same on every rank, seeded
+    by the round), so a disturbance spreads over all sizes instead of shifting one size's
+    median, and no size always follows the largest. Each timing starts after a barrier, so
+    the ranks start together; the caller takes the slowest rank of each run
+    (:func:`slowest_median`).
     """
+    import random
     import time
 
     tensors = {}
@@ -330,7 +356,7 @@ def time_collectives(
             run_collective(op, *tensors[nbytes])
     times: dict[tuple[str, int], list[float]] = {(op, s): [] for s in sizes for op in ops}
     for round_ in range(max(repeats_for(s, repeats) for s in sizes)):
-        for nbytes in sizes:
+        for nbytes in random.Random(round_).sample(sizes, len(sizes)):
             if round_ >= repeats_for(nbytes, repeats):
                 continue
             for op in ops:
@@ -366,7 +392,7 @@ def measure_collectives(
     """Seconds of gloo's all-reduce, reduce-scatter and all-gather per tensor size, on N processes.
 
     One thread per process. Each (op, bytes) is run ``repeats`` times (``SMALL_REPEATS`` times
-    as often under 1 MB: small tensors are cheap and their times noisy), in rounds
+    as often under 4 MB: small tensors are cheap and their times noisy), in rounds
     (:func:`time_collectives`); each run counts as its slowest rank's time, and the result is
     the median over runs (:func:`slowest_median`). With the defaults: a few seconds.
     """

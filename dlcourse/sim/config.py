@@ -117,6 +117,11 @@ class SimConfig(StalenessRules):
                     f"network must be a dlcourse.collectives.AlphaBeta (see fit_alpha_beta) or None, "
                     f"got {self.network!r}"
                 )
+            if self.network.large_bytes is not None:
+                raise ValueError(
+                    f"network must be a one-regime AlphaBeta (the simulator prices a message with one "
+                    f"bandwidth; fit with max_regimes=1), got {self.network!r}"
+                )
             # a message then costs alpha + bytes / beta, the fitted model of this machine's network
             self.latency = self.network.alpha_s
             self.bandwidth = self.network.beta_bytes_per_s
