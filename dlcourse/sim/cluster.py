@@ -11,7 +11,8 @@ computes **real** gradients of a real model, while **time** is simulated:
   speeds and stragglers (``compute_mean`` replaces the FLOPs-based mean when set);
 - network: every worker has its own link, and every server shard has **one** link shared by
   all messages to and from it (:meth:`Cluster.server_message`): messages queue there, first
-  come first served, ``bytes / bandwidth`` each, then ``latency``. A central server is a
+  come first served, ``bytes / bandwidth`` each, then ``latency`` (with ``latency_spread``, a
+  seeded lognormal factor per message). A central server is a
   bottleneck on a slow network; k shards give k links;
 - the server's time to apply an update, split over the k shards.
 
@@ -127,6 +128,9 @@ class Cluster:
         self._speeds = config.worker_speeds or (1.0,) * n
         self._draws: list[list[float]] = [[] for _ in range(n)]  # drawn, not yet used compute-time factors
         self._sigma = config.compute_spread
+        # message latencies with a spread: one RNG for every message, drawn in event order (which
+        # the virtual clock fixes); none drawn without a spread, so such runs stay as they were
+        self._latency_rng = np.random.default_rng([config.seed, n, 1]) if config.latency_spread > 0 else None
         # the virtual clock
         self.now = 0.0
         self._queue: list = []
@@ -193,10 +197,17 @@ class Cluster:
         return factors[::-1].tolist()
 
     def message_time(self, nbytes: int | None = None) -> float:
-        """``latency + bytes / bandwidth`` for one message (default: all parameters)."""
+        """:meth:`latency` ``+ bytes / bandwidth`` for one message (default: all parameters)."""
         nbytes = self.param_bytes if nbytes is None else nbytes
         self.bytes_sent += nbytes
-        return self.config.latency + nbytes / self.config.bandwidth
+        return self.latency() + nbytes / self.config.bandwidth
+
+    def latency(self) -> float:
+        """One message's latency: ``latency``, times a mean-one lognormal factor with ``latency_spread``."""
+        if self._latency_rng is None:
+            return self.config.latency
+        s = self.config.latency_spread
+        return self.config.latency * math.exp(s * self._latency_rng.standard_normal() - 0.5 * s * s)
 
     def server_message(self) -> float:
         """A message of all parameters between a worker and the k server shards, sent now.
@@ -221,7 +232,7 @@ class Cluster:
             if end > done:
                 done = end
         self.bytes_sent += self.param_bytes
-        return done + self.config.latency
+        return done + self.latency()
 
     @property
     def apply_time(self) -> float:

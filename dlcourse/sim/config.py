@@ -12,7 +12,11 @@ takes 0.29 s and one of the MLP 3 ms; every link moves ``bandwidth`` = 1 GB/s (a
 10 Gbit Ethernet) after ``latency`` = 0.1 ms; the server applies an update at the speed of
 streaming W, the gradient and W back through 10 GB/s of memory (CNN 1.3 ms, MLP 0.06 ms).
 ``network=fit_alpha_beta()`` (:mod:`dlcourse.collectives`) replaces latency and bandwidth by
-the alpha and beta fitted to this machine's gloo collectives.
+the alpha and beta fitted to this machine's gloo collectives. ``latency_spread`` makes each
+message's latency random (a mean-one lognormal factor, as ``compute_spread`` for compute): a
+real round trip through a busy server process on a shared machine is not a constant (on 2 cores
+the standard deviation of its log is about 0.6: ``benchmarks/async_vs_sim.py``), and with a
+constant one two equally fast workers take turns like clockwork, which real ones do not.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class SimConfig(StalenessRules):
     straggler_slowdown: float = 4.0  # how much longer a straggling step takes
     bandwidth: float = 1e9  # bytes per second of every link: one per worker, one per server shard
     latency: float = 1e-4  # seconds per message, on top of bytes / bandwidth
+    latency_spread: float = 0.0  # relative spread of each message's latency (sigma of a mean-one lognormal)
     network: AlphaBeta | None = None  # a fitted alpha-beta model: sets latency = alpha, bandwidth = beta
     apply_time: float | None = None  # server seconds per update, one shard (None: 3 x bytes at 1e10 B/s)
     servers: int = 1  # k server shards, each owning 1/k of the parameters and its own link
@@ -127,6 +132,7 @@ class SimConfig(StalenessRules):
             self.bandwidth = self.network.beta_bytes_per_s
         check_float("bandwidth", self.bandwidth, low=0.0, low_open=True)
         check_float("latency", self.latency, low=0.0)
+        check_float("latency_spread", self.latency_spread, low=0.0, high=3.0)
         if self.apply_time is not None:
             check_float("apply_time", self.apply_time, low=0.0)
         check_int("servers", self.servers, low=1)
