@@ -1,26 +1,35 @@
 """Real vs simulated asynchronous SGD at the same settings, with one straggler (issue 26).
 
-    python benchmarks/async_vs_sim.py [--seeds 3] [--workers 3] [--slowdown 4] [--lrs 0.1,1,3]
+    python benchmarks/async_vs_sim.py [--workers 2,3] [--seeds 3] [--diverge-seeds 5] [--lrs 0.1,1,3,10]
 
 Every real run is :func:`dlcourse.parameter_server.run_parameter_server` (1 server and N
 worker processes on gloo, the MLP); every simulated one :func:`dlcourse.sim.simulate` with
 the same model, data, N, batch size, epochs, seed and learning rate. Worker 0 computes
-``--slowdown`` times slower than the others (real: it sleeps ``(slowdown - 1) x`` the
-others' measured compute per step; simulated: ``worker_speeds = (1/slowdown, 1, ...)``).
-The real async runs use ``shared_batches=True``: the workers take their mini-batches from
-one shared order, so the fast ones take more of the epoch, as in the simulator.
+``--slowdown`` times slower than the others (real: it sleeps ``(slowdown - 1) x`` a fast
+step; simulated: ``worker_speeds``). The real async runs use ``shared_batches=True``: the
+workers take their mini-batches from one shared order, as the simulator deals them. The
+defaults give 480 updates per async run (3,000 examples, batch 25, 4 epochs).
 
-Per seed, interleaved:
+The simulator is driven by each real async run's own measured times (:func:`timing`): the
+fast workers' compute per step (mean and lognormal spread), half a fast step's time outside
+compute as each message's latency, and the **spread of that time outside compute** as
+``latency_spread``. The last is what issue 26 was missing: a real round trip through the
+server process on this 2-core machine has a spread of about 0.6 of its mean (bimodal: about
+1.5 ms, or about 5 ms), while compute is a fifth of a fast step; with a constant message
+time two equally fast simulated workers take turns like clockwork (staleness 1 for 73% of
+updates at N = 3), real ones overtake each other (staleness 0 and 3 for 15% and 5%).
 
-1. a real **sync** run (S = N) and a real **async** run (S = 1) with the straggler: end-to-end
-   examples/s (all examples over server 0's first-to-last message) and their ratio;
-2. the simulator driven by the async run's measured times (the fast workers' mean compute
-   per step and its spread as ``compute_mean`` / ``compute_spread``, half of a fast step's
-   time outside compute as message latency), sync and async: their examples/s ratio;
-3. the total-variation distance between the real and the simulated async staleness
-   histograms, ``TV = 1/2 sum_sigma |p_real - p_sim|``, and their means;
-4. test accuracy after each epoch and final test loss, real vs simulated async;
-5. for each learning rate of ``--lrs``: whether the real and the simulated async run diverge.
+Numbers a student sees here, each defined once:
+
+- **examples/s end to end**: all examples over server 0's first-to-last message (real) or
+  over virtual time (simulated); their async / sync ratio;
+- **TV**: the total-variation distance of the real and simulated staleness histograms,
+  ``TV = 1/2 sum_sigma |p_real(sigma) - p_sim(sigma)|`` (0: the same, 1: disjoint), with and
+  without the latency spread;
+- **round-trip spread**: the standard deviation of ``log`` (a fast worker's time from one of
+  its updates being applied to the next, minus that step's compute), from
+  ``PSResult.update_times``, ``handed`` and ``step_compute_s``;
+- **diverges**: the run stopped with :class:`~dlcourse.divergence.Diverged`.
 
 Printed as tables of medians over the seeds (and each seed's value where it matters).
 """
@@ -31,6 +40,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
 
 from dlcourse.data import MnistSplit, load_mnist
@@ -53,8 +63,33 @@ def histogram(sigmas) -> dict:
     return out
 
 
+def update_workers(result) -> list[int | None]:
+    """The worker of each update server 0 applied (async, one server, shared batches).
+
+    With S = 1 the server answers a push right after applying it, so the answer handed out
+    after the first N (the start) went to the worker whose update made that version; the
+    last updates, answered with no batch, are found by the version they pulled.
+    """
+    N = result.config.num_workers
+    handed = result.handed
+    out: list[int | None] = []
+    for i, (_, pulled) in enumerate(result.update_versions):
+        if N + i < len(handed):
+            out.append(handed[N + i][0])
+        else:
+            out.append(handed[N + pulled - 1][0] if pulled > 0 else None)
+    counts = [out.count(w) for w in range(N)]
+    if counts != list(result.updates_per_worker):
+        raise RuntimeError(
+            f"update_workers: found {counts} updates per worker, the server counted "
+            f"{result.updates_per_worker}"
+        )
+    return out
+
+
 def timing(result, slow: int = 0) -> dict:
-    """The fast workers' measured compute per step (mean, lognormal spread) and message time."""
+    """The fast workers' measured times: compute per step (mean, lognormal spread), message
+    time (half a step's time outside compute) and the round-trip spread (module docstring)."""
     fast = [w for w in result.worker_stats if w is not None and w["worker"] != slow and w["steps"]]
     steps = [t for w in fast for t in w["step_compute_s"] if t > 0]
     mean = statistics.mean(steps)
@@ -62,7 +97,57 @@ def timing(result, slow: int = 0) -> dict:
     spread = min(3.0, statistics.pstdev(logs)) if len(logs) > 1 else 0.1
     # a step's time outside compute is the pull + push round trip: two messages
     message = sum(w["wait_s"] for w in fast) / sum(w["steps"] for w in fast) / 2
-    return {"compute": mean, "spread": spread, "message": message}
+    compute = {w["worker"]: w["step_compute_s"] for w in fast}
+    applied_at: dict[int, float] = {}
+    done = {w: 0 for w in compute}
+    outside = []
+    for w, t in zip(update_workers(result), result.update_times):
+        if w in compute:
+            done[w] += 1
+            if w in applied_at and done[w] - 1 < len(compute[w]):
+                # from w's previous update applied to this one: answer, compute, push, apply
+                left = t - applied_at[w] - compute[w][done[w] - 1]
+                if left > 0:
+                    outside.append(math.log(left))
+            applied_at[w] = t
+    round_trip = min(3.0, statistics.pstdev(outside)) if len(outside) > 1 else 0.0
+    straggler = result.worker_stats[slow]
+    slow_compute = (
+        statistics.mean(straggler["step_compute_s"]) if straggler is not None and straggler["steps"] else None
+    )
+    return {
+        "compute": mean,
+        "spread": spread,
+        "message": message,
+        "round_trip_spread": round_trip,
+        "slow_compute": slow_compute,  # worker `slow`'s compute per step (its sleep included)
+    }
+
+
+def sim_config(
+    common: dict, t: dict, slow_compute: float, seed: int, lr: float, policy: str, spread: bool = True
+) -> SimConfig:
+    """The simulator at the real run's measured times (``spread=False``: constant messages).
+
+    Worker 0's speed is the fast compute over ``slow_compute``, its compute per step with the
+    sleep: measured where the run had the straggler (``time.sleep`` oversleeps by about 0.4 ms
+    a step here), else the fast compute plus the delay.
+    """
+    N = common["num_workers"]
+    return SimConfig(
+        **common,
+        seed=seed,
+        lr=lr,
+        policy=policy,
+        compute_mean=t["compute"],
+        compute_spread=t["spread"],
+        worker_speeds=(t["compute"] / slow_compute,) + (1.0,) * (N - 1),
+        latency=t["message"],
+        latency_spread=t["round_trip_spread"] if spread else 0.0,
+        bandwidth=1e12,  # the measured message time already includes the bytes
+        apply_time=0.0,  # ... and the server's work
+        evals_per_epoch=1,
+    )
 
 
 def epoch_accuracy(result, epochs: int) -> list[float]:
@@ -75,37 +160,25 @@ def epoch_accuracy(result, epochs: int) -> list[float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument(
-        "--slowdown", type=float, default=4.0, help="worker 0 computes this many times slower"
-    )
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--train-examples", type=int, default=3000)
-    parser.add_argument(
-        "--lr", type=float, default=0.1, help="learning rate of the throughput/staleness runs"
-    )
-    parser.add_argument("--lrs", default="0.1,1,3", help="learning rates of the diverges-or-not table")
-    args = parser.parse_args()
-    N = args.workers
-    split = load_mnist("subset", seed=0)
-    data = MnistSplit(split.train[: args.train_examples], split.test[:500], split.source)
+def _diverges(run) -> bool:
+    try:
+        run()
+    except Diverged:
+        return True
+    return False
+
+
+def compare(N: int, args, data) -> tuple[list[dict], dict, float]:
+    """Per seed: real sync and async, simulated sync and async (with and without the spread)."""
     common = dict(model="mlp", num_workers=N, batch_size=args.batch_size, epochs=args.epochs)
     real_base = dict(common, train_examples=args.train_examples, test_examples=500, timeout=60.0)
-    print(f"# {os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}")
-
-    # calibrate: the fast workers' compute per step, without a straggler
+    # calibrate: a fast step without a straggler, so worker 0 can sleep (slowdown - 1) of it
     calib = timing(run_parameter_server(PSConfig(**real_base, lr=args.lr, shared_batches=True, snapshots=0)))
-    # the straggler's whole step (compute + pull + push) is `slowdown` times a fast one's
-    step = calib["compute"] + 2 * calib["message"]
-    delay = (args.slowdown - 1) * step
+    delay = (args.slowdown - 1) * (calib["compute"] + 2 * calib["message"])
     print(
-        f"# calibration: compute {calib['compute'] * 1e3:.2f} ms/step, "
-        f"message {calib['message'] * 1e3:.2f} ms; worker 0 sleeps {delay * 1e3:.2f} ms a step "
-        f"({args.slowdown:g}x a fast step)"
+        f"# N = {N}: compute {calib['compute'] * 1e3:.2f} ms/step, message {calib['message'] * 1e3:.2f} ms, "
+        f"round-trip spread {calib['round_trip_spread']:.2f}; worker 0 sleeps {delay * 1e3:.2f} ms a step",
+        flush=True,
     )
     rows = []
     for seed in range(args.seeds):
@@ -113,113 +186,41 @@ def main() -> None:
         sync = run_parameter_server(PSConfig(**real_base, **slow, softsync=N, snapshots=0))
         asy = run_parameter_server(PSConfig(**real_base, **slow, shared_batches=True, snapshots=args.epochs))
         t = timing(asy)
-        sim_common = dict(
-            common,
-            seed=seed,
-            lr=args.lr,
-            compute_mean=t["compute"],
-            compute_spread=t["spread"],
-            # the straggler's measured compute includes its sleep
-            worker_speeds=(t["compute"] / (t["compute"] + delay),) + (1.0,) * (N - 1),
-            latency=t["message"],
-            bandwidth=1e12,  # the measured message time already includes the bytes
-            apply_time=0.0,
-            evals_per_epoch=1,
-        )
-        sim_sync = simulate(SimConfig(**sim_common, policy="sync"), data)
-        sim_async = simulate(SimConfig(**sim_common, policy="async"), data)
-        real_rate = (asy.examples / asy.wall_s) / (sync.examples / sync.wall_s)
-        sim_rate = sim_async.examples_per_s / sim_sync.examples_per_s
+        at = (common, t, t["slow_compute"], seed, args.lr)
+        sim_sync = simulate(sim_config(*at, "sync"), data)
+        sim_async = simulate(sim_config(*at, "async"), data)
+        sim_const = simulate(sim_config(*at, "async", spread=False), data)
         hr, hs = histogram(asy.staleness), histogram(sim_async.staleness)
+        workers = update_workers(asy)
+        slow_real = [s for w, s in zip(workers, asy.staleness) if w == 0]
+        slow_sim = [s for (w, _), s in zip(sim_async.apply_log, sim_async.staleness) if w == 0]
         rows.append(
             {
-                "real_ratio": real_rate,
-                "sim_ratio": sim_rate,
+                "real_ratio": (asy.examples / asy.wall_s) / (sync.examples / sync.wall_s),
+                "sim_ratio": sim_async.examples_per_s / sim_sync.examples_per_s,
                 "real_sync_eps": sync.examples / sync.wall_s,
                 "real_async_eps": asy.examples / asy.wall_s,
                 "tv": tv_distance(hr, hs),
+                "tv_const": tv_distance(hr, histogram(sim_const.staleness)),
+                "round_trip_spread": t["round_trip_spread"],
                 "updates": (asy.updates, sim_async.updates),
                 "steps": (asy.updates_per_worker, _sim_steps(sim_async, N)),
                 "mean": (statistics.mean(asy.staleness), statistics.mean(sim_async.staleness)),
+                "slow_mean": (statistics.mean(slow_real), statistics.mean(slow_sim)),
                 "max": (max(asy.staleness), max(sim_async.staleness)),
                 "acc": (epoch_accuracy(asy, args.epochs), sim_async.epoch_curve("accuracy")),
                 "loss": (asy.test["loss"], sim_async.test.loss),
-                "hist": (hr, hs),
+                "hist": (hr, hs, histogram(sim_const.staleness)),
             }
         )
         r = rows[-1]
         print(
-            f"# seed {seed}: real async/sync {r['real_ratio']:.2f}x, simulated {r['sim_ratio']:.2f}x, "
-            f"TV {r['tv']:.3f}, steps per worker real {r['steps'][0]} sim {r['steps'][1]}"
+            f"# N = {N} seed {seed}: real async/sync {r['real_ratio']:.2f}x, "
+            f"simulated {r['sim_ratio']:.2f}x, TV {r['tv']:.3f} (constant messages {r['tv_const']:.3f}), "
+            f"steps per worker real {r['steps'][0]} sim {r['steps'][1]}",
+            flush=True,
         )
-
-    med = lambda key, i=None: statistics.median(r[key] if i is None else r[key][i] for r in rows)  # noqa: E731
-    title = f"worker 0 {args.slowdown:g}x slower (N = {N}, MLP, {args.epochs} epochs)"
-    print(f"\n## 1. End-to-end examples/s, {title}")
-    print("| | real | simulated | real / simulated |")
-    print("|---|---|---|---|")
-    print(
-        f"| async / sync examples/s (median of {len(rows)} seeds) | {med('real_ratio'):.2f}x | "
-        f"{med('sim_ratio'):.2f}x | {med('real_ratio') / med('sim_ratio'):.2f} |"
-    )
-    print(f"\nreal examples/s (median): sync {med('real_sync_eps'):.0f}, async {med('real_async_eps'):.0f}")
-
-    print(f"\n## 2. Staleness of the async runs ({rows[0]['updates'][0]} updates a run)")
-    print("| seed | TV real vs sim | mean real | mean sim | max real | max sim | steps/worker real | sim |")
-    print("|---|---|---|---|---|---|---|---|")
-    for seed, r in enumerate(rows):
-        print(
-            f"| {seed} | {r['tv']:.3f} | {r['mean'][0]:.2f} | {r['mean'][1]:.2f} | {r['max'][0]} | "
-            f"{r['max'][1]} | {r['steps'][0]} | {r['steps'][1]} |"
-        )
-    print(f"\nmedian TV {med('tv'):.3f} (0: the same histogram, 1: disjoint)")
-    hr, hs = rows[-1]["hist"]
-    total_r, total_s = sum(hr.values()), sum(hs.values())
-    print("\n| sigma | real share | simulated share |  (last seed)")
-    print("|---|---|---|")
-    for k in sorted(set(hr) | set(hs)):
-        print(f"| {k} | {hr.get(k, 0) / total_r:.3f} | {hs.get(k, 0) / total_s:.3f} |")
-
-    print(f"\n## 3. Async test accuracy after each epoch and final test loss (lr {args.lr}, medians)")
-    print("| | " + " | ".join(f"epoch {e + 1}" for e in range(args.epochs)) + " | final loss |")
-    print("|---|" + "---|" * (args.epochs + 1))
-    for i, name in enumerate(("real", "simulated")):
-        accs = [statistics.median(r["acc"][i][e] for r in rows) for e in range(args.epochs)]
-        print(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accs) + f" | {med('loss', i):.3f} |")
-
-    print("\n## 4. Does async diverge? (real vs simulated, same lr and seed)")
-    print("| lr | " + " | ".join(f"seed {s} real / sim" for s in range(args.seeds)) + " | agree |")
-    print("|---|" + "---|" * (args.seeds + 1))
-    for lr in (float(x) for x in args.lrs.split(",")):
-        cells, agree = [], 0
-        for seed in range(args.seeds):
-            slow = dict(slow_worker=0, slow_delay=delay, seed=seed, lr=lr)
-            real_div = _diverges(
-                lambda slow=slow: run_parameter_server(
-                    PSConfig(**real_base, **slow, shared_batches=True, snapshots=0)
-                )
-            )
-            sim_div = _diverges(
-                lambda seed=seed, lr=lr: simulate(
-                    SimConfig(
-                        **common,
-                        seed=seed,
-                        lr=lr,
-                        policy="async",
-                        compute_mean=calib["compute"],
-                        worker_speeds=(calib["compute"] / (calib["compute"] + delay),) + (1.0,) * (N - 1),
-                        latency=calib["message"],
-                        bandwidth=1e12,
-                        apply_time=0.0,
-                        evals_per_epoch=1,
-                    ),
-                    data,
-                )
-            )
-            cells.append(f"{'yes' if real_div else 'no'} / {'yes' if sim_div else 'no'}")
-            agree += real_div == sim_div
-        print(f"| {lr:g} | " + " | ".join(cells) + f" | {agree}/{args.seeds} |")
-    print(f"\n# load average at end {os.getloadavg()[0]:.1f}; finished {time.strftime('%H:%M:%S')}")
+    return rows, calib, delay
 
 
 def _sim_steps(sim, n: int) -> list[int]:
@@ -229,12 +230,106 @@ def _sim_steps(sim, n: int) -> list[int]:
     return steps
 
 
-def _diverges(run) -> bool:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="2,3", help="N values, comma-separated")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the throughput/staleness runs")
+    parser.add_argument("--diverge-seeds", type=int, default=5, help="seeds of the diverges-or-not table")
+    parser.add_argument(
+        "--slowdown", type=float, default=4.0, help="worker 0 computes this many times slower"
+    )
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--train-examples", type=int, default=3000)
+    parser.add_argument(
+        "--lr", type=float, default=0.1, help="learning rate of the throughput/staleness runs"
+    )
+    parser.add_argument("--lrs", default="0.1,1,3,10", help="learning rates of the diverges-or-not table")
+    args = parser.parse_args()
     try:
-        run()
-    except Diverged:
-        return True
-    return False
+        Ns = [int(x) for x in args.workers.split(",")]
+        lrs = [float(x) for x in args.lrs.split(",")]
+        if min(Ns) < 2 or args.seeds < 1 or args.diverge_seeds < 1 or args.slowdown < 1 or min(lrs) <= 0:
+            raise ValueError
+    except ValueError:
+        sys.exit(
+            "async_vs_sim.py: --workers must be integers >= 2, --lrs positive numbers, --seeds and "
+            "--diverge-seeds >= 1, --slowdown >= 1"
+        )
+    split = load_mnist("subset", seed=0)
+    data = MnistSplit(split.train[: args.train_examples], split.test[:500], split.source)
+    print(f"# {os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}")
+    results = {N: compare(N, args, data) for N in Ns}
+    title = f"worker 0 {args.slowdown:g}x slower (MLP, batch {args.batch_size}, {args.epochs} epochs)"
+
+    def med(rows, key, i=None):
+        return statistics.median(r[key] if i is None else r[key][i] for r in rows)
+
+    print(f"\n## 1. End-to-end examples/s, {title}; medians of {args.seeds} seeds")
+    print("| N | real async / sync | simulated | real / simulated | real sync ex/s | real async ex/s |")
+    print("|---|---|---|---|---|---|")
+    for N, (rows, _, _) in results.items():
+        print(
+            f"| {N} | {med(rows, 'real_ratio'):.2f}x | {med(rows, 'sim_ratio'):.2f}x | "
+            f"{med(rows, 'real_ratio') / med(rows, 'sim_ratio'):.2f} | {med(rows, 'real_sync_eps'):.0f} | "
+            f"{med(rows, 'real_async_eps'):.0f} |"
+        )
+
+    print("\n## 2. Staleness of the async runs: real vs simulated (TV: 0 the same, 1 disjoint)")
+    print(
+        "| N | seed | updates | TV | TV, constant messages | round-trip spread | mean real / sim | "
+        "straggler's mean real / sim | max real / sim | steps/worker real / sim |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for N, (rows, _, _) in results.items():
+        for seed, r in enumerate(rows):
+            print(
+                f"| {N} | {seed} | {r['updates'][0]} | {r['tv']:.3f} | {r['tv_const']:.3f} | "
+                f"{r['round_trip_spread']:.2f} | {r['mean'][0]:.2f} / {r['mean'][1]:.2f} | "
+                f"{r['slow_mean'][0]:.2f} / {r['slow_mean'][1]:.2f} | {r['max'][0]} / {r['max'][1]} | "
+                f"{r['steps'][0]} / {r['steps'][1]} |"
+            )
+    for N, (rows, _, _) in results.items():
+        print(
+            f"\nN = {N}: median TV {med(rows, 'tv'):.3f} with the measured round-trip spread, "
+            f"{med(rows, 'tv_const'):.3f} with constant message times"
+        )
+    for N, (rows, _, _) in results.items():
+        hr, hs, hc = rows[-1]["hist"]
+        tr, ts, tc = sum(hr.values()), sum(hs.values()), sum(hc.values())
+        print(f"\n| sigma | real share | simulated | simulated, constant messages |  (N = {N}, last seed)")
+        print("|---|---|---|---|")
+        for k in sorted(set(hr) | set(hs) | set(hc)):
+            print(f"| {k} | {hr.get(k, 0) / tr:.3f} | {hs.get(k, 0) / ts:.3f} | {hc.get(k, 0) / tc:.3f} |")
+
+    print(f"\n## 3. Async test accuracy after each epoch and final test loss (lr {args.lr}, medians)")
+    print("| N | | " + " | ".join(f"epoch {e + 1}" for e in range(args.epochs)) + " | final loss |")
+    print("|---|---|" + "---|" * (args.epochs + 1))
+    for N, (rows, _, _) in results.items():
+        for i, name in enumerate(("real", "simulated")):
+            accs = [statistics.median(r["acc"][i][e] for r in rows) for e in range(args.epochs)]
+            cells = " | ".join(f"{a:.3f}" for a in accs)
+            print(f"| {N} | {name} | {cells} | {med(rows, 'loss', i):.3f} |")
+
+    print(f"\n## 4. Does async diverge? (real / simulated, same lr and seed; {args.diverge_seeds} seeds)")
+    seeds = range(args.diverge_seeds)
+    print("| N | lr | " + " | ".join(f"seed {s}" for s in seeds) + " | agree |")
+    print("|---|---|" + "---|" * (args.diverge_seeds + 1))
+    for N, (_, calib, delay) in results.items():
+        common = dict(model="mlp", num_workers=N, batch_size=args.batch_size, epochs=args.epochs)
+        real_base = dict(common, train_examples=args.train_examples, test_examples=500, timeout=60.0)
+        for lr in lrs:
+            cells, agree = [], 0
+            for seed in seeds:
+                slow = dict(slow_worker=0, slow_delay=delay, shared_batches=True, snapshots=0)
+                real = PSConfig(**real_base, **slow, lr=lr, seed=seed)
+                real_div = _diverges(lambda real=real: run_parameter_server(real))
+                sim = sim_config(common, calib, calib["compute"] + delay, seed, lr, "async")
+                sim_div = _diverges(lambda sim=sim: simulate(sim, data))
+                cells.append(f"{'yes' if real_div else 'no'} / {'yes' if sim_div else 'no'}")
+                agree += real_div == sim_div
+            print(f"| {N} | {lr:g} | " + " | ".join(cells) + f" | {agree}/{args.diverge_seeds} |", flush=True)
+    print(f"\n# load average at end {os.getloadavg()[0]:.1f}; finished {time.strftime('%H:%M:%S')}")
 
 
 if __name__ == "__main__":
