@@ -91,6 +91,51 @@ def _size(s: int) -> str:
     return f"{s // MB} MB" if s >= MB else f"{s // KB} KB"
 
 
+def sizes_up_to(max_mb: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The fit set (1 KB x 4^k) and the test set (1 KB x 2^k), up to ``max_mb`` (at most 64 MB)."""
+    test_sizes = tuple(KB << k for k in range(17) if KB << k <= min(max_mb, 64) * MB)
+    return test_sizes[::2], test_sizes
+
+
+def check_model(n: int, passes_count: int = 5, repeats: int = 7, max_mb: int = 64) -> dict:
+    """Measure N ranks, fit on the fit set, predict the test set; everything the table prints.
+
+    ``worst[op]``: the largest |predicted / measured - 1| over the test set, two regimes and
+    one; ``per_pass``: each pass fitted and tested on its own, its worst (op, size).
+    """
+    fit_sizes, test_sizes = sizes_up_to(max_mb)
+    per_rank = launch(
+        passes, n, fit_sizes, test_sizes, repeats, passes_count, backend="gloo", threads_per_worker=1
+    )
+    sets = [[slowest_median([r[p][i] for r in per_rank]) for p in range(passes_count)] for i in range(3)]
+    fit_t, test_t, ours_t = ({k: statistics.median(m[k] for m in ms) for k in ms[0]} for ms in sets)
+    two = {op: fit(fit_t, n, op, max_regimes=2) for op in FIT_OPS}
+    one = {op: fit(fit_t, n, op) for op in FIT_OPS}
+    per_pass = []
+    for f, t in zip(sets[0], sets[1]):
+        models = {op: fit(f, n, op, max_regimes=2) for op in FIT_OPS}
+        errors = {(op, s): models[op].time(op, s, n) / t[(op, s)] - 1 for op in FIT_OPS for s in test_sizes}
+        worst_key = max(errors, key=lambda k: abs(errors[k]))
+        per_pass.append((errors[worst_key], *worst_key))
+    worst = {
+        op: tuple(
+            max(abs(m[op].time(op, s, n) / test_t[(op, s)] - 1) for s in test_sizes) for m in (two, one)
+        )
+        for op in FIT_OPS
+    }
+    return {
+        "fit_sizes": fit_sizes,
+        "test_sizes": test_sizes,
+        "test_passes": sets[1],
+        "measured": test_t,
+        "ours": ours_t,
+        "two": two,
+        "one": one,
+        "worst": worst,
+        "per_pass": per_pass,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cores = os.cpu_count() or 2
@@ -104,15 +149,12 @@ def main() -> None:
             f"every --workers must be >= 2 and --passes, --repeats, --max-mb >= 1, got "
             f"{args.workers}, {args.passes}, {args.repeats}, {args.max_mb}"
         )
-    top = 64 * MB if args.max_mb >= 64 else args.max_mb * MB
-    test_sizes = tuple(KB << k for k in range(17) if KB << k <= top)
-    fit_sizes = test_sizes[::2]
-    load = os.getloadavg()[0]
+    fit_sizes, _ = sizes_up_to(args.max_mb)
     print(
-        f"{cores} cores, load average {load:.2f} at the start; {args.passes} passes, each: fit set "
-        f"{_size(fit_sizes[0])}..{_size(fit_sizes[-1])} by x4, then test set by x2 (measured apart); "
-        f"medians of {args.repeats} runs ({repeats_for(1, args.repeats)} under 4 MB), slowest rank; "
-        "gloo, 1 thread per rank\n"
+        f"{cores} cores, load average {os.getloadavg()[0]:.2f} at the start; {args.passes} passes, each: "
+        f"fit set {_size(fit_sizes[0])}..{_size(fit_sizes[-1])} by x4, then test set by x2 (measured "
+        f"apart); medians of {args.repeats} runs ({repeats_for(1, args.repeats)} under 4 MB), slowest "
+        "rank; gloo, 1 thread per rank\n"
     )
     worst = {}
     for n in sorted(set(args.workers)):
@@ -122,45 +164,29 @@ def main() -> None:
                 "so their times would measure the scheduler, not gloo\n"
             )
             continue
-        per_rank = launch(
-            passes, n, fit_sizes, test_sizes, args.repeats, args.passes, backend="gloo", threads_per_worker=1
-        )
-        sets = [[slowest_median([r[p][i] for r in per_rank]) for p in range(args.passes)] for i in range(3)]
-        fit_t, test_t, ours_t = ({k: statistics.median(m[k] for m in ms) for k in ms[0]} for ms in sets)
-        two = {op: fit(fit_t, n, op, max_regimes=2) for op in FIT_OPS}
-        one = {op: fit(fit_t, n, op) for op in FIT_OPS}
-        # each pass on its own: fitted on its fit set, tested on its test set; its worst (op, size)
-        per_pass = []
-        for f, t in zip(sets[0], sets[1]):
-            models = {op: fit(f, n, op, max_regimes=2) for op in FIT_OPS}
-            errors = {
-                (op, s): models[op].time(op, s, n) / t[(op, s)] - 1 for op in FIT_OPS for s in test_sizes
-            }
-            op, s = max(errors, key=lambda k: abs(errors[k]))
-            per_pass.append(f"{errors[(op, s)]:+.0%} ({op} {_size(s)})")
+        c = check_model(n, args.passes, args.repeats, args.max_mb)
         print(f"N = {n}: one model per collective, fitted on the fit set:")
         for op in FIT_OPS:
-            print(f"   {op:<15} {two[op]}   (one regime: {one[op]})")
+            print(f"   {op:<15} {c['two'][op]}   (one regime: {c['one'][op]})")
         head = ("gloo ms", "spread", "model ms", "pred/meas", "1 regime", "ours/gloo")
         print(f"{'op':<16}{'size':>8}" + "".join(f"{h:>11}" for h in head))
         for op in FIT_OPS:
-            for s in test_sizes:
-                measured = test_t[(op, s)]
-                passes_ms = [m[(op, s)] for m in sets[1]]
-                spread = (max(passes_ms) - min(passes_ms)) / measured
-                ratio, one_ratio = two[op].time(op, s, n) / measured, one[op].time(op, s, n) / measured
-                worst[(n, op)] = (
-                    max(worst.get((n, op), (0.0, 0.0))[0], abs(ratio - 1)),
-                    max(worst.get((n, op), (0.0, 0.0))[1], abs(one_ratio - 1)),
-                )
-                mark = "" if s in fit_sizes else " (between)"
+            for s in c["test_sizes"]:
+                measured = c["measured"][(op, s)]
+                passes_s = [m[(op, s)] for m in c["test_passes"]]
+                predicted = c["two"][op].time(op, s, n)
                 print(
-                    f"{op:<16}{_size(s):>8}{measured * 1e3:>11.3f}{spread:>11.0%}"
-                    f"{two[op].time(op, s, n) * 1e3:>11.3f}{ratio:>11.2f}{one_ratio:>11.2f}"
-                    f"{ours_t[(op, s)] / measured:>11.2f}{mark}"
+                    f"{op:<16}{_size(s):>8}{measured * 1e3:>11.3f}"
+                    f"{(max(passes_s) - min(passes_s)) / measured:>11.0%}{predicted * 1e3:>11.3f}"
+                    f"{predicted / measured:>11.2f}{c['one'][op].time(op, s, n) / measured:>11.2f}"
+                    f"{c['ours'][(op, s)] / measured:>11.2f}{'' if s in c['fit_sizes'] else ' (between)'}"
                 )
-        print("   worst pred/meas - 1 of each pass fitted and tested on its own: " + ", ".join(per_pass))
-        print()
+        print(
+            "   worst pred/meas - 1 of each pass fitted and tested on its own: "
+            + ", ".join(f"{e:+.0%} ({op} {_size(s)})" for e, op, s in c["per_pass"])
+            + "\n"
+        )
+        worst.update({(n, op): w for op, w in c["worst"].items()})
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     print(f"{'N':>3} {'op':<16}{'worst |pred/meas - 1|':>22}{'one regime':>12}   within {GOAL:.0%}")
     for (n, op), (w, w1) in worst.items():

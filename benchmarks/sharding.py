@@ -13,6 +13,10 @@ One table, every ratio measured in this run:
 2. **Time**: seconds per step (rank 0's training loop / steps) of ZeRO-1 / DDP and
    ZeRO-3 / DDP at N = 2 (printed: the lesson explains them), and FSDP2's step time over
    ours at stage 3 (ours / FSDP2 as a speed ratio; goal >= 0.8).
+3. **Collectives**: the alpha-beta model of gloo's all-reduce, reduce-scatter and all-gather
+   at N = 2, fitted on 1 KB..64 MB by x4 and tested on a separate pass by x2
+   (``benchmarks/collectives.py``'s check, whose own table has every size): the largest
+   |predicted / measured - 1|. Goal (issue 22): within 25%.
 
 The lecture's CNN, Adam, global batch 100, gloo on the CPU, one thread per rank. Every
 time is the median of ``--repeats`` repeats ("best": the fastest repeat of each, which a
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import os
 import statistics
+from pathlib import Path
 
 from dlcourse.data import load_mnist
 from dlcourse.data_parallel import ddp_worker
@@ -44,6 +50,16 @@ def _many(rank, world_size, train, runs):
 def run_all(train, num_workers: int, runs: dict) -> dict:
     outputs = launch(_many, num_workers, train, list(runs.values()), threads_per_worker=1, run_timeout=900)
     return {name: collect(name, [o[i] for o in outputs]) for i, name in enumerate(runs)}
+
+
+def _collectives_check(n: int) -> dict:
+    """benchmarks/collectives.py's check of the alpha-beta model (a script, loaded by its path)."""
+    spec = importlib.util.spec_from_file_location(
+        "collectives_bench", Path(__file__).with_name("collectives.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_model(n)
 
 
 def main() -> None:
@@ -86,6 +102,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}  # the least disturbed repeat, for a loaded machine
 
+    collectives = _collectives_check(2)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"model {args.model} ({numel:,} parameters), Adam, float32, global batch 100, {args.steps} steps")
     print(
@@ -104,6 +121,9 @@ def main() -> None:
     note = f"FSDP2 {1000 * med['fsdp2']:.1f} ms / ours {1000 * med['zero-3']:.1f} ms per step; goal >= 0.8"
     low = best["fsdp2"] / best["zero-3"]
     print(f"{'ours / FSDP2 (ZeRO-3), N=2':<44}{ratio:>8.2f}{low:>8.2f}   {note}")
+    for op, (worst, one_regime) in collectives["worst"].items():
+        note = f"worst |pred/meas - 1|, 1 KB..64 MB (one regime: {one_regime:.2f}); goal <= 0.25"
+        print(f"{f'alpha-beta error, {op}, N=2':<44}{worst:>8.2f}{'':>8}   {note}")
     print(
         "\nall repeats (ms per step): "
         + "; ".join(f"{k} {[round(1000 * x, 1) for x in v]}" for k, v in times.items())
