@@ -113,8 +113,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness-bound", type=_nonneg_int, default=None, help="max steps ahead of the slowest")
     p.add_argument(
         "--shared-batches",
-        action="store_true",
-        help="async-ps, S < N: workers take the next mini-batch of one shared order (fast ones do more)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="async-ps and the simulated parameter server: workers take the next mini-batch of one shared "
+        "order of the run, so fast ones do more (default: yes when asynchronous, S < N; no when "
+        "synchronous); --no-shared-batches: each worker its own shard's steps",
     )
     p.add_argument(
         "--max-staleness",
@@ -299,6 +302,10 @@ def summary(metrics: dict) -> str:
         if key in metrics:
             value = metrics[key]
             lines.append(f"{key:>16}: {value:.2f}" if isinstance(value, float) else f"{key:>16}: {value:,}")
+    if metrics.get("shared_batches") is not None:  # the parameter server's asynchronous runs
+        shared = metrics["shared_batches"]
+        line = "one shared order (a fast worker takes more)" if shared else "each worker its own shard"
+        lines.append(f"{'batches':>16}: {line}")
     staleness = metrics.get("staleness")
     if staleness:
         # sigma: server versions between an update's pull and its application (lessons 04-05)

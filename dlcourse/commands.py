@@ -417,7 +417,7 @@ def async_ps(args: argparse.Namespace) -> dict[str, Any]:
         softsync=1 if args.softsync is None else args.softsync,
         staleness_bound=args.staleness_bound,
         max_staleness=args.max_staleness,
-        shared_batches=getattr(args, "shared_batches", False),
+        shared_batches=args.shared_batches,
         # the defaults that converge (see ASYNC_PS_LR_POLICY)
         lr=ASYNC_PS_LR[args.lr_policy or ASYNC_PS_LR_POLICY] if args.lr is None else args.lr,
         lr_policy=args.lr_policy or ASYNC_PS_LR_POLICY,
@@ -465,6 +465,7 @@ def sim_config(args: argparse.Namespace):
         servers=args.servers,
         evals_per_epoch=args.evals_per_epoch,
         seed=args.seed,
+        shared_batches=args.shared_batches,
     )
 
 

@@ -310,6 +310,28 @@ def batch_stream(shard_length: int, batch_size: int, *, seed: int, worker: int):
         epoch += 1
 
 
+def shared_order(
+    shard_length: int, batch_size: int, num_workers: int, steps: int, *, seed: int
+) -> list[tuple[int, torch.Tensor]]:
+    """The mini-batches of an asynchronous run as one order: ``(shard, indices into it)`` items.
+
+    Item ``i`` is batch ``i // num_workers`` of shard ``i % num_workers``'s
+    :func:`batch_stream`: the one batch order of every runtime, dealt round-robin, ``steps``
+    batches of each shard (``num_workers x steps`` items). Each block of ``num_workers x
+    ceil(shard_length / batch_size)`` items is one epoch, in which every example of every shard
+    appears exactly once. In asynchronous modes the real parameter server hands these items
+    out one per pull (Downpour SGD's shared pool of mini-batches: Dean et al., NIPS 2012) and
+    so does :mod:`dlcourse.sim`, so a fast worker takes more of the epoch in both.
+    """
+    check_int("shard_length", shard_length, low=1)
+    check_int("batch_size", batch_size, low=1)
+    check_int("num_workers", num_workers, low=1)
+    check_int("steps", steps, low=0)
+    check_int("seed", seed, low=0)
+    streams = [batch_stream(shard_length, batch_size, seed=seed, worker=w) for w in range(num_workers)]
+    return [(w, next(streams[w])) for _ in range(steps) for w in range(num_workers)]
+
+
 def shard(data: Dataset, num_workers: int) -> Shards:
     """Cut ``data`` into ``num_workers`` equal, disjoint, contiguous shards.
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlcourse.data import shard
+from dlcourse.data import shard, shared_order
 from dlcourse.launcher import WorkerError
 from dlcourse.models import make_model
 from dlcourse.parameter_server import (
@@ -26,7 +26,6 @@ from dlcourse.parameter_server import (
     assign_shards,
     parameter_shapes,
     run_parameter_server,
-    shared_order,
     worker_schedule,
 )
 from dlcourse.parameter_server.protocol import flatten_shard, unflatten_shard
@@ -50,7 +49,7 @@ SMALL = dict(
         (dict(max_staleness=-1), "max_staleness must be >= 0"),
         (dict(reduce="max"), "reduce must be one of"),
         (dict(num_workers=2, softsync=2, shared_batches=True), "shared_batches needs an asynchronous mode"),
-        (dict(shared_batches=1), "shared_batches must be True or False"),
+        (dict(shared_batches=1), "shared_batches must be True, False or None"),
         (dict(reduce="sum", aggregate=lambda p, u, l: p), "reduce must be 'mean' with an aggregate"),
         (dict(num_workers=3, softsync=2, max_staleness=1), "max_staleness needs softsync 1"),
         (dict(lr=0.0), "lr must be > 0"),
@@ -129,6 +128,26 @@ def test_config_repr_names_the_mode():
     assert "mode=async" in repr(PSConfig(num_workers=3))
 
 
+@pytest.mark.parametrize(
+    "fields, effective",
+    [
+        (dict(num_workers=3), True),
+        (dict(num_workers=3, softsync=2), True),
+        (dict(num_workers=3, staleness_bound=0), True),
+        (dict(num_workers=3, max_staleness=1), True),
+        (dict(num_workers=3, softsync=3), False),
+        (dict(num_workers=1), False),  # S = N = 1 is synchronous
+        (dict(num_workers=3, shared_batches=False), False),
+        (dict(num_workers=3, shared_batches=True), True),
+    ],
+)
+def test_shared_batches_default_to_the_modes(fields, effective):
+    """None (the default) means shared batches when asynchronous, a worker's own shard when synchronous."""
+    config = PSConfig(**fields)
+    assert config.effective_shared_batches is effective
+    assert f"shared_batches={effective})" in repr(config)
+
+
 # ------------------------------------------------------------------ real processes
 
 
@@ -190,11 +209,35 @@ def test_real_sync_gives_the_simulators_parameters(mnist, no_orphans):
 
 
 @pytest.mark.multiprocess
+def test_real_async_takes_the_simulators_batches_and_parameters(mnist, no_orphans):
+    """Real == simulated for async too, where the order of the updates is forced: with the
+    staleness gate at sigma_max = 0 one update is in flight at a time, so both runs are sequential
+    SGD on the items of the shared order (the async default in both runtimes) in the order dealt,
+    whoever computes each: the same items and the same parameters."""
+    from dlcourse.data import MnistSplit
+    from dlcourse.sim import SimConfig, simulate
+
+    common = dict(model="mlp", epochs=2, lr=0.1, batch_size=50, seed=0, max_staleness=0)
+    real = run_parameter_server(
+        PSConfig(**common, num_workers=3, train_examples=600, test_examples=200, snapshots=0)
+    )
+    data = MnistSplit(mnist.train[:600], mnist.test[:200], "subset")
+    sim = simulate(SimConfig(**common, num_workers=3, policy="async", evals_per_epoch=1), data)
+    assert real.config.effective_shared_batches and sim.config.effective_shared_batches
+    assert [i for _, i in real.handed] == [i for _, i in sim.handed] == list(range(24))  # 3 x 4 x 2
+    assert sorted(b for w in real.worker_stats for b in w["batches"]) == list(range(24))
+    assert real.staleness == sim.staleness == [0] * 24
+    flat = torch.cat([p.reshape(-1) for p in real.parameters])
+    torch.testing.assert_close(flat, sim.params, rtol=0, atol=1e-6)
+    assert abs(real.test["loss"] - sim.test.loss) < 1e-5
+
+
+@pytest.mark.multiprocess
 def test_every_update_staleness_is_recorded_and_bounded(no_orphans):
     # worker 0 is slow: without a bound its gradients would be several updates stale
     config = PSConfig(**SMALL, num_workers=3, staleness_bound=1, steps=20, slow_worker=0, slow_delay=0.03)
     bounded = run_parameter_server(config)
-    assert bounded.updates_per_worker == [20, 20, 20] and len(bounded.update_times) == 60
+    assert sum(bounded.updates_per_worker) == 60 and len(bounded.update_times) == 60
     for taus in bounded.shard_staleness:  # staleness in versions, as for every rule
         assert len(taus) == 60 and max(taus) <= (2 * 1 + 1) * (3 - 1)
     assert len(bounded.clock_lag) == 60 and max(bounded.clock_lag) <= 1  # the gate's own figure
@@ -207,7 +250,10 @@ def test_every_update_staleness_is_recorded_and_bounded(no_orphans):
 @pytest.mark.parametrize("num_servers", [1, 2])
 def test_the_staleness_gate_keeps_sigma_max_on_real_processes(num_servers, no_orphans):
     """sigma_max = 1 with a straggler: every shard applies every update at most 1 version stale
-    (ungated, the same run goes beyond it: see test_every_update_staleness_is_recorded_and_bounded)."""
+    (ungated, the same run goes beyond it: see test_every_update_staleness_is_recorded_and_bounded).
+    With the shared order, waiting workers are answered least-answered first, so the gate
+    cannot starve one (answered in worker order, worker 2 got no batch: [18, 18, 0]); at
+    sigma_max = 1 the fast ones wait for the straggler, and the three take turns."""
     config = PSConfig(
         **SMALL,
         num_workers=3,
@@ -218,7 +264,8 @@ def test_the_staleness_gate_keeps_sigma_max_on_real_processes(num_servers, no_or
         slow_delay=0.03,
     )
     gated = run_parameter_server(config)
-    assert gated.updates_per_worker == [12, 12, 12]
+    steps = gated.updates_per_worker
+    assert sum(steps) == 36 and max(steps) - min(steps) <= 1, steps
     for sigmas in gated.shard_staleness:
         assert len(sigmas) == 36 and max(sigmas) <= 1
     assert max(v - p for v, p in gated.update_versions) <= 1
@@ -286,7 +333,8 @@ def test_async_survives_a_killed_worker(no_orphans):
     result = run_parameter_server(config, progress=True)  # the notebook's progress bar (tqdm)
     assert time.monotonic() - start < 90
     assert result.lost_workers == {1: 5}
-    assert result.updates_per_worker == [30, 5, 30]
+    # the others take the rest of the shared order; only the batch handed to the dead one is lost
+    assert result.updates_per_worker[1] == 5 and result.updates == 3 * 30 - 1
     assert result.test_accuracy > 0.5  # the others finished the training
 
 
@@ -298,7 +346,7 @@ def test_bounded_staleness_survives_a_killed_worker(no_orphans):
     result = run_parameter_server(config)
     assert time.monotonic() - start < 90
     assert result.lost_workers == {1: 5}
-    assert result.updates_per_worker == [20, 5, 20]
+    assert result.updates_per_worker[1] == 5 and result.updates == 3 * 20 - 1
     assert max(result.clock_lag) <= 1
 
 
@@ -382,7 +430,7 @@ def test_workers_on_gpu_talk_to_the_server_in_cpu_tensors(mnist, no_orphans):
 # ------------------------------------------------------------------ shared batches
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 4),
     length=st.integers(1, 40),
@@ -391,18 +439,20 @@ def test_workers_on_gpu_talk_to_the_server_in_cpu_tensors(mnist, no_orphans):
     seed=st.integers(0, 5),
 )
 def test_shared_order_uses_every_example_of_every_shard_once_per_epoch(n, length, batch, epochs, seed):
-    """The shared order deals the N shards' own batch orders round-robin: each epoch's block of
-    items is every worker's worker_schedule epoch, so every example appears once per epoch."""
+    """The shared order deals the N shards' own batch orders round-robin: the first N items are
+    one of each shard, each shard's items in order are that worker's worker_schedule, and each
+    epoch's block of items holds every example of every shard exactly once."""
     config = PSConfig(num_workers=n, batch_size=batch, epochs=epochs, seed=seed, softsync=1)
-    order = shared_order(length, config)
-    per_epoch = n * -(-length // batch)
-    assert len(order) == epochs * per_epoch
+    per_shard = epochs * -(-length // batch)
+    order = shared_order(length, batch, n, per_shard, seed=seed)
+    assert len(order) == n * per_shard
+    assert [s for s, _ in order[:n]] == list(range(n))
     for w in range(n):  # each shard's items, in order, are that worker's own schedule
         mine = [idx for s, idx in order if s == w]
         expected = worker_schedule(shard_stub(length), config, w)
         assert len(mine) == len(expected) and all(torch.equal(a, b) for a, b in zip(mine, expected))
     for e in range(epochs):
-        block = order[e * per_epoch : (e + 1) * per_epoch]
+        block = order[e * n * per_shard // epochs : (e + 1) * n * per_shard // epochs]
         for w in range(n):
             used = torch.cat([idx for s, idx in block if s == w]).sort().values
             assert torch.equal(used, torch.arange(length))
@@ -417,7 +467,7 @@ def shard_stub(length: int):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("rule", [dict(), dict(staleness_bound=2), dict(softsync=2)])
 def test_shared_batches_let_fast_workers_take_more_of_the_epoch(mnist, no_orphans, rule):
-    """Async with a straggler and shared batches: the fast workers do more steps, every item of
+    """Async with a straggler and shared batches (the default): the fast workers do more steps, every item of
     the shared order (so every example of each epoch) is used exactly once, and the run makes
     as many updates as the simulator's shared budget for the same settings."""
     from dlcourse.data import MnistSplit
@@ -429,7 +479,6 @@ def test_shared_batches_let_fast_workers_take_more_of_the_epoch(mnist, no_orphan
         epochs=2,
         slow_worker=0,
         slow_delay=0.1,
-        shared_batches=True,
         snapshots=0,
         **rule,
     )
@@ -465,7 +514,7 @@ def test_shared_batches_let_fast_workers_take_more_of_the_epoch(mnist, no_orphan
 def test_shared_batches_go_on_without_a_killed_worker(no_orphans):
     """A worker killed mid-run with shared batches: the others take the rest of the order; only the
     mini-batch handed to the dead worker is lost, and the run ends (no hang)."""
-    config = PSConfig(**SMALL, num_workers=3, epochs=3, kill_worker=1, kill_after=3, shared_batches=True)
+    config = PSConfig(**SMALL, num_workers=3, epochs=3, kill_worker=1, kill_after=3)
     result = run_parameter_server(config)
     assert result.lost_workers == {1: 3}
     assert sorted(b for _, b in result.handed) == list(range(36))  # 3 shards x 4 batches x 3 epochs

@@ -3,7 +3,7 @@
 The lecture's centralized asynchronous SGD (Dean et al., "Large Scale Distributed Deep
 Networks", NIPS 2012; Li et al., "Scaling Distributed Machine Learning with the Parameter
 Server", OSDI 2014), run for real: server processes hold the parameters, worker processes
-pull them, compute a gradient on their own shard of the data and push it back. The server
+pull them, compute a gradient on a mini-batch and push it back. The server
 applies the lecture's rules from :mod:`dlcourse.staleness` -- the same functions the
 simulator calls:
 
@@ -24,10 +24,12 @@ simulator calls:
 - **staleness gate** sigma_max (``max_staleness``, S = 1): the server answers a pull only if
   no update in flight could then be applied more than sigma_max versions stale
   (:class:`~dlcourse.staleness.StalenessGate`), the lecture's bound on staleness itself;
-- **shared batches** (``shared_batches=True``, asynchronous modes): server 0 hands out the
-  mini-batches of one shared order of the run (:func:`shared_order`) with its answers, so a fast
-  worker does more steps and an epoch ends when its examples are used, as in the simulator
-  (Downpour SGD's workers take the next mini-batch from a shared pool);
+- **shared batches** (the default of asynchronous modes; ``shared_batches=False`` turns it
+  off): server 0 hands out the mini-batches of one shared order of the run
+  (:func:`dlcourse.data.shared_order`) with its answers, so a fast worker does more steps and an
+  epoch ends when its examples are used, as in the simulator, which deals the same order
+  (Downpour SGD's workers take the next mini-batch from a shared pool). Synchronous mode gives
+  every worker one batch of its own shard per step;
 - the learning rate of each update comes from ``lr_policy``: ``"constant"``,
   ``"staleness"`` (lambda / max(1, sigma)), ``"zhang"`` (lambda / (sigma + 1)) or a student's
   function ``f(lr, sigma)``, which travels to the
@@ -79,7 +81,6 @@ from dlcourse.parameter_server.protocol import (
     ServerLost,
     load_data,
     rank_main,
-    shared_order,
     unflatten_shard,
     worker_schedule,
 )
@@ -93,7 +94,6 @@ __all__ = [
     "assign_shards",
     "parameter_shapes",
     "run_parameter_server",
-    "shared_order",
     "worker_schedule",
 ]
 
@@ -122,7 +122,7 @@ class PSResult:
     # server 0: (server version, pulled version) of each update, as the server saw them; its staleness
     # is their difference unless a plugged-in staleness_fn says otherwise (what a grader compares)
     update_versions: list[tuple[int, int]] = field(default_factory=list)
-    # shared batches: (worker, item of shared_order) of every batch server 0 handed out, in order
+    # shared batches: (worker, item of dlcourse.data.shared_order) of every batch server 0 handed out
     handed: list[tuple[int, int]] = field(default_factory=list)
 
     @property
@@ -152,6 +152,7 @@ class PSResult:
             "staleness_bound": self.config.staleness_bound,
             "max_staleness": self.config.max_staleness,
             "lr": self.config.lr,
+            "shared_batches": self.config.effective_shared_batches,
             "test_accuracy": self.test["accuracy"],
             "test_loss": self.test["loss"],
             "test_macro_f1": self.test["macro_f1"],

@@ -38,10 +38,11 @@ class PSConfig(StalenessRules):
     batch_size: int = 100  # examples per worker step (as SimConfig and the CLI)
     epochs: int = 1  # passes of each worker over its shard (ignored when steps is set)
     steps: int | None = None  # steps per worker; None: epochs over its shard
-    # async modes: workers take the next mini-batch of one shared order of the epoch (server 0
-    # hands it out), so a fast worker does more steps (Downpour SGD's shared pool; the simulator's
-    # shared budget); False: each worker its own shard's steps. Needs S < N
-    shared_batches: bool = False
+    # workers take the next mini-batch of one shared order of the run (server 0 hands it out), so a
+    # fast worker does more steps (Downpour SGD's shared pool, as dlcourse.sim deals it). None: the
+    # mode's default, True when asynchronous (S < N), False when synchronous; False: each worker a
+    # fixed list of steps on its own shard; True needs S < N
+    shared_batches: bool | None = None
     train_examples: int | None = None  # use only the first this many training examples (None: all)
     test_examples: int | None = None  # evaluate on the first this many test examples (None: all)
     data_source: str = "subset"  # "subset" (5,000 shipped digits), "full" or "auto"
@@ -88,8 +89,11 @@ class PSConfig(StalenessRules):
             raise ValueError(
                 f"reduce must be 'mean' with an aggregate (it takes the mean), got {self.reduce!r}"
             )
-        if not isinstance(self.shared_batches, bool):
-            raise ValueError(f"shared_batches must be True or False, got {self.shared_batches!r}")
+        if self.shared_batches is not None and not isinstance(self.shared_batches, bool):
+            raise ValueError(
+                f"shared_batches must be True, False or None (the mode's default), "
+                f"got {self.shared_batches!r}"
+            )
         if self.shared_batches and self.synchronous:
             raise ValueError(
                 f"shared_batches needs an asynchronous mode (softsync < num_workers = {self.num_workers}: "
@@ -135,6 +139,12 @@ class PSConfig(StalenessRules):
         return 0 if self.synchronous else self.staleness_bound
 
     @property
+    def effective_shared_batches(self) -> bool:
+        """Whether workers take their mini-batches from one shared order (``shared_batches``,
+        or by default: in asynchronous modes yes, in synchronous mode no)."""
+        return not self.synchronous if self.shared_batches is None else self.shared_batches
+
+    @property
     def mode(self) -> str:
         if self.synchronous:
             return "sync"
@@ -151,7 +161,7 @@ class PSConfig(StalenessRules):
             f"PSConfig(mode={self.mode}, num_workers={self.num_workers}, num_servers={self.num_servers}, "
             f"lr={self.lr}, lr_policy={lr_policy_name(self.lr_policy)}{rules}, model={self.model!r}, "
             f"batch_size={self.batch_size}, steps={self.steps}, epochs={self.epochs}"
-            f"{', shared_batches=True' if self.shared_batches else ''})"
+            f", shared_batches={self.effective_shared_batches})"
         )
 
 

@@ -21,17 +21,18 @@ be mistaken for a payload::
     LAST   worker  gradient  as PUSH, the worker's last one: not answered
     BYE    worker  -         no batch is left for me (shared batches): not answered
     PARAMS server  shard     the parameters at (version, clock); from server 0 with shared
-                             batches, ``batch`` is the next item of :func:`shared_order` (-1: none left)
+                             batches, ``batch`` is the next item of the shared order (-1: none left)
 
 A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
 the bounded-staleness gate lets it start its next step: that is how fast workers are held
 back.
 
-With ``shared_batches`` (asynchronous modes) the workers do not own a fixed list of steps:
-server 0 hands out the items of one shared order of the run (:func:`shared_order`) with its
-PARAMS answers, one per pull, first come first served, as Downpour SGD's workers take the next
-mini-batch from a shared pool and as :mod:`dlcourse.sim` shares a budget of gradients among its
-workers. A fast worker therefore does more steps, and the run ends when the order is used up.
+With shared batches (the default of asynchronous modes, ``PSConfig.effective_shared_batches``)
+the workers do not own a fixed list of steps: server 0 hands out the items of one shared order
+of the run (:func:`dlcourse.data.shared_order`) with its PARAMS answers, one per pull, first
+come first served, as Downpour SGD's workers take the next mini-batch from a shared pool;
+:mod:`dlcourse.sim` deals the same order to its pulls. A fast worker therefore does more
+steps, and the run ends when the order is used up.
 Messages are CPU tensors on a gloo group even when workers compute on GPUs (NCCL has
 no any-source receive and no tags).
 
@@ -60,7 +61,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dlcourse._validate import check_int
-from dlcourse.data import Dataset, batch_order, load_mnist, shard
+from dlcourse.data import Dataset, batch_order, load_mnist, shard, shared_order
 from dlcourse.divergence import check_finite
 from dlcourse.launcher import device_for, report
 from dlcourse.models import make_model
@@ -126,24 +127,7 @@ def worker_schedule(data: Dataset, config: PSConfig, worker: int) -> list[torch.
             return out[: config.steps]
 
 
-def shared_order(shard_length: int, config: PSConfig) -> list[tuple[int, torch.Tensor]]:
-    """The run's mini-batches as one order: ``(shard, indices into that shard)`` items.
-
-    Item ``i`` is batch ``i // N`` of shard ``i % N``'s :func:`worker_schedule`: the
-    library's one batch order, dealt round-robin. Each block of ``N x batches per shard``
-    items is one epoch, in which every example of the N shards appears exactly once; the
-    whole order has ``N x`` (steps per worker) items, the simulator's budget of gradients.
-    """
-    check_int("shard_length", shard_length, low=1)
-    if not isinstance(config, PSConfig):
-        raise ValueError(f"config must be a PSConfig, got {config!r}")
-    N = config.num_workers
-    stub = Dataset(torch.empty(shard_length, 0), torch.empty(shard_length, dtype=torch.long))
-    schedules = [worker_schedule(stub, config, w) for w in range(N)]
-    return [(w, schedules[w][s]) for s in range(len(schedules[0])) for w in range(N)]
-
-
-def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
+def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) -> dict:
     k = config.num_servers
     n = rank - k
     # the group is gloo (CPU tensors) whatever the workers compute on
@@ -203,8 +187,8 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]]) -> dict:
                 raise lost(j, e) from e
         wait_all(works)
 
-    if config.shared_batches:  # server 0 hands out the items of one order, one per pull
-        order = shared_order(len(shards[0]), config)
+    if config.effective_shared_batches:  # server 0 hands out the items of one order, one per pull
+        order = shared_order(len(shards[0]), config.batch_size, config.num_workers, steps, seed=config.seed)
         schedule = None
     else:  # a fixed list of steps on its own shard
         schedule = [(n, idx) for idx in worker_schedule(shards[n], config, n)]
@@ -306,6 +290,11 @@ class _Server:
         # (worker, gradient, pulled version, pulled clock) of the soft-sync group's pushes not yet applied
         self.group: list[tuple[int, torch.Tensor, int, int]] = []
         self.waiting: set[int] = set()  # workers waiting for PARAMS (held back while the rule says so)
+        # Waiting workers are answered least-answered first (then by index): a gate that lets only
+        # some through cannot starve one worker of pulls, and k servers that see the same requests
+        # answer them in the same order (an order of arrival could differ between servers, each
+        # then holding back the worker the other answered)
+        self.answered = [0] * self.N
         # Holding a worker until its own push is applied makes S = N exactly synchronous SGD.
         # With 1 < S < N and k > 1 shards it can deadlock: each server forms its groups in its
         # own arrival order, so server 1 may hold worker B while server 2 holds worker C, and
@@ -325,7 +314,7 @@ class _Server:
         self.sends: dict[int, list] = {}  # worker -> in-flight isend works (and their tensors)
         self.snapshots: list[tuple[int, float, torch.Tensor]] = [(0, 0.0, self.shard.clone())]
         # server 0 hands out the shared order's items (shared batches): how many there are, the next
-        self.batches = steps * self.N if config.shared_batches and j == 0 else 0
+        self.batches = steps * self.N if config.effective_shared_batches and j == 0 else 0
         self.next_batch = 0
         self.handed: list[tuple[int, int]] = []  # (worker, item) of each batch handed out, in order
         self.expected_versions = max(1, steps * self.N // config.softsync)
@@ -457,11 +446,12 @@ class _Server:
             held = {g[0] for g in self.group} if self.reads_own_writes else set()
             if len(self.ready | set(self.lost)) < self.N:
                 continue  # every worker starts from version 0 at once, as in the simulator
-            for w in sorted(self.waiting):
+            for w in sorted(self.waiting, key=lambda w: (self.answered[w], w)):
                 # a worker reads its own writes (as in dlcourse.sim): it waits while its push is
                 # in an unfinished soft-sync group, and while the staleness bound says so
                 if w not in held and self.gate.may_start(w) and self._fresh_enough(w):
                     self.waiting.discard(w)
+                    self.answered[w] += 1
                     self._answer(w)
                     if self.sgate is not None:
                         self.sgate.start(w, self.rule.version)
@@ -499,7 +489,7 @@ def rank_main(rank: int, world_size: int, config: PSConfig, layout: list[list[in
     if rank < config.num_servers:
         progress = _report_progress if rank == 0 else None
         return {"role": "server", **_Server(config, rank, layout, steps, progress).run()}
-    return {"role": "worker", **_worker(config, rank, layout)}
+    return {"role": "worker", **_worker(config, rank, layout, steps)}
 
 
 def _report_progress(version: int, total: int) -> None:

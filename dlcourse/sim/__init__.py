@@ -85,6 +85,7 @@ _RECORDED = (
     "server_steps",
     "bytes_sent",
     "eval_s",
+    "handed",
 )
 
 

@@ -3,8 +3,13 @@
 The discrete-event engine under :func:`dlcourse.sim.simulate` (Dean et al., "Large Scale
 Distributed Deep Networks", NIPS 2012, is the cluster it models). A :class:`Cluster` holds
 N workers, each with its own shard of the training data and its own seeded stream of
-mini-batches (:func:`dlcourse.data.batch_stream`, the order every runtime shares); it
-computes **real** gradients of a real model, while **time** is simulated:
+mini-batches (:func:`dlcourse.data.batch_stream`, the order every runtime shares). With
+shared batches (``SimConfig.effective_shared_batches``: the default of the asynchronous
+parameter-server policies) the gradients take instead the items of one shared order of the
+run (:func:`dlcourse.data.shared_order`), one per gradient in the order they are asked for,
+as the real server hands them out one per pull: a fast worker takes more of the epoch, and
+the run ends when the order is used up. The cluster computes **real** gradients of a real
+model, while **time** is simulated:
 
 - compute: the model's forward+backward FLOPs per example (:func:`dlcourse.models.flops_per_example`)
   times the batch, divided by ``device_flops``, then a seeded lognormal spread, per-worker
@@ -41,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from dlcourse.collectives import flat_parameters
-from dlcourse.data import Dataset, batch_stream, shard
+from dlcourse.data import Dataset, batch_stream, shard, shared_order
 from dlcourse.divergence import LOSS_LIMIT, check_finite
 from dlcourse.models import flops_per_example, make_model
 from dlcourse.sim.config import SimConfig
@@ -123,6 +128,11 @@ class Cluster:
             batch_stream(len(s), config.batch_size, seed=config.seed, worker=w)
             for w, s in enumerate(self.shards)
         ]
+        # shared batches: (shard, indices) of every gradient of the run, dealt one per gradient
+        self._order = None
+        if config.effective_shared_batches:
+            steps = config.epochs * self.batches_per_shard
+            self._order = shared_order(len(self.shards[0]), config.batch_size, n, steps, seed=config.seed)
         # one timing RNG per worker: a worker's times do not depend on event order
         self._rngs = [np.random.default_rng([config.seed, w]) for w in range(n)]
         self._speeds = config.worker_speeds or (1.0,) * n
@@ -142,6 +152,7 @@ class Cluster:
         self.clock_lag: list[int] = []  # SSP's clock view of each applied update (policy "bounded")
         self.pull_log: list[tuple[int, int, int]] = []  # (worker, its step, updates applied) per pull
         self.apply_log: list[tuple[int, int]] = []  # (worker, its step) of each update, in order applied
+        self.handed: list[tuple[int, int]] = []  # shared batches: (worker, item of the order) per gradient
         self.staleness: list[int] = []
         self.step_loss: list[float] = []
         self.evals: list[EvalPoint] = []
@@ -241,9 +252,24 @@ class Cluster:
 
     # -- real gradients ------------------------------------------------------------------
     def gradient(self, worker: int, params: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Worker's next mini-batch gradient at flat ``params``: ``(flat gradient, batch size)``."""
-        idx = next(self._batches[worker])
-        data = self.shards[worker]
+        """Worker's next mini-batch gradient at flat ``params``: ``(flat gradient, batch size)``.
+
+        The mini-batch is the next of the worker's own shard, or with shared batches the next
+        item of the run's shared order (:attr:`handed` records who took which).
+        """
+        if self._order is None:
+            idx = next(self._batches[worker])
+            data = self.shards[worker]
+        else:
+            item = len(self.handed)
+            if item >= len(self._order):
+                raise RuntimeError(
+                    f"the shared order's {len(self._order)} mini-batches are used up: a policy asks for "
+                    f"at most total_steps ({self.total_steps}) gradients with shared batches"
+                )
+            self.handed.append((worker, item))
+            s, idx = self._order[item]
+            data = self.shards[s]
         with torch.no_grad():
             self._flat.copy_(params)
         loss = F.cross_entropy(self.model(data.X[idx]), data.y[idx])

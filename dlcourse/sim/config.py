@@ -71,6 +71,11 @@ class SimConfig(StalenessRules):
     servers: int = 1  # k server shards, each owning 1/k of the parameters and its own link
     evals_per_epoch: int = 4  # test-set evaluations per epoch (the curves' points)
     seed: int = 0  # seeds the model, the shuffles and the timing
+    # pulls take the next mini-batch of one shared order of the run (dlcourse.data.shared_order, as
+    # the real server deals it), so a fast worker takes more of the epoch. None: the policy's default,
+    # True for async, bounded and softsync with S < N, False otherwise; False: each worker reads
+    # its own shard (a fast one re-reads it); True needs one of those asynchronous policies
+    shared_batches: bool | None = None
 
     def __post_init__(self) -> None:
         check_int("num_workers", self.num_workers, low=1)
@@ -138,6 +143,18 @@ class SimConfig(StalenessRules):
         check_int("servers", self.servers, low=1)
         check_int("evals_per_epoch", self.evals_per_epoch, low=1)
         check_int("seed", self.seed, low=0)
+        if self.shared_batches is not None and not isinstance(self.shared_batches, bool):
+            raise ValueError(
+                f"shared_batches must be True, False or None (the policy's default), "
+                f"got {self.shared_batches!r}"
+            )
+        if self.shared_batches and not self._asynchronous_server:
+            raise ValueError(
+                f"shared_batches needs an asynchronous parameter-server policy ('async', 'bounded' or "
+                f"'softsync', with S < num_workers: a synchronous step takes one batch of every worker's "
+                f"shard), got policy {self.policy!r} with S = {self.effective_softsync} and "
+                f"num_workers = {self.num_workers}"
+            )
 
     @property
     def effective_softsync(self) -> int:
@@ -149,6 +166,16 @@ class SimConfig(StalenessRules):
         return 1
 
     @property
+    def _asynchronous_server(self) -> bool:
+        return self.policy in ("async", "bounded", "softsync") and self.effective_softsync < self.num_workers
+
+    @property
+    def effective_shared_batches(self) -> bool:
+        """Whether pulls take their mini-batches from one shared order (``shared_batches``, or by
+        default: yes for the asynchronous parameter-server policies, no for the others)."""
+        return self._asynchronous_server if self.shared_batches is None else self.shared_batches
+
+    @property
     def effective_bound(self) -> int | None:
         """The staleness bound the gate enforces (only policy "bounded" has one)."""
         return self.staleness_bound if self.policy == "bounded" else None
@@ -158,4 +185,5 @@ class SimConfig(StalenessRules):
         d["lr_policy"] = lr_policy_name(self.lr_policy)
         d.update({name: None for name in RULES}, **self.staleness_rule_names())
         d["worker_speeds"] = list(self.worker_speeds) if self.worker_speeds is not None else None
+        d["shared_batches"] = self.effective_shared_batches
         return d

@@ -153,15 +153,16 @@ def run_parameter_server(cluster: Cluster) -> None:
         cluster.applied(sigmas, sum(size for _, _, size, _ in members), cluster.W)
         for w, _, _, _ in members:
             outstanding[w] -= 1
-        for w, _, _, _ in members:
-            if blocked_since[w] is not None:
-                try_start(w)
+        ready = [w for w, _, _, _ in members if blocked_since[w] is not None]
         # the slowest moved (clock gate) or an update left the air (staleness gate): retry
         if gated and (sgate is not None or gate.clock > clock_before):
-            waiting = sorted(gated)
+            ready += gated
             gated.clear()
-            for v in waiting:
-                try_start(v)
+        # least-served first, then by index (as the real server answers): a gated worker that
+        # has had fewer pulls goes before the one whose update was just applied, so a gate
+        # cannot starve one worker of pulls
+        for v in sorted({v for v in ready if blocked_since[v] is not None}, key=lambda v: (steps[v], v)):
+            try_start(v)
 
     for w in range(n):
         cluster.schedule(0.0, want, w)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +39,8 @@ class SimResult:
     data_source: str  # "subset" or "full" (or "custom" for data passed in)
     real_s: float  # host seconds the simulation took
     eval_s: float  # of which host seconds spent evaluating on the test set
+    # shared batches: (worker, item of dlcourse.data.shared_order) of every gradient, in order computed
+    handed: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def examples_per_s(self) -> float:
@@ -88,6 +90,7 @@ class SimResult:
             "staleness_bound": c.effective_bound,
             "servers": c.servers,
             "epochs": c.epochs,
+            "shared_batches": c.effective_shared_batches,
             "data_source": self.data_source,
             "clock": "virtual",
             "test_accuracy": self.test.accuracy,
