@@ -43,7 +43,6 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 
 from dlcourse.data import MnistSplit, load_mnist
@@ -264,9 +263,9 @@ def main() -> None:
         ):
             raise ValueError
     except ValueError:
-        sys.exit(
-            "async_vs_sim.py: --workers must be integers >= 2, --lrs positive numbers, --seeds and "
-            "--diverge-seeds >= 1, --n8-seeds >= 0, --slowdown >= 1"
+        parser.error(
+            "--workers must be integers >= 2, --lrs positive numbers, --seeds and --diverge-seeds >= 1, "
+            "--n8-seeds >= 0, --slowdown >= 1"
         )
     split = load_mnist("subset", seed=0)
     data = MnistSplit(split.train[: args.train_examples], split.test[:500], split.source)
