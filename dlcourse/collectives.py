@@ -467,10 +467,13 @@ def fit(
     ``max_regimes=2`` allows a second bandwidth, but only where the data need it: where the
     one-bandwidth fit misses some measurement by more than ``tolerance`` (relative; the
     default 10% is about the scatter of these medians on a shared machine). Then each
-    measured bytes-per-rank value in turn is tried as ``large_bytes`` (at least two sizes at
-    or below it, one above), alpha and the two bandwidths fitted by non-negative least
-    squares for each, and the crossover with the least squared relative error is kept.
+    measured bytes-per-rank value in turn is tried as ``large_bytes`` (at least two sizes of
+    one collective at or below it, one measurement above), alpha and the two bandwidths
+    fitted by non-negative least squares for each, and the crossover with the least squared
+    relative error is kept.
     Otherwise, and always on data that one bandwidth explains, the result is the plain fit.
+    Fit a second regime one collective at a time (``op``): in one fit for all, it can
+    stand in for their different latencies (a steep first few kilobytes) instead.
     """
     import numpy as np
 
@@ -501,8 +504,13 @@ def fit(
     if max_regimes == 1 or missed <= tolerance:
         return plain
     best = None
+    names = np.asarray([name for name, _ in times])
     for c in np.unique(b):
-        if np.unique(b[b <= c]).size < 2 or not np.any(b > c):
+        # the first regime needs two sizes of one collective at or below c (alpha and beta from
+        # different collectives alone would trade latency for a steep first kilobyte), one above
+        if not any(np.unique(b[(names == name) & (b <= c)]).size >= 2 for name in FIT_OPS) or not np.any(
+            b > c
+        ):
             continue
         a = np.column_stack([s, np.minimum(b, c), np.maximum(b - c, 0.0)]) / t[:, None]
         x, rss2 = _nonnegative_lstsq(a, ones)
