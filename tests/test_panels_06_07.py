@@ -232,9 +232,34 @@ def test_lesson_06_simulated_claims_hold_on_other_seeds(seed):
 
 
 @pytest.mark.slow
+def test_lesson_07_async_is_not_behind_scaled_sync_on_most_seeds():
+    """Cell 9's last claim over seeds 0-4: per epoch, async (shared batches, the default) is not
+    behind sync with lambda x 8 on 4 of 5 seeds, and ahead on average. Measured: async minus
+    sync x 8 = +0.089, +0.156, -0.070, +0.072, +0.162 (seed 2 trails; with each worker on its
+    own shard, the old default, all five were ahead by 0.02..0.12)."""
+    import numpy as np
+
+    from dlcourse.sim import SimConfig, simulate
+
+    split = load_mnist()
+    data = MnistSplit(split.train[:2000], split.test, split.source)
+    leads = []
+    for seed in range(5):
+        common = dict(num_workers=8, model="mlp", epochs=2, batch_size=50, compute_mean=1.0, seed=seed)
+        common.update(straggler_prob=0.1, straggler_slowdown=4.0)
+        scaled = simulate(SimConfig(policy="sync", lr=0.8, **common), data)
+        asynchronous = simulate(SimConfig(policy="async", lr=0.1, **common), data)
+        leads.append(
+            float(np.mean(asynchronous.epoch_curve("accuracy")) - np.mean(scaled.epoch_curve("accuracy")))
+        )
+    assert sum(lead > -0.03 for lead in leads) >= 4 and np.mean(leads) > 0.05, leads
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_lesson_07_simulated_claims_hold_on_other_seeds(seed):
-    """Cells 7-9 and section 9 of lesson 07 with another seed: scaled lambda, and tuning at N = 1 vs 8."""
+    """Cells 7-9 and section 9 of lesson 07 with another seed: scaled lambda, and tuning at N = 1 vs 8
+    (async against scaled sync varies with the seed: the test above)."""
     import numpy as np
 
     from dlcourse.divergence import Diverged
@@ -253,7 +278,6 @@ def test_lesson_07_simulated_claims_hold_on_other_seeds(seed):
     assert runs["async"].examples_per_s > 1.5 * runs["sync"].examples_per_s
     assert per_epoch["sync"] < per_epoch["async"], per_epoch
     assert per_epoch["sync x8"] > per_epoch["sync"] + 0.05, per_epoch
-    assert per_epoch["async"] > per_epoch["sync x8"] - 0.03, per_epoch
     lrs = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6]
     tuning = {}
     for label, (policy, n) in {"1": ("sync", 1), "8 async": ("async", 8)}.items():
@@ -269,4 +293,6 @@ def test_lesson_07_simulated_claims_hold_on_other_seeds(seed):
     best = {k: lrs[int(np.nanargmax(v))] for k, v in tuning.items()}
     assert best["8 async"] < best["1"], tuning
     assert np.nan_to_num(tuning["8 async"][lrs.index(best["1"])]) < np.nanmax(tuning["8 async"]) - 0.1, tuning
-    assert any(np.isnan(a) and s > 0.5 for a, s in zip(tuning["8 async"], tuning["1"])), tuning
+    # larger ones diverge, or end at chance (seed 2 at lambda 0.8: 0.100, a finite loss), where N = 1 trains
+    failed = [np.isnan(a) or a < 0.15 for a in tuning["8 async"]]
+    assert any(f and s > 0.5 for f, s in zip(failed, tuning["1"])), tuning

@@ -96,7 +96,7 @@ real_setup = dict(
 milliseconds; worker 0 adds a quarter of a second). The server keeps a log of the moment it
 applies each update. Both rules process the same mini-batches: 12 per worker's shard. In the
 asynchronous run the server hands out the next mini-batch of one shared order with the parameters
-(`shared_batches=True`), so whoever is free takes it. Which rule gets through the whole budget
+(what asynchronous modes do by default), so whoever is free takes it. Which rule gets through the whole budget
 sooner, end to end? By roughly how much? How many of the mini-batches will the straggler compute in
 each run? And in the synchronous run, what
 fraction of their time will the fast workers (the one or two besides worker 0: the line printed
@@ -106,7 +106,7 @@ above says how many processes this machine takes) spend waiting?"""
         """
 real = {}
 for name, S in (("sync", N_REAL), ("async", 1)):
-    real[name] = run_parameter_server(PSConfig(softsync=S, shared_batches=S < N_REAL, **real_setup))
+    real[name] = run_parameter_server(PSConfig(softsync=S, **real_setup))
     print(name, real[name])
 """
     ),
@@ -194,8 +194,8 @@ clock is noisy. The simulator (`dlcourse.sim`) runs the same rules with real gra
 same MLP, on a **virtual clock**: compute time comes from the model's FLOPs, message time from
 bytes and bandwidth. Every run is reproducible, so we can draw each worker's timeline. We copy the
 real setup: three workers, worker 0 four times slower (`worker_speeds`). As in the real
-asynchronous run, an epoch is a budget of examples shared by all workers, so fast workers simply
-do more steps.
+asynchronous run, the server deals the same shared order of mini-batches, one per pull, so fast
+workers simply do more steps.
 
 **Predict.** In the simulated timeline, what share of their time will workers 1 and 2 wait under
 each rule? And after worker 1 pushes an update, how long until another worker first computes with
