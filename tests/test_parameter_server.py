@@ -70,6 +70,10 @@ def test_bad_arguments_are_refused_before_any_process_starts(fields, message):
         (["--servers", "0"], "--servers"),
         (["--servers", "5", "--model", "mlp"], "num_servers"),
         (["--staleness-bound", "-1"], "--staleness-bound"),
+        (
+            ["--workers", "2", "--softsync", "2", "--shared-batches"],
+            "shared_batches needs an asynchronous mode",
+        ),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, word):
@@ -388,7 +392,7 @@ def test_sync_with_a_stalled_worker_fails_within_the_timeout(no_orphans):
 
 
 @pytest.mark.multiprocess
-def test_cli_writes_the_metrics(tmp_path, no_orphans):
+def test_cli_writes_the_metrics(tmp_path, capsys, no_orphans):
     from dlcourse.cli import main
 
     path = tmp_path / "ps.json"
@@ -403,6 +407,22 @@ def test_cli_writes_the_metrics(tmp_path, no_orphans):
     assert metrics["updates"] == 42 and 21 <= metrics["versions"] <= 42 and metrics["servers"] == 2, seen
     assert sum(metrics["staleness"]["histogram"].values()) == 42, seen
     assert metrics["test_accuracy"] > 0.6 and metrics["bytes_sent"] > 0, seen
+    assert metrics["shared_batches"] is True  # S < N: the default
+    assert "batches: one shared order" in capsys.readouterr().out
+
+
+@pytest.mark.multiprocess
+def test_cli_no_shared_batches_gives_each_worker_its_own_shard(tmp_path, capsys, no_orphans):
+    """--no-shared-batches: each worker its own shard's steps (14 each), whatever the timing."""
+    from dlcourse.cli import main
+
+    path = tmp_path / "ps.json"
+    argv = ["train", "--strategy", "async-ps", "--model", "mlp", "--workers", "3", "--slow-worker", "0"]
+    argv += ["--slow-delay", "0.02", "--no-shared-batches", "--no-progress", "--json", str(path)]
+    assert main(argv) == 0
+    metrics = json.loads(path.read_text())
+    assert metrics["shared_batches"] is False and metrics["updates_per_worker"] == [14, 14, 14]
+    assert "batches: each worker its own shard" in capsys.readouterr().out
 
 
 @pytest.mark.slow

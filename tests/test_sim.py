@@ -918,7 +918,14 @@ def test_cli_simulate_writes_the_metrics(tmp_path, capsys):
     metrics = json.loads(out.read_text())
     assert metrics["policy"] == "softsync" and metrics["softsync"] == 2 and metrics["model"] == "mlp"
     assert metrics["staleness"]["max"] <= 3 and metrics["test_accuracy"] > 0.3
-    assert "staleness sigma: mean" in capsys.readouterr().out  # the lessons' letter
+    assert metrics["shared_batches"] is True and metrics["config"]["shared_batches"] is True  # S < N
+    out_text = capsys.readouterr().out
+    assert (
+        "staleness sigma: mean" in out_text and "batches: one shared order" in out_text
+    )  # the lessons' letter
+    assert cli.main([*args, "--no-shared-batches"]) == 0
+    assert json.loads(out.read_text())["shared_batches"] is False
+    assert "batches: each worker its own shard" in capsys.readouterr().out
 
 
 def test_cli_simulate_runs_the_staleness_gate(tmp_path, capsys):
@@ -945,6 +952,8 @@ def test_cli_simulate_runs_the_staleness_gate(tmp_path, capsys):
         ["--policy", "gossip"],
         ["--policy", "sync", "--max-staleness", "2"],
         ["--max-staleness", "-1"],
+        ["--policy", "sync", "--shared-batches"],
+        ["--policy", "decentralized", "--shared-batches"],
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(args, capsys):
