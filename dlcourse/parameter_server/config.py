@@ -26,7 +26,7 @@ class PSConfig(StalenessRules):
     """One parameter-server run: who runs, which rule, how long, and what to break; a student's
     staleness_fn, aggregate and gate are :class:`~dlcourse.staleness.StalenessRules`' fields."""
 
-    num_workers: int = 2  # N worker processes, each on its own shard of the training data
+    num_workers: int = 2  # N worker processes; the training data is cut into N shards
     num_servers: int = 1  # k server processes, each owning about 1/k of the parameters
     softsync: int = 1  # S: pushes the server averages per update (1 = async, N = synchronous)
     staleness_bound: int | None = None  # b: a worker may be at most b steps ahead (None = no bound)

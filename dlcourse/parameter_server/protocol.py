@@ -25,7 +25,7 @@ be mistaken for a payload::
 
 A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
 the bounded-staleness gate lets it start its next step: that is how fast workers are held
-back.
+back. Waiting workers are answered least-answered first, then by index.
 
 With shared batches (the default of asynchronous modes, ``PSConfig.effective_shared_batches``)
 the workers do not own a fixed list of steps: server 0 hands out the items of one shared order

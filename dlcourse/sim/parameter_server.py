@@ -24,6 +24,12 @@ one at a time, first come first served, with the rules of :mod:`dlcourse.stalene
   staleness above sigma_max (:class:`~dlcourse.staleness.StalenessGate`); with ``bounded``
   both gates must agree.
 
+In the asynchronous policies each served pull takes the next mini-batch of one shared order of
+the run (:func:`dlcourse.data.shared_order`, as the real server hands it out), so a fast worker
+does more steps and the run ends when the order is used up; ``sync`` gives every worker one
+batch of its own shard per step. Workers waiting on a gate are served least-served first (then
+by index), as the real server answers them, so a gate cannot starve one of them.
+
 Staleness sigma is counted in server versions for every policy (:mod:`dlcourse.staleness`);
 the clock gate's clock lag is recorded apart (``clock_lag``, policy ``bounded``).
 
