@@ -541,3 +541,41 @@ def test_shared_batches_go_on_without_a_killed_worker(no_orphans):
     assert result.updates == 35 and result.updates_per_worker[1] == 3
     live = sorted(b for w in result.worker_stats if w is not None for b in w["batches"])
     assert len(live) == 32 and len(set(live)) == 32
+
+
+@pytest.mark.multiprocess
+def test_updates_name_their_workers_and_steps_their_times(no_orphans):
+    """Server 0 records the worker of every update it applies (it agrees with the pushes it
+    counted and, async with one server, with whom it handed the next batch to), and each worker
+    records per step monotone times whose compute part is its step_compute_s."""
+    config = PSConfig(**SMALL, num_workers=3, epochs=2, slow_worker=0, slow_delay=0.02, snapshots=0)
+    result = run_parameter_server(config)
+    N, workers = 3, result.update_workers
+    assert len(workers) == len(result.staleness) == len(result.update_versions) == result.updates == 24
+    assert [workers.count(w) for w in range(N)] == result.updates_per_worker
+    assert result.updates_per_worker[0] < min(result.updates_per_worker[1:])  # the straggler's fewer
+    # S = 1: a push is answered right after it is applied, so after the first N answers (the start)
+    # the i-th update's worker is the one the next batch went to
+    assert [w for w, _ in result.handed[N:]] == workers[: len(result.handed) - N]
+    for w, stats in enumerate(result.worker_stats):
+        times = stats["step_times"]
+        assert len(times) == stats["steps"] == len(stats["step_compute_s"])
+        flat = [t for step in times for t in step]
+        assert flat[0] >= 0 and flat == sorted(flat), (w, times)  # answered <= the next compute_start
+        for (start, end, _, _), compute in zip(times, stats["step_compute_s"]):
+            assert end - start == pytest.approx(compute, abs=1e-9)
+        outside = sum(answered - end for _, end, _, answered in times)
+        assert outside == pytest.approx(stats["wait_s"], abs=1e-6)
+    # the straggler's compute includes its sleep
+    assert all(end - start >= 0.02 for start, end, _, _ in result.worker_stats[0]["step_times"])
+
+
+@pytest.mark.multiprocess
+def test_soft_sync_names_each_pushs_worker_once(no_orphans):
+    """Soft sync S = 2 applies two pushes per version: each is recorded, in worker order."""
+    config = PSConfig(**SMALL, num_workers=2, softsync=2, steps=6, snapshots=0)
+    result = run_parameter_server(config)
+    assert result.update_workers == [0, 1] * 6
+    assert [v for v, _ in result.update_versions] == [v for v in range(6) for _ in range(2)]
+    last = result.worker_stats[0]["step_times"][-1]
+    assert last[3] != last[3]  # the LAST push is not answered: NaN

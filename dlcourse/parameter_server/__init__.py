@@ -116,7 +116,8 @@ class PSResult:
     examples: int  # training examples processed by all workers
     shard_sizes: list[int]  # parameters owned by each server
     server_pids: list[int] = field(default_factory=list)  # process ids of the servers
-    worker_stats: list[dict | None] = field(default_factory=list)  # steps, compute_s, wait_s; None if lost
+    # steps, compute_s, wait_s, step_compute_s, t0, step_times (protocol's docstring); None if lost
+    worker_stats: list[dict | None] = field(default_factory=list)
     shard_staleness: list[list[int]] = field(default_factory=list)  # sigma per applied update, per server
     clock_lag: list[int] = field(default_factory=list)  # server 0: the gate's clock lag of each update
     # server 0: (server version, pulled version) of each update, as the server saw them; its staleness
@@ -124,6 +125,8 @@ class PSResult:
     update_versions: list[tuple[int, int]] = field(default_factory=list)
     # shared batches: (worker, item of dlcourse.data.shared_order) of every batch server 0 handed out
     handed: list[tuple[int, int]] = field(default_factory=list)
+    # server 0: the worker whose push made each update, one per element of staleness/update_versions
+    update_workers: list[int] = field(default_factory=list)
 
     @property
     def updates(self) -> int:
@@ -316,4 +319,5 @@ def _result(config: PSConfig, layout, shapes, values: list, test: Dataset) -> PS
         clock_lag=servers[0]["clock_lags"],
         update_versions=[tuple(v) for v in servers[0]["update_versions"]],
         handed=[tuple(h) for h in servers[0]["handed"]],
+        update_workers=list(servers[0]["update_workers"]),
     )

@@ -36,6 +36,25 @@ steps, and the run ends when the order is used up.
 Messages are CPU tensors on a gloo group even when workers compute on GPUs (NCCL has
 no any-source receive and no tags).
 
+What is recorded
+----------------
+Each server records, for every update it applies, the **worker** whose push it was
+(``update_workers``; a soft-sync group's pushes in worker order, as they are summed), next to
+its ``(version, pulled version)`` and the seconds since the server's first message at which
+it was applied. Each worker records per step, in ``step_times``, four readings of
+:func:`time.perf_counter` in seconds after ``t0``, the moment its first PARAMS arrived (the
+run's start for it; ``t0`` itself is recorded too, and ``perf_counter`` is the machine's
+monotonic clock, so readings of processes on one machine compare)::
+
+    (compute_start, compute_end, pushed, answered)
+
+``compute_start .. compute_end`` is the step's compute (the straggler's sleep, the batch,
+forward and backward: ``step_compute_s``); ``compute_end .. pushed`` the **send**, until the
+push's isends have completed; ``pushed .. answered`` the **wait for the answer**, until the
+next PARAMS has arrived (the server's receive, apply, gate and answer, and the answer's
+transfer); ``answered`` is NaN after a LAST push, which is not answered. The step's time
+outside compute, ``answered - compute_end``, is what ``wait_s`` adds up.
+
 Noticing failures
 -----------------
 A server listens to each worker with its own receiving thread (a blocking ``recv`` from
@@ -144,6 +163,8 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) ->
     stats = {"worker": n, "pid": os.getpid(), "steps": 0, "compute_s": 0.0, "wait_s": 0.0, "examples": 0}
     stats["batches"] = []  # with shared batches: the items of the shared order this worker used
     stats["step_compute_s"] = []  # each step's compute seconds (what drives a simulator replay)
+    # each step's (compute_start, compute_end, pushed, answered), seconds after t0 (module docstring)
+    stats["step_times"] = []
 
     def lost(j: int, e: Exception) -> ServerLost:
         return ServerLost(f"worker {n} (rank {rank}) lost parameter server rank {j}: {e}")
@@ -195,7 +216,8 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) ->
     send(HELLO, None)
     t = time.perf_counter()
     pull()  # answered once every worker has said HELLO: the run starts for all at once
-    stats["start_wait_s"] = time.perf_counter() - t  # the other processes' start-up, not in wait_s
+    t0 = stats["t0"] = time.perf_counter()
+    stats["start_wait_s"] = t0 - t  # the other processes' start-up, not in wait_s
     step = 0
     while True:
         if schedule is None:
@@ -211,7 +233,7 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) ->
         data = shards[s]
         if config.kill_worker == n and step == config.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no goodbye, no cleanup
-        t = time.perf_counter()
+        started = time.perf_counter()
         if config.slow_worker == n and config.slow_delay > 0:
             time.sleep(config.slow_delay)  # the straggler
         X, y = data.X[idx].to(device), data.y[idx].to(device)
@@ -221,14 +243,17 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) ->
         check_finite(loss, **where)
         grads = torch.autograd.grad(loss, params)
         check_finite(list(grads), what="gradient", **where)
-        stats["step_compute_s"].append(time.perf_counter() - t)
+        computed = time.perf_counter()
+        stats["step_compute_s"].append(computed - started)
         stats["compute_s"] += stats["step_compute_s"][-1]
         last = schedule is not None and step == len(schedule) - 1
-        t = time.perf_counter()
         send(LAST if last else PUSH, grads)
+        pushed = time.perf_counter()
         if not last:
             pull()  # the server holds this back while the bound says wait
-        stats["wait_s"] += time.perf_counter() - t
+        answered = time.perf_counter() if not last else float("nan")
+        stats["step_times"].append((started - t0, computed - t0, pushed - t0, answered - t0))
+        stats["wait_s"] += (pushed if last else answered) - computed
         stats["steps"] += 1
         stats["examples"] += len(idx)
         step += 1
@@ -308,6 +333,7 @@ class _Server:
         self.update_versions: list[
             tuple[int, int]
         ] = []  # (server version, pulled version) of each sigma's update
+        self.update_workers: list[int] = []  # the worker of each sigma's update
         self.clock_lags: list[int] = []  # the gate's clock lag of each applied update (SSP's own view)
         self.times: list[float] = []  # seconds since start at which each sigma's update was applied
         self.bytes = 0
@@ -343,8 +369,9 @@ class _Server:
         taus = None
         # staleness in versions for every rule (dlcourse.staleness); the gate's clock lag apart
         clock = self.gate.clock
-        for _worker, grad, pulled, pulled_clock in sorted(self.group, key=lambda g: g[0]):
+        for worker, grad, pulled, pulled_clock in sorted(self.group, key=lambda g: g[0]):
             self.update_versions.append((self.rule.version, pulled))
+            self.update_workers.append(worker)
             taus = self.rule.receive([self.shard], [grad], pulled)
             self.clock_lags.append(clock - pulled_clock)
         if taus is None:  # fewer than S, and nobody else can push: apply them rather than wait forever
@@ -464,6 +491,7 @@ class _Server:
             "shard": self.shard,
             "taus": self.taus,
             "update_versions": self.update_versions,
+            "update_workers": self.update_workers,
             "clock_lags": self.clock_lags,
             "received": self.received,
             "lost": self.lost,
