@@ -19,17 +19,9 @@ be mistaken for a payload::
     HELLO  worker  -         "I am ready": answered by PARAMS
     PUSH   worker  gradient  computed from the PARAMS of (version, clock): answered by PARAMS
     LAST   worker  gradient  as PUSH, the worker's last one: not answered
-    BYE    worker  zeros     no batch is left for me (shared batches): not answered
+    BYE    worker  -         no batch is left for me (shared batches): not answered
     PARAMS server  shard     the parameters at (version, clock); from server 0 with shared
                              batches, ``batch`` is the next item of the shared order (-1: none left)
-
-Every message after a worker's HELLO carries a payload (BYE's is zeros, unused), so a server
-posts the receives of a message's header and payload at once: the payload flows right behind
-the header and the server's receiving thread wakes once per message, not twice (measured with
-the ``step_times`` below, N = 2 with a 4x straggler on 2 cores: a fast worker's time outside
-compute went from median 1.4 ms with 30% of steps over 2.5 ms to 7%, the round trip's log
-spread from 0.6 to 0.4, and examples/s up by 40%; each wake-up of a blocked thread can wait
-milliseconds for a CPU, which is where the slow round trips came from).
 
 A server answers a worker's HELLO or PUSH only when the worker's push has been applied and
 the bounded-staleness gate lets it start its next step: that is how fast workers are held
@@ -210,9 +202,8 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) ->
             header = torch.tensor([kind, n, pulled[j][0], pulled[j][1], handed[0]], dtype=torch.int64)
             try:
                 works.append((j, dist.isend(header, dst=j, tag=HEADER_TAG)))
-                if kind != HELLO:  # BYE too: the server has posted the payload's receive already
-                    flat = flatten_shard(grads, layout[j]) if grads is not None else torch.zeros(sizes[j])
-                    works.append((j, dist.isend(flat, dst=j, tag=PAYLOAD_TAG)))
+                if grads is not None:
+                    works.append((j, dist.isend(flatten_shard(grads, layout[j]), dst=j, tag=PAYLOAD_TAG)))
             except RuntimeError as e:
                 raise lost(j, e) from e
         wait_all(works)
@@ -273,22 +264,18 @@ def _worker(config: PSConfig, rank: int, layout: list[list[int]], steps: int) ->
 
 
 def _receiver(worker: int, rank: int, size: int, inbox: queue.Queue, timeout: float) -> None:
-    """One thread per worker: turn its messages into inbox items until LAST, BYE or failure."""
+    """One thread per worker: turn its messages into inbox items until LAST or failure."""
     waiting_since = time.monotonic()
     try:
-        hello = True  # the first message is HELLO; every later one has a payload
         while True:
             header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-            payload = None if hello else torch.empty(size)
             waiting_since = time.monotonic()
-            # both receives at once: one wake-up per message (module docstring)
-            works = [dist.irecv(header, src=rank, tag=HEADER_TAG)]
-            if payload is not None:
-                works.append(dist.irecv(payload, src=rank, tag=PAYLOAD_TAG))
-            for w in works:
-                w.wait()
-            hello = False
+            dist.recv(header, src=rank, tag=HEADER_TAG)
             kind = int(header[0])
+            payload = None
+            if kind in (PUSH, LAST):
+                payload = torch.empty(size)
+                dist.recv(payload, src=rank, tag=PAYLOAD_TAG)
             inbox.put((worker, kind, header, payload))
             if kind in (LAST, BYE):
                 return
@@ -466,7 +453,7 @@ class _Server:
                 self.waiting.add(worker)
                 self.ready.add(worker)
             elif kind == BYE:  # no batch was left for it: it leaves, holding nobody back
-                self.bytes += HEADER_LEN * 8 + payload.numel() * 4
+                self.bytes += HEADER_LEN * 8
                 self.done.add(worker)
                 self.waiting.discard(worker)
                 self.gate.retire(worker)
