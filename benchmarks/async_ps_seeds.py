@@ -10,7 +10,20 @@ accuracies; a run that diverges (exit 1) or ends at chance counts as a failure::
 
 Anything after ``--`` is added to every command. Exit status 1 when any run failed.
 
-Measured on 2 cores shared with other jobs (load 9-20), 2026-12-02, seeds 0-9, none diverged:
+Since issue 26 asynchronous runs take their mini-batches from one shared order by default
+(``-- --no-shared-batches``: each worker its own shard, as before). Measured on 2 cores
+(load 1.3-2.8), 2026-12-04, seeds 0-9, 11-12 s per run:
+
+- the default, shared order: 0.875 0.857 0.875 0.884 0.858 0.824 0.860 0.861 0.906 0.881
+  (mean 0.868) and, again, 0.860 0.884 0.825 0.880 0.829 0.885 0.888 0.842 0.855 0.869
+  (mean 0.862), none diverged; own shards in the same hour: 9 of 10 converged (mean 0.878),
+  seed 1 diverged;
+- ``-- --lr 0.1``, shared order: none diverged, mean 0.804 (0.719 - 0.860);
+- ``-- --lr-policy constant`` (lr 0.1), shared order: seeds 0, 1, 6 and 8 diverged, the
+  other six mean 0.878; own shards: seeds 5 and 6 diverged, the other eight mean 0.912.
+
+Before issue 26 (own shards), on 2 cores shared with other jobs (load 9-20), 2026-12-02,
+seeds 0-9, none diverged:
 
 - the default (``--lr-policy staleness``, lr 0.2; run as ``-- --lr 0.2`` before it became
   the default): 0.894 0.829 0.865 0.890 0.833 0.879 0.890 0.900 0.916 0.905 (mean 0.880);
