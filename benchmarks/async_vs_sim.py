@@ -18,9 +18,24 @@ server process on this 2-core machine has a spread of about 0.6 of its mean (bim
 1.5 ms, or about 5 ms), while compute is a fifth of a fast step; with a constant message
 time two equally fast simulated workers take turns like clockwork (staleness 1 for about 70%
 of updates at N = 3), real ones overtake each other (staleness 0 and 3 for 12-16% and 4-6%).
-The spread is not CPU oversubscription (N = 2, 1.3 of 2 cores busy, has the same 0.6); pinned
-to one core (``taskset -c 0``) the spread grows to about 1.0 and, measured, keeps real and
-simulated N = 3 within 0.06-0.12 TV (0.42-0.49 with constant messages).
+Pinned to one core (``taskset -c 0``) the spread grows to about 1.0 and, measured, keeps real
+and simulated N = 3 within 0.06-0.12 TV (0.42-0.49 with constant messages).
+
+Where the slow round trips come from (issue 26 follow-up; the workers' ``step_times`` split a
+step outside compute into send and wait, and a scratch copy of the server stamped each
+receive, hand-off to its main thread and answer; N = 2, straggler sleeping 12 ms): the slow
+ones are late **wake-ups of blocked threads**, which wait for a CPU. Most often the server's
+receiving thread, between the header and the payload of a push (median 1.3-2 ms instead of 0.2),
+else the worker waiting for its answer, the server's main thread taking the push from the
+inbox, or the answer's send. Python's GIL is not it: a switch interval of 0.5 ms or 50 ms
+(5 ms by default) gave the same 27-36% of steps over 2.5 ms and spread 0.60. Real-time
+priority is: ``SCHED_FIFO`` for the server's threads alone took it to 14% (spread 0.40, the
+rest waiting on the worker's wake-up), for every rank to 0% (spread 0.11). The spread depends
+on what else runs on the machine: the same code measured 0.56-0.63 at one time and 0.35-0.48
+twenty minutes later. Posting a push's payload receive together with its header (one wake-up
+less per message) changed nothing measurable in interleaved runs (N = 2 and 3, with and
+without the straggler: examples/s and spread within run-to-run noise), so the server keeps
+its protocol.
 
 Numbers a student sees here, each defined once:
 
