@@ -83,6 +83,19 @@ def histogram(sigmas) -> dict:
     return out
 
 
+def round_trip_spread(worker_stats) -> float:
+    """The round-trip spread (module docstring) of these workers' steps: the standard deviation
+    of log(time outside compute), from each step's ``compute_end`` to its ``answered``."""
+    # each step's time outside compute: push, the server's apply and answer (a LAST push: NaN)
+    outside = [
+        math.log(answered - end)
+        for w in worker_stats
+        for _, end, _, answered in w["step_times"]
+        if answered > end
+    ]
+    return min(3.0, statistics.pstdev(outside)) if len(outside) > 1 else 0.0
+
+
 def timing(result, slow: int = 0) -> dict:
     """The fast workers' measured times: compute per step (mean, lognormal spread), message
     time (half a step's time outside compute) and the round-trip spread (module docstring)."""
@@ -93,11 +106,7 @@ def timing(result, slow: int = 0) -> dict:
     spread = min(3.0, statistics.pstdev(logs)) if len(logs) > 1 else 0.1
     # a step's time outside compute is the pull + push round trip: two messages
     message = sum(w["wait_s"] for w in fast) / sum(w["steps"] for w in fast) / 2
-    # each step's time outside compute: push, the server's apply and answer (a LAST push: NaN)
-    outside = [
-        math.log(answered - end) for w in fast for _, end, _, answered in w["step_times"] if answered > end
-    ]
-    round_trip = min(3.0, statistics.pstdev(outside)) if len(outside) > 1 else 0.0
+    round_trip = round_trip_spread(fast)
     straggler = result.worker_stats[slow]
     slow_compute = (
         statistics.mean(straggler["step_compute_s"]) if straggler is not None and straggler["steps"] else None

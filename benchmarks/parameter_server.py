@@ -24,7 +24,7 @@ of this script, interleaved, and the numbers are medians over ``--repeats``.
    that time's spread (``latency_spread``, measured as ``benchmarks/async_vs_sim.py`` does:
    the lognormal sigma of each step's push-to-answer time). Both count staleness the same
    way (server versions between pull and apply). Reported: the total-variation distance
-   between the two histograms, ``TV = 1/2 sum_tau |p_real(tau) - p_sim(tau)|`` (0: the same,
+   between the two histograms, ``TV = 1/2 sum_sigma |p_real(sigma) - p_sim(sigma)|`` (0: the same,
    1: disjoint), per repeat and its median, with the measured latency spread and with
    constant messages; and each histogram's standard deviation. Not a comparison: the mean.
    When N workers stay busy until one shared order of U batches is used up, and each pulls
@@ -44,14 +44,22 @@ of this script, interleaved, and the numbers are medians over ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import statistics
 import time
+from pathlib import Path
 
 from dlcourse.data import MnistSplit, load_mnist
 from dlcourse.parameter_server import PSConfig, run_parameter_server
 from dlcourse.sim import SimConfig, simulate
+
+# benchmarks/async_vs_sim.py (a script, loaded by its path) defines the total-variation distance
+# and the round-trip spread once
+_spec = importlib.util.spec_from_file_location("async_vs_sim", Path(__file__).with_name("async_vs_sim.py"))
+async_vs_sim = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(async_vs_sim)
 
 
 def rate_end_to_end(result) -> float:
@@ -91,13 +99,6 @@ def main() -> None:
     if 3 in sections:
         shards(args)
     print(f"\n# load average at end {os.getloadavg()[0]:.1f}; finished {time.strftime('%H:%M:%S')}")
-
-
-def tv_distance(p: dict, q: dict) -> float:
-    """Total-variation distance of two staleness histograms (counts keyed by tau as str)."""
-    total_p, total_q = sum(p.values()), sum(q.values())
-    keys = set(p) | set(q)
-    return 0.5 * sum(abs(p.get(k, 0) / total_p - q.get(k, 0) / total_q) for k in keys)
 
 
 def throughput(args, base: dict, N: int) -> None:
@@ -141,7 +142,7 @@ def throughput(args, base: dict, N: int) -> None:
 
 
 def histogram_std(hist: dict) -> float:
-    """Standard deviation of a staleness histogram (counts keyed by tau as str)."""
+    """Standard deviation of a staleness histogram (counts keyed by sigma as str)."""
     values = [int(k) for k, c in hist.items() for _ in range(c)]
     return statistics.pstdev(values)
 
@@ -162,9 +163,8 @@ def staleness(args, base: dict, N: int) -> None:
         spread = min(3.0, statistics.pstdev(logs)) if len(logs) > 1 else 0.1
         # a step's time outside compute is the pull + push round trip: two messages
         message = statistics.mean(w["wait_s"] / w["steps"] for w in stats) / 2
-        # ... and its spread: push, the server's apply and answer (a last push has answered NaN)
-        outside = [math.log(ans - end) for w in stats for _, end, _, ans in w["step_times"] if ans > end]
-        round_trip = min(3.0, statistics.pstdev(outside)) if len(outside) > 1 else 0.0
+        # ... and its spread, defined once in benchmarks/async_vs_sim.py
+        round_trip = async_vs_sim.round_trip_spread(stats)
         sims = {}
         for name, latency_spread in (("sim", round_trip), ("const", 0.0)):
             sims[name] = simulate(
@@ -191,15 +191,15 @@ def staleness(args, base: dict, N: int) -> None:
         sim_means.append(sims["sim"].staleness_summary()["mean"])
         for name in stds:
             stds[name].append(histogram_std(hist[name]))
-        distances.append(tv_distance(hist["real"], hist["sim"]))
-        const_distances.append(tv_distance(hist["real"], hist["const"]))
+        distances.append(async_vs_sim.tv_distance(hist["real"], hist["sim"]))
+        const_distances.append(async_vs_sim.tv_distance(hist["real"], hist["const"]))
     U = sum(hist["real"].values())
     print(
         f"\n## 2. Staleness of async SGD, N = {N}: real run vs dlcourse.sim (histograms of the last repeat)"
     )
     keys = sorted({int(k) for h in hist.values() for k in h})
     share = {name: {k: h.get(str(k), 0) / sum(h.values()) for k in keys} for name, h in hist.items()}
-    print("| tau | real share | simulated, latency spread | simulated, constant messages |")
+    print("| sigma | real share | simulated, latency spread | simulated, constant messages |")
     print("|---|---|---|---|")
     for k in keys:
         print(f"| {k} | {share['real'][k]:.3f} | {share['sim'][k]:.3f} | {share['const'][k]:.3f} |")
