@@ -156,7 +156,8 @@ def epoch_accuracy(result, epochs: int) -> list[float]:
     return out
 
 
-def _diverges(run) -> bool:
+def diverges(run) -> bool:
+    """Whether ``run()`` stops with :class:`~dlcourse.divergence.Diverged`."""
     try:
         run()
     except Diverged:
@@ -327,9 +328,9 @@ def main() -> None:
             for seed in seeds:
                 slow = dict(slow_worker=0, slow_delay=delay, shared_batches=True, snapshots=0)
                 real = PSConfig(**real_base, **slow, lr=lr, seed=seed)
-                real_div = _diverges(lambda real=real: run_parameter_server(real))
+                real_div = diverges(lambda real=real: run_parameter_server(real))
                 sim = sim_config(common, calib, calib["compute"] + delay, seed, lr, "async")
-                sim_div = _diverges(lambda sim=sim: simulate(sim, data))
+                sim_div = diverges(lambda sim=sim: simulate(sim, data))
                 cells.append(f"{'yes' if real_div else 'no'} / {'yes' if sim_div else 'no'}")
                 agree += real_div == sim_div
             print(f"| {N} | {lr:g} | " + " | ".join(cells) + f" | {agree}/{args.diverge_seeds} |", flush=True)

@@ -40,7 +40,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlcourse.data import MnistSplit, load_mnist
-from dlcourse.divergence import Diverged
 from dlcourse.parameter_server import PSConfig, run_parameter_server
 from dlcourse.sim import SimConfig, simulate
 from dlcourse.sim.cluster import Cluster
@@ -96,14 +95,6 @@ def test_staleness_histograms_agree(real_run, data):
         assert far > 0.15, f"a wrong simulator ({wrong!r}) came within {far:.3f} TV"
 
 
-def _diverges(run) -> bool:
-    try:
-        run()
-    except Diverged:
-        return True
-    return False
-
-
 @pytest.mark.multiprocess
 @pytest.mark.serial
 def test_diverges_in_both_or_neither(real_run, data):
@@ -113,16 +104,16 @@ def test_diverges_in_both_or_neither(real_run, data):
     for lr in (0.3, 10.0):
         for seed in range(5):
             config = PSConfig(**REAL, lr=lr, seed=seed, shared_batches=True, snapshots=0)
-            real = _diverges(lambda config=config: run_parameter_server(config))
+            real = bench.diverges(lambda config=config: run_parameter_server(config))
             sim_config = bench.sim_config(COMMON, t, t["slow_compute"], seed, lr, "async")
-            sim = _diverges(lambda sim_config=sim_config: simulate(sim_config, data))
+            sim = bench.diverges(lambda sim_config=sim_config: simulate(sim_config, data))
             table[lr, seed] = (real, sim)
     assert all(real == sim for real, sim in table.values()), table
     assert not any(table[0.3, s][0] for s in range(5)) and all(table[10.0, s][0] for s in range(5)), table
     # a simulator whose updates got another learning rate than the server's (0.3, not 10) would disagree
     at_lr_10 = bench.sim_config(COMMON, t, t["slow_compute"], 0, 10.0, "async")
     other_rate = dataclasses.replace(at_lr_10, lr_policy=lambda lr, sigma: 0.3)
-    assert not _diverges(lambda: simulate(other_rate, data))
+    assert not bench.diverges(lambda: simulate(other_rate, data))
 
 
 # ---------------------------------------------------------------------------- the simulator's option

@@ -12,14 +12,7 @@ from lesson import Cells, write
 
 cells = Cells()
 code = cells.code
-
-
-def md(text: str) -> None:
-    """A markdown cell; a prediction prompt starts a cell of its own (tests/test_lesson_claims.py)."""
-    head, prompt, rest = text.partition("\n**Predict.**")
-    cells.md(head)
-    if prompt:
-        cells.md("**Predict.**" + rest)
+md = cells.md_split
 
 
 md("""

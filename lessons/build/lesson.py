@@ -37,6 +37,13 @@ class Cells(list):
     def md(self, text: str) -> None:
         self.append(markdown(text))
 
+    def md_split(self, text: str) -> None:
+        """A markdown cell; a prediction prompt starts a cell of its own (tests/test_lesson_claims.py)."""
+        head, prompt, rest = text.partition("\n**Predict.**")
+        self.md(head)
+        if prompt:
+            self.md("**Predict.**" + rest)
+
     def code(self, text: str) -> None:
         self.append(code_cell(text))
 
